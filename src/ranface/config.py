@@ -1,0 +1,302 @@
+"""Typed configuration: dataclasses per stage, YAML files, dotted command-line overrides.
+
+A config is a tree of dataclasses. :func:`load_config` builds it from defaults, then a
+YAML file, then ``--set a.b=value`` overrides, in that order. Unknown keys and values of
+the wrong type are a :class:`~ranface.errors.ConfigError` naming the dotted key (and the
+file). The resolved config is written into every run directory (:func:`save_config`) and
+stored inside every checkpoint, so a model can be rebuilt from the checkpoint alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, Union
+
+import yaml
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+
+def default_data_root() -> str:
+    """The bundled real data (``../shared/data`` from the repository root) unless
+    ``RANFACE_DATA`` points elsewhere."""
+    env = os.environ.get("RANFACE_DATA")
+    if env:
+        return env
+    here = os.path.dirname(os.path.abspath(__file__))
+    return os.path.normpath(os.path.join(here, "..", "..", "..", "shared", "data"))
+
+
+# ---------------------------------------------------------------------------- sections
+
+
+@dataclass
+class DataConfig:
+    """Training data.
+
+    ``train``: an image folder ``<identity>/<file>`` of aligned faces, a folder holding
+    ``train.rec``/``train.idx``, or a ``.rec`` file. ``lr_train``: the synthesized LR twin
+    of ``train`` (same layout and labels; LR and MR stages). ``val``: a verification set for
+    periodic validation, an insightface ``.bin`` file.
+    """
+
+    train: str = ""
+    format: str = "auto"  # auto | folder | rec
+    lr_train: str = ""
+    val: str = ""
+    color: str = "rgb"  # channel order the images are fed to the model in
+    batch_size: int = 128  # per process
+    num_workers: int = 2
+    hflip: bool = True  # random horizontal flip augmentation
+    on_error: str = "raise"  # raise | skip (counted and reported)
+    drop_last: bool = True
+
+
+@dataclass
+class ModelConfig:
+    """Backbone and margin head (kept apart, insightface arcface_torch style)."""
+
+    backbone: str = "iresnet34"
+    embedding_size: Optional[int] = None  # None: the backbone's default
+    dropout: float = 0.0
+    head: str = "arcface"  # arcface | cosface
+    scale: float = 64.0  # s
+    margin: Optional[float] = None  # m; None: 0.5 for arcface, 0.35 for cosface
+    init: str = ""  # checkpoint (.pt) of a ranface run, or a face-api model folder
+
+
+@dataclass
+class OptimConfig:
+    """SGD with momentum and weight decay; warm-up then a step or cosine schedule.
+
+    Paper §4.2, HR stage: lr 0.1 divided by 10 at 60k, 100k, 140k iterations, batch 256.
+    """
+
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "step"  # step | cosine | constant
+    milestones: List[int] = field(default_factory=lambda: [60000, 100000, 140000])
+    gamma: float = 0.1
+    warmup_steps: int = 0
+    warmup_start_factor: float = 0.1
+    max_steps: int = 160000
+    clip_grad_norm: Optional[float] = 5.0  # None or 0: off
+    head_lr_mult: float = 1.0
+
+
+@dataclass
+class RunConfig:
+    """Where and how a run executes (shared by every training stage)."""
+
+    out_dir: str = "runs"
+    name: str = ""  # run directory name; "" -> <stage>-NNNN (numbered)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 ; auto: bf16 on CPU/Ampere+, else fp16
+    channels_last: bool = True
+    compile: bool = False
+    deterministic: bool = False
+    log_every: int = 10
+    ckpt_every: int = 500
+    val_every: int = 1000
+    keep_last: int = 2
+    keep_best: int = 2
+    resume: str = ""  # "" | auto | path to a checkpoint
+    max_nonfinite: int = 20  # stop after this many consecutive non-finite steps
+    dist_timeout_s: int = 600  # collective timeout: a dead peer ends the job, no hang
+    tensorboard: bool = True
+    progress: bool = True
+    inject_nonfinite: List[int] = field(default_factory=list)  # tests: NaN loss at these steps
+
+
+@dataclass
+class TrainConfig:
+    """``ranface train --stage hr|lr|mr``."""
+
+    stage: str = "hr"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+@dataclass
+class EmbedConfig:
+    """``ranface embed`` / ``ranface compare``."""
+
+    model: str = ""  # checkpoint of a training run, or a face-api model folder
+    backbone: str = ""  # needed only for a face-api folder (default resnet29_dlib)
+    batch_size: int = 64
+    flip: bool = True  # flip-sum embeddings
+    device: str = "auto"
+    color: str = ""  # "" : the model's own order
+    num_workers: int = 0
+    threshold: Optional[float] = None  # compare: cosine threshold for a decision
+
+
+CONFIG_CLASSES: Dict[str, type] = {"train": TrainConfig, "embed": EmbedConfig}
+
+# ---------------------------------------------------------------------------- building
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert where lossless."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping for section {tp.__name__}, got {value!r}")
+        return _build(tp, value, key + ".")
+    if origin in (list, List, tuple, Tuple, Sequence) or tp in (list, tuple):
+        if isinstance(value, str):
+            value = [v for v in (s.strip() for s in value.split(",")) if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin in (tuple, Tuple) or tp is tuple else items
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported config type {tp}")
+
+
+def _field_types(cls: type) -> Dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _build(cls: Type[T], values: Dict[str, Any], prefix: str = "") -> T:
+    hints = _field_types(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(prefix + u for u in unknown)}; "
+                          f"valid keys of {prefix or 'the top level'}: {', '.join(names)}")
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> Dict[str, Any]:
+    """Plain nested dict (lists, not tuples) of a config, for YAML and checkpoints."""
+
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(cfg)
+
+
+def from_dict(cls: Type[T], values: Dict[str, Any]) -> T:
+    """Build a config of class ``cls`` from a nested dict (unknown keys are an error)."""
+    return _build(cls, values or {})
+
+
+def _deep_merge(base: Dict[str, Any], extra: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(text: str) -> Tuple[List[str], Any]:
+    """``a.b.c=value`` -> (["a","b","c"], value parsed as YAML scalar/list)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE (e.g. optim.lr=0.01)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def load_config(cls: Type[T], path: Optional[str] = None, overrides: Sequence[str] = ()) -> T:
+    """Defaults <- YAML file ``path`` <- dotted ``overrides``; validated and typed."""
+    values: Dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "r", encoding="utf-8") as fh:
+                loaded = yaml.safe_load(fh)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            raise ConfigError(f"{path}{where}: invalid YAML") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
+        values = loaded
+    for text in overrides:
+        keys, value = parse_override(text)
+        nested: Any = value
+        for k in reversed(keys):
+            nested = {k: nested}
+        values = _deep_merge(values, nested)
+    try:
+        return _build(cls, values)
+    except ConfigError as exc:
+        if path:
+            raise ConfigError(f"{path}: {exc}") from None
+        raise
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+
+
+def save_config(cfg: Any, path: str) -> None:
+    """Write the resolved config as YAML, atomically."""
+    from .io_utils import atomic_write_text
+
+    atomic_write_text(path, dump_yaml(cfg))

@@ -1,0 +1,134 @@
+"""Training loaders: dataset opening, deterministic per-sample augmentation, and a
+DataLoader over :class:`~ranface.data.samplers.ResumableDistributedSampler`.
+
+Augmentation randomness is a pure function of (seed, epoch, index), so the batches of a
+run are identical whatever the number of DataLoader workers, and a resumed run sees the
+same samples with the same flips as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import ConfigError, DataError
+from .samplers import ResumableDistributedSampler, sample_generator
+
+
+def detect_format(path: str) -> str:
+    """'rec' for a ``.rec`` file or a folder holding ``train.rec``; 'folder' otherwise."""
+    if path.endswith(".rec"):
+        return "rec"
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, "train.rec")):
+        return "rec"
+    return "folder"
+
+
+def open_dataset(path: str, fmt: str = "auto", color: str = "rgb",
+                 expect_size: Optional[Tuple[int, int]] = None, on_error: str = "raise") -> Dataset:
+    """Open an aligned-face training set (image folder or insightface RecordIO)."""
+    from .datasets import ImageFolderDataset, RecordDataset
+
+    if not path:
+        raise ConfigError("data.train is empty: give an image folder or a train.rec folder "
+                          "(e.g. --set data.train=/data/faces_webface_112x112)")
+    if not os.path.exists(path):
+        raise DataError(path, "training data not found")
+    if on_error not in ("raise", "skip"):
+        raise ConfigError(f"data.on_error must be 'raise' or 'skip', got {on_error!r}")
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt == "rec":
+        return RecordDataset(path, color=color, expect_size=expect_size, on_error=on_error)
+    if fmt == "folder":
+        return ImageFolderDataset(path, color=color, expect_size=expect_size, on_error=on_error)
+    raise ConfigError(f"data.format must be auto, folder or rec, got {fmt!r}")
+
+
+@dataclass
+class FaceTransform:
+    """uint8 HxWx3 -> normalised float tensor, with a random horizontal flip and an
+    optional extra augmentation ``extra(tensor_0_1, torch.Generator) -> tensor_0_1``
+    applied before normalisation (the LR stage's random Gaussian blur)."""
+
+    mean: Sequence[float]
+    std: Sequence[float]
+    hflip: bool = True
+    extra: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None
+
+    def __call__(self, arr: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float()
+        if self.hflip and rng.random() < 0.5:
+            t = t.flip(-1)
+        if self.extra is not None:
+            g = torch.Generator()
+            g.manual_seed(int(rng.integers(0, 2**62)))
+            t = self.extra((t / 255.0).unsqueeze(0), g).squeeze(0) * 255.0
+        m = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
+        s = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
+        return (t - m) / s
+
+
+class AugmentedView(Dataset):
+    """Indexed by the sampler's ``(epoch, index)``; returns ``(tensor, label)`` or the base
+    dataset's ``Skipped`` marker. With ``pair`` set, also returns the LR twin of the same
+    index: ``(hr_tensor, lr_tensor, label)`` (the same flip is applied to both)."""
+
+    def __init__(self, base: Dataset, transform: FaceTransform, seed: int,
+                 pair: Optional[Dataset] = None, pair_transform: Optional[FaceTransform] = None):
+        self.base = base
+        self.transform = transform
+        self.seed = seed
+        self.pair = pair
+        self.pair_transform = pair_transform or transform
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: Tuple[int, int]):
+        from .datasets import Skipped
+
+        epoch, index = key
+        item = self.base[index]
+        if isinstance(item, Skipped):
+            return item
+        arr, label = item
+        if self.pair is None:
+            return self.transform(arr, sample_generator(self.seed, epoch, index)), label
+        twin = self.pair[index]
+        if isinstance(twin, Skipped):
+            return twin
+        lr_arr, _ = twin
+        hr = self.transform(arr, sample_generator(self.seed, epoch, index))
+        lr = self.pair_transform(lr_arr, sample_generator(self.seed, epoch, index))
+        return hr, lr, label
+
+
+def _worker_init(_: int) -> None:
+    # one intra-op thread per worker: workers x threads must not oversubscribe the cores
+    torch.set_num_threads(1)
+
+
+def build_train_loader(view: AugmentedView, batch_size: int, num_workers: int, world_size: int,
+                       rank: int, seed: int, drop_last: bool = True,
+                       pin_memory: bool = False) -> Tuple[DataLoader, ResumableDistributedSampler]:
+    from .datasets import collate_skipping
+
+    sampler = ResumableDistributedSampler(len(view), batch_size, world_size, rank, seed=seed,
+                                          shuffle=True, drop_last=drop_last)
+    loader = DataLoader(view, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                        collate_fn=collate_skipping, pin_memory=pin_memory,
+                        worker_init_fn=_worker_init if num_workers > 0 else None,
+                        persistent_workers=False, drop_last=False,
+                        prefetch_factor=2 if num_workers > 0 else None)
+    return loader, sampler
+
+
+def dataset_labels(ds: Dataset) -> List[int]:
+    labels = getattr(ds, "labels", None)
+    if labels is None:
+        raise TypeError(f"{type(ds).__name__} does not expose .labels")
+    return [int(x) for x in labels]

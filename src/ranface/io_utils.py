@@ -1,0 +1,81 @@
+"""Atomic file output: write to a temporary file in the same directory, fsync, rename.
+
+A reader (or a rerun after a crash) therefore sees either the old file or the complete
+new one, never a half-written file that looks complete.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from typing import IO, Callable, Iterator
+
+from .errors import DataError
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
+    """Context manager yielding a temp file that replaces ``path`` on success only."""
+    if mode not in ("wb", "w"):
+        raise ValueError("atomic_open supports modes 'wb' and 'w'")
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                                   dir=directory)
+    except OSError as exc:
+        raise DataError(path, f"cannot write output ({exc.strerror or exc})") from None
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(directory)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise DataError(path, f"cannot write output ({exc.strerror or exc})") from None
+        raise
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    with atomic_open(path, "w") as fh:
+        fh.write(text)
+
+
+def atomic_save(path: str, writer: Callable[[IO], None]) -> None:
+    """Call ``writer(fh)`` on a binary temp file, then move it into place."""
+    with atomic_open(path, "wb") as fh:
+        writer(fh)
+
+
+def check_writable_dir(directory: str) -> None:
+    """Fail early (before any work) when ``directory`` cannot be created or written."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=directory)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise DataError(directory, f"output directory is not writable ({exc.strerror or exc})") from None

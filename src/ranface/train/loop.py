@@ -1,0 +1,349 @@
+"""The one training loop of ranface: phases walked step by step.
+
+A :class:`Phase` is one optimiser over some modules with its own loss and interval
+(stylegan3's idea). The recognition stages have one phase; MR-GAN has a discriminator
+and a generator phase; the MR stage a recognition phase and a feature-discriminator
+phase. :class:`Trainer` owns everything around them: data order, autocast, gradient
+scaling and clipping, non-finite guard, logging, validation, checkpoints and exact resume.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, NonFiniteError
+from .checkpoint import CheckpointManager, capture_rng, load_checkpoint, load_state_strict, restore_rng
+from .distributed import DistInfo, any_rank, barrier, unwrap
+from .precision import autocast, make_scaler
+from .stats import MetricsWriter, StatsAccumulator
+
+LossFn = Callable[[Any, "StepContext"], Tuple[torch.Tensor, Dict[str, Any]]]
+
+
+@dataclass
+class StepContext:
+    """What a phase's loss function may use: the global step, how often this phase has
+    run before (for "every k-th iteration" terms such as the pixel critic), the autocast
+    context and a per-step cache shared by the phases of one step."""
+
+    step: int
+    phase_iter: int
+    device: torch.device
+    precision: str
+    cache: Dict[str, Any] = field(default_factory=dict)
+
+    def autocast(self):
+        return autocast(self.device, self.precision)
+
+
+@dataclass
+class Phase:
+    """One optimiser step on ``loss_fn`` every ``interval`` global steps.
+
+    ``modules`` are the (possibly DDP-wrapped) modules whose parameters this phase
+    optimises: they are set to train mode, clipped and checked for finite gradients.
+    """
+
+    name: str
+    optimizer: torch.optim.Optimizer
+    loss_fn: LossFn
+    modules: Sequence[nn.Module]
+    interval: int = 1
+    scheduler: Optional[Any] = None
+    clip_grad_norm: Optional[float] = None
+    runs: int = 0  # times this phase has stepped (checkpointed)
+
+    def parameters(self) -> List[torch.nn.Parameter]:
+        seen, out = set(), []
+        for m in self.modules:
+            for p in m.parameters():
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    out.append(p)
+        return out
+
+
+class BatchStream:
+    """Endless batches from a DataLoader over a :class:`ResumableDistributedSampler`;
+    the sampler position advances only for batches actually consumed."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader, sampler: Any):
+        self.loader = loader
+        self.sampler = sampler
+        self._it: Optional[Iterator] = None
+
+    def next(self) -> Any:
+        while True:
+            if self._it is None:
+                self._it = iter(self.loader)
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                self._it = None
+                continue
+            self.sampler.advance(1)
+            if self.sampler.consumed == 0:  # epoch rolled over: the iterator is exhausted
+                self._it = None
+            return batch
+
+    def state_dict(self) -> Dict[str, int]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.sampler.load_state_dict(state)
+        self._it = None
+
+
+@dataclass
+class TrainerOptions:
+    max_steps: int
+    log_every: int = 10
+    ckpt_every: int = 500
+    val_every: int = 0
+    keep_last: int = 2
+    keep_best: int = 2
+    max_nonfinite: int = 20
+    progress: bool = True
+    tensorboard: bool = True
+    # hardening hooks: steps at which a loss is replaced by NaN (tests of the guard)
+    inject_nonfinite: Sequence[int] = ()
+
+
+class Trainer:
+    """Walks the phases for ``options.max_steps`` global steps.
+
+    ``state_modules``: every module whose state belongs in the checkpoint (plain, not
+    DDP-wrapped). ``to_device``: moves a batch to the device. ``validate(step)`` returns
+    metrics on rank 0 (and ``{}`` elsewhere); ``best_metric`` picks the one that ranks
+    checkpoints. ``config`` is the resolved config dict stored in each checkpoint.
+    """
+
+    def __init__(self, *, run_dir: str, phases: Sequence[Phase], state_modules: Mapping[str, nn.Module],
+                 stream: BatchStream, to_device: Callable[[Any], Any], device: torch.device,
+                 precision: str, dist: DistInfo, options: TrainerOptions, config: Mapping[str, Any],
+                 validate: Optional[Callable[[int], Dict[str, float]]] = None,
+                 best_metric: Optional[str] = None,
+                 on_log: Optional[Callable[[int, Dict[str, float]], None]] = None,
+                 extra_state: Optional[Dict[str, Any]] = None):
+        self.run_dir = run_dir
+        self.phases = list(phases)
+        self.state_modules = dict(state_modules)
+        self.stream = stream
+        self.to_device = to_device
+        self.device = device
+        self.precision = precision
+        self.dist = dist
+        self.opt = options
+        self.config = dict(config)
+        self.validate = validate
+        self.best_metric = best_metric
+        self.on_log = on_log
+        self.extra_state = extra_state if extra_state is not None else {}
+        self.step = 0
+        self.counters: Dict[str, int] = {"nonfinite_total": 0, "nonfinite_run": 0, "skipped_samples": 0}
+        self.last_val: Dict[str, float] = {}
+        self.scalers = {p.name: make_scaler(device, precision) for p in self.phases}
+        self.ckpt = CheckpointManager(os.path.join(run_dir, "checkpoints"), options.keep_last, options.keep_best)
+        self.stats = StatsAccumulator()
+        self.writer = MetricsWriter(run_dir, enabled=dist.is_main, tensorboard=options.tensorboard)
+        self.skipped_messages: List[str] = []
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "step": self.step,
+            "config": self.config,
+            "modules": {k: unwrap(m).state_dict() for k, m in self.state_modules.items()},
+            "optimizers": {p.name: p.optimizer.state_dict() for p in self.phases},
+            "schedulers": {p.name: p.scheduler.state_dict() for p in self.phases if p.scheduler is not None},
+            "scalers": {k: s.state_dict() for k, s in self.scalers.items()},
+            "phase_runs": {p.name: p.runs for p in self.phases},
+            "rng": capture_rng(),
+            "sampler": self.stream.state_dict(),
+            "counters": dict(self.counters),
+            "metrics": dict(self.last_val),
+            "extra": {k: v.state_dict() for k, v in self.extra_state.items()},
+            "world_size": self.dist.world_size,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any], source: str) -> None:
+        try:
+            for k, m in self.state_modules.items():
+                if k not in state["modules"]:
+                    raise CheckpointError(source, f"has no state for module {k!r} "
+                                          f"(it has {sorted(state['modules'])})")
+                load_state_strict(unwrap(m), state["modules"][k], source, what=k)
+            for p in self.phases:
+                p.optimizer.load_state_dict(state["optimizers"][p.name])
+                if p.scheduler is not None:
+                    p.scheduler.load_state_dict(state["schedulers"][p.name])
+                p.runs = int(state["phase_runs"][p.name])
+                if p.name in state.get("scalers", {}):
+                    self.scalers[p.name].load_state_dict(state["scalers"][p.name])
+            for k, v in self.extra_state.items():
+                v.load_state_dict(state["extra"][k])
+            self.step = int(state["step"])
+            self.counters.update({k: int(v) for k, v in state.get("counters", {}).items()})
+            self.last_val = dict(state.get("metrics", {}))
+            self.stream.load_state_dict(state["sampler"])
+            same_world = int(state.get("world_size", 1)) == self.dist.world_size
+            # RNG streams are per process; restoring rank 0's state on a different world
+            # would correlate ranks, so a resize reseeds from (seed, step, rank) instead.
+            if same_world:
+                restore_rng(state["rng"])
+            else:
+                torch.manual_seed(hash((self.step, self.dist.rank)) & 0x7FFFFFFF)
+        except KeyError as exc:
+            raise CheckpointError(source, f"not a ranface training checkpoint (missing {exc})") from None
+
+    def resume(self, spec: str) -> bool:
+        """``spec``: '' (fresh), 'auto' (latest in this run dir, if any) or a path."""
+        if not spec:
+            return False
+        path = self.ckpt.latest() if spec == "auto" else spec
+        if path is None:
+            return False
+        state = load_checkpoint(path, map_location=self.device)
+        self.load_state_dict(state, path)
+        if self.dist.is_main:
+            _truncate_metrics(self.writer.path, self.step)
+        return True
+
+    def save(self, metric: Optional[float] = None) -> None:
+        state = self.state_dict()  # every rank builds it (RNG capture is cheap)
+        if self.dist.is_main:
+            self.ckpt.save(self.step, state, metric)
+        barrier(self.dist)
+
+    # ------------------------------------------------------------------ loop
+    def _run_phase(self, phase: Phase, batch: Any, cache: Dict[str, Any]) -> Dict[str, float]:
+        for m in phase.modules:
+            m.train()
+        ctx = StepContext(step=self.step, phase_iter=phase.runs, device=self.device,
+                          precision=self.precision, cache=cache)
+        phase.optimizer.zero_grad(set_to_none=True)
+        loss, stats = phase.loss_fn(batch, ctx)
+        if self.step in self.opt.inject_nonfinite:
+            loss = loss * float("nan")
+        scaler = self.scalers[phase.name]
+        scaler.scale(loss).backward()
+        scaler.unscale_(phase.optimizer)
+        params = phase.parameters()
+        max_norm = phase.clip_grad_norm if phase.clip_grad_norm else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.zeros(())
+        bad = not (math.isfinite(float(loss.detach())) and math.isfinite(float(grad_norm)))
+        bad = any_rank(bad, self.dist, self.device)  # all ranks skip together
+        if bad:
+            # A real NaN must not shrink the fp16 scale to zero: update the scaler only
+            # when an fp16 overflow (finite loss, inf grads) is the plausible cause.
+            if scaler.is_enabled() and math.isfinite(float(loss.detach())):
+                scaler.update()
+            phase.optimizer.zero_grad(set_to_none=True)
+            self.counters["nonfinite_total"] += 1
+            self.counters["nonfinite_run"] += 1
+            self.stats.add(f"{phase.name}/nonfinite", 1.0)
+            return {}
+        scaler.step(phase.optimizer)
+        scaler.update()
+        if phase.scheduler is not None:
+            phase.scheduler.step()
+        phase.runs += 1
+        self.counters["nonfinite_run"] = 0
+        out = {f"{phase.name}/{k}": v for k, v in stats.items()}
+        out[f"{phase.name}/loss"] = loss.detach()
+        out[f"{phase.name}/grad_norm"] = grad_norm.detach()
+        out[f"{phase.name}/lr"] = phase.optimizer.param_groups[0]["lr"]
+        return out
+
+    def fit(self) -> Dict[str, Any]:
+        bar = None
+        if self.dist.is_main and self.opt.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.opt.max_steps, initial=self.step, desc="train", dynamic_ncols=True,
+                       file=sys.stderr, mininterval=1.0)
+        t0, seen0, last_t, last_step = time.time(), self.step, time.time(), self.step
+        try:
+            while self.step < self.opt.max_steps:
+                batch = self.stream.next()
+                skipped = batch[-1] if isinstance(batch, (list, tuple)) and isinstance(batch[-1], list) else []
+                if skipped:
+                    self.counters["skipped_samples"] += len(skipped)
+                    self.skipped_messages.extend(skipped[:100 - len(self.skipped_messages)])
+                batch = self.to_device(batch)
+                cache: Dict[str, Any] = {}
+                for phase in self.phases:
+                    if self.step % phase.interval == 0:
+                        self.stats.add_dict(self._run_phase(phase, batch, cache))
+                if self.counters["nonfinite_run"] >= self.opt.max_nonfinite:
+                    raise NonFiniteError(
+                        f"training stopped at step {self.step}: {self.counters['nonfinite_run']} "
+                        f"consecutive steps had non-finite losses or gradients (each skipped); the "
+                        f"last good checkpoint in {self.ckpt.directory} is intact")
+                self.step += 1
+                if bar is not None:
+                    bar.update(1)
+                if self.step % self.opt.log_every == 0 or self.step == self.opt.max_steps:
+                    values = self.stats.flush(self.dist, self.device)
+                    now = time.time()
+                    values["throughput/steps_per_s"] = (self.step - last_step) / max(now - last_t, 1e-9)
+                    last_t, last_step = now, self.step
+                    self.writer.scalars(self.step, values)
+                    if self.on_log is not None:
+                        self.on_log(self.step, values)
+                    if bar is not None:
+                        short = {k.split("/")[-1]: v for k, v in values.items() if k.endswith("/loss")}
+                        bar.set_postfix({k: f"{v:.3f}" for k, v in short.items()})
+                metric = None
+                if self.validate is not None and self.opt.val_every and (
+                        self.step % self.opt.val_every == 0 or self.step == self.opt.max_steps):
+                    metric = self._validate()
+                # a validated step is always checkpointed so best-k can rank it
+                if (metric is not None or self.step % self.opt.ckpt_every == 0
+                        or self.step == self.opt.max_steps):
+                    self.save(metric)
+        finally:
+            if bar is not None:
+                bar.close()
+            self.writer.close()
+        elapsed = time.time() - t0
+        return {"steps": self.step, "elapsed_s": elapsed,
+                "steps_per_s": (self.step - seen0) / max(elapsed, 1e-9), "counters": dict(self.counters),
+                "validation": dict(self.last_val), "skipped_examples": list(self.skipped_messages[:10])}
+
+    def _validate(self) -> Optional[float]:
+        values = self.validate(self.step) if self.dist.is_main else {}
+        barrier(self.dist)
+        if self.dist.is_main and values:
+            self.last_val = dict(values)
+            self.writer.scalars(self.step, values, kind="val")
+        if self.best_metric and values.get(self.best_metric) is not None:
+            return float(values[self.best_metric])
+        return None
+
+
+def _truncate_metrics(path: str, step: int) -> None:
+    """Drop log lines written after the checkpoint we resume from (they will be redone)."""
+    import json
+
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as fh:
+        lines = [ln for ln in fh if ln.strip()]
+    keep = []
+    for ln in lines:
+        try:
+            if int(json.loads(ln).get("step", 0)) <= step:
+                keep.append(ln)
+        except ValueError:
+            continue
+    from ..io_utils import atomic_write_text
+
+    atomic_write_text(path, "".join(keep))

@@ -1,0 +1,207 @@
+"""Recognition training recipes: the HR stage (paper §4.2 step 1) and the LR stage
+(§4.2 step 2: the HR model fine-tuned on synthesized LR faces with random Gaussian blur).
+
+Both are one :class:`~ranface.train.loop.Phase`: backbone + margin head, SGD, cross-entropy
+on margin logits (ArcFace, s=64, m=0.5 by default). The MR stage (§3.4) lives in
+:mod:`ranface.adapt`.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import TrainConfig, to_dict
+from ..data.loader import AugmentedView, FaceTransform, build_train_loader, dataset_labels, open_dataset
+from ..errors import CheckpointError, ConfigError
+from ..inference import backbone_kwargs, build_backbone, is_faceapi_dir, model_package
+from .checkpoint import load_checkpoint, load_state_strict, save_checkpoint
+from .distributed import unwrap
+from .loop import BatchStream, Phase, StepContext, Trainer, TrainerOptions
+from .runs import RunContext, seed_everything, setup_run, write_json
+from .schedule import make_scheduler
+
+STAGES = ("hr", "lr", "mr")
+
+
+def build_head(cfg: TrainConfig, embedding_size: int, num_classes: int) -> nn.Module:
+    from ..models import create_head
+
+    kw: Dict[str, Any] = {"s": cfg.model.scale}
+    if cfg.model.margin is not None:
+        kw["m"] = cfg.model.margin
+    return create_head(cfg.model.head, embedding_size, num_classes, **kw)
+
+
+def load_init(backbone: nn.Module, head: Optional[nn.Module], spec: str) -> Dict[str, Any]:
+    """Initialise from a ranface checkpoint / model.pt (backbone, and the head when it
+    fits) or from a face-api folder (imported ResNet-29 weights)."""
+    if not spec:
+        return {}
+    if is_faceapi_dir(spec):
+        from ..models.faceapi import load_faceapi_weights
+
+        load_state_strict(backbone, load_faceapi_weights(spec), spec, what="backbone")
+        return {"init": spec, "head": False}
+    if os.path.isdir(spec):
+        for cand in ("model.pt",):
+            if os.path.exists(os.path.join(spec, cand)):
+                spec = os.path.join(spec, cand)
+                break
+        else:
+            from .checkpoint import CheckpointManager
+
+            latest = CheckpointManager(os.path.join(spec, "checkpoints")).latest()
+            if latest is None:
+                raise CheckpointError(spec, "no model.pt or checkpoint to initialise from")
+            spec = latest
+    state = load_checkpoint(spec)
+    if "modules" in state:
+        bb_state = state["modules"].get("backbone")
+        head_state = state["modules"].get("head")
+    elif "state_dict" in state:
+        bb_state, head_state = state["state_dict"], None
+    else:
+        raise CheckpointError(spec, "not a ranface checkpoint")
+    if bb_state is None:
+        raise CheckpointError(spec, "has no backbone weights")
+    load_state_strict(backbone, bb_state, spec, what="backbone")
+    used_head = False
+    if head is not None and head_state is not None:
+        own = head.state_dict()
+        if all(k in head_state and head_state[k].shape == v.shape for k, v in own.items()):
+            head.load_state_dict(head_state)
+            used_head = True
+    return {"init": spec, "head": used_head}
+
+
+class ClassificationLoss:
+    """L_c: cross-entropy over margin logits (ArcFace/CosFace). Batch: (x, y, skipped)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        self.backbone = backbone
+        self.head = head
+
+    def __call__(self, batch: Any, ctx: StepContext) -> Tuple[torch.Tensor, Dict[str, Any]]:
+        images, labels = batch[0], batch[1]
+        with ctx.autocast():
+            emb = self.backbone(images)
+        logits = self.head(emb.float(), labels)  # margin maths in fp32
+        loss = F.cross_entropy(logits, labels)
+        with torch.no_grad():
+            acc = (logits.argmax(1) == labels).float().mean()
+        return loss, {"acc": acc}
+
+
+def make_to_device(device: torch.device, channels_last: bool):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+    def to_device(batch: Any) -> Any:
+        out = []
+        for x in batch:
+            if isinstance(x, torch.Tensor):
+                x = x.to(device, non_blocking=True)
+                if x.dim() == 4:
+                    x = x.contiguous(memory_format=fmt)
+            out.append(x)
+        return tuple(out)
+
+    return to_device
+
+
+def make_validator(cfg: TrainConfig, backbone: nn.Module, ctx: RunContext):
+    """Periodic verification on an insightface ``.bin`` (10-fold accuracy)."""
+    if not cfg.data.val:
+        return None
+    from ..eval.verification import BinValidator
+
+    return BinValidator(cfg.data.val, lambda: unwrap(backbone), ctx.device, ctx.precision)
+
+
+def stage_transforms(cfg: TrainConfig, spec: Any) -> FaceTransform:
+    extra = None
+    if cfg.stage == "lr":
+        from ..degrade import RandomGaussianBlur
+
+        extra = RandomGaussianBlur()  # §4.2: "random Gaussian blur is added" (LR stage)
+    return FaceTransform(spec.mean, spec.std, hflip=cfg.data.hflip, extra=extra)
+
+
+def wrap_ddp(module: nn.Module, ctx: RunContext) -> nn.Module:
+    if not ctx.dist.enabled:
+        return module
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+
+def run_recognition(cfg: TrainConfig) -> Dict[str, Any]:
+    """``ranface train --stage hr|lr``: returns a summary dict (also written to the run dir)."""
+    if cfg.stage not in ("hr", "lr"):
+        raise ConfigError(f"run_recognition handles stages hr and lr, not {cfg.stage!r}")
+    if cfg.stage == "lr" and not cfg.model.init:
+        raise ConfigError("stage lr is fine-tuned from the HR model: set model.init=<HR run dir or model.pt>")
+    ctx = setup_run(cfg, prefix=cfg.stage)
+    seed_everything(cfg.run.seed, cfg.run.deterministic)
+
+    kw = backbone_kwargs(to_dict(cfg.model))
+    backbone = build_backbone(cfg.model.backbone, kw)
+    spec = backbone.spec
+    dataset = open_dataset(cfg.data.train, cfg.data.format, cfg.data.color, tuple(spec.input_size),
+                           cfg.data.on_error)
+    labels = dataset_labels(dataset)
+    num_classes = max(labels) + 1
+    head = build_head(cfg, spec.embedding_size, num_classes)
+    init_info = load_init(backbone, head, cfg.model.init)
+
+    backbone.to(ctx.device)
+    head.to(ctx.device)
+    if cfg.run.channels_last:
+        backbone.to(memory_format=torch.channels_last)
+    fwd_backbone = wrap_ddp(backbone, ctx)
+    fwd_head = wrap_ddp(head, ctx)
+    if cfg.run.compile:
+        fwd_backbone = torch.compile(fwd_backbone)
+
+    o = cfg.optim
+    opt = torch.optim.SGD([
+        {"params": [p for p in backbone.parameters() if p.requires_grad], "lr": o.lr},
+        {"params": list(head.parameters()), "lr": o.lr * o.head_lr_mult},
+    ], lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    sched = make_scheduler(opt, schedule=o.schedule, max_steps=o.max_steps, milestones=o.milestones,
+                           gamma=o.gamma, warmup_steps=o.warmup_steps,
+                           warmup_start_factor=o.warmup_start_factor)
+    phase = Phase("recog", opt, ClassificationLoss(fwd_backbone, fwd_head), [fwd_backbone, fwd_head],
+                  interval=1, scheduler=sched, clip_grad_norm=o.clip_grad_norm or None)
+
+    view = AugmentedView(dataset, stage_transforms(cfg, spec), seed=cfg.run.seed)
+    loader, sampler = build_train_loader(view, cfg.data.batch_size, cfg.data.num_workers,
+                                         ctx.dist.world_size, ctx.dist.rank, cfg.run.seed,
+                                         drop_last=cfg.data.drop_last,
+                                         pin_memory=ctx.device.type == "cuda")
+    validator = make_validator(cfg, backbone, ctx)
+    trainer = Trainer(run_dir=ctx.run_dir, phases=[phase], state_modules={"backbone": backbone, "head": head},
+                      stream=BatchStream(loader, sampler), to_device=make_to_device(ctx.device, cfg.run.channels_last),
+                      device=ctx.device, precision=ctx.precision, dist=ctx.dist,
+                      options=trainer_options(cfg), config=to_dict(cfg),
+                      validate=validator, best_metric="val/acc" if validator else None)
+    resumed = trainer.resume(cfg.run.resume)
+    result = trainer.fit()
+    summary = {"stage": cfg.stage, "run_dir": ctx.run_dir, "resumed": resumed, "num_classes": num_classes,
+               "num_images": len(dataset), "backbone": cfg.model.backbone, "precision": ctx.precision,
+               "world_size": ctx.dist.world_size, **init_info, **result}
+    if ctx.dist.is_main:
+        save_checkpoint(os.path.join(ctx.run_dir, "model.pt"),
+                        model_package(backbone, cfg.model.backbone, kw, to_dict(cfg)))
+        write_json(os.path.join(ctx.run_dir, "summary.json"), summary)
+    return summary
+
+
+def trainer_options(cfg: TrainConfig) -> TrainerOptions:
+    r = cfg.run
+    return TrainerOptions(max_steps=cfg.optim.max_steps, log_every=r.log_every, ckpt_every=r.ckpt_every,
+                          val_every=r.val_every, keep_last=r.keep_last, keep_best=r.keep_best,
+                          max_nonfinite=r.max_nonfinite, progress=r.progress, tensorboard=r.tensorboard,
+                          inject_nonfinite=tuple(r.inject_nonfinite))
