@@ -32,7 +32,7 @@ def pil_to_array(img: "Image.Image", color: str = "rgb") -> np.ndarray:
     color = _check_order(color)
     if img.mode != "RGB":
         img = img.convert("RGB")  # L, LA, P, CMYK, I;16 ... -> RGB, grey replicated
-    arr = np.asarray(img, dtype=np.uint8)
+    arr = np.array(img, dtype=np.uint8)  # a writable copy (asarray is read-only)
     if color == "bgr":
         arr = arr[:, :, ::-1]
     return np.ascontiguousarray(arr)

@@ -123,6 +123,9 @@ def build_train_loader(view: AugmentedView, batch_size: int, num_workers: int, w
                         collate_fn=collate_skipping, pin_memory=pin_memory,
                         worker_init_fn=_worker_init if num_workers > 0 else None,
                         persistent_workers=False, drop_last=False,
+                        # own generator: creating an iterator must not draw from the global
+                        # torch RNG (that would make a resumed run diverge from a straight one)
+                        generator=torch.Generator().manual_seed(seed),
                         prefetch_factor=2 if num_workers > 0 else None)
     return loader, sampler
 

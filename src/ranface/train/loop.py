@@ -8,6 +8,7 @@ scaling and clipping, non-finite guard, logging, validation, checkpoints and exa
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import sys
@@ -20,7 +21,7 @@ from torch import nn
 
 from ..errors import CheckpointError, NonFiniteError
 from .checkpoint import CheckpointManager, capture_rng, load_checkpoint, load_state_strict, restore_rng
-from .distributed import DistInfo, any_rank, barrier, unwrap
+from .distributed import DistInfo, all_gather_objects, any_rank, barrier, unwrap
 from .precision import autocast, make_scaler
 from .stats import MetricsWriter, StatsAccumulator
 
@@ -149,6 +150,8 @@ class Trainer:
         self.step = 0
         self.counters: Dict[str, int] = {"nonfinite_total": 0, "nonfinite_run": 0, "skipped_samples": 0}
         self.last_val: Dict[str, float] = {}
+        if dist.is_main:
+            os.makedirs(run_dir, exist_ok=True)
         self.scalers = {p.name: make_scaler(device, precision) for p in self.phases}
         self.ckpt = CheckpointManager(os.path.join(run_dir, "checkpoints"), options.keep_last, options.keep_best)
         self.stats = StatsAccumulator()
@@ -222,6 +225,16 @@ class Trainer:
             self.ckpt.save(self.step, state, metric)
         barrier(self.dist)
 
+    def param_digest(self) -> str:
+        h = hashlib.sha1()
+        for name in sorted(self.state_modules):
+            # parameters only: BN running statistics are per-replica between DDP's
+            # buffer broadcasts (rank 0's are the ones checkpointed)
+            for k, v in sorted(unwrap(self.state_modules[name]).named_parameters()):
+                h.update(k.encode())
+                h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
     # ------------------------------------------------------------------ loop
     def _run_phase(self, phase: Phase, batch: Any, cache: Dict[str, Any]) -> Dict[str, float]:
         for m in phase.modules:
@@ -277,6 +290,8 @@ class Trainer:
                 if skipped:
                     self.counters["skipped_samples"] += len(skipped)
                     self.skipped_messages.extend(skipped[:100 - len(self.skipped_messages)])
+                if isinstance(batch, (list, tuple)) and batch[0] is None:
+                    continue  # every sample of this batch failed to load (skip mode)
                 batch = self.to_device(batch)
                 cache: Dict[str, Any] = {}
                 for phase in self.phases:
@@ -314,7 +329,9 @@ class Trainer:
                 bar.close()
             self.writer.close()
         elapsed = time.time() - t0
-        return {"steps": self.step, "elapsed_s": elapsed,
+        # DDP must keep replicas identical; record each rank's parameter digest to prove it
+        digests = all_gather_objects(self.param_digest(), self.dist)
+        return {"steps": self.step, "param_digests": digests, "elapsed_s": elapsed,
                 "steps_per_s": (self.step - seen0) / max(elapsed, 1e-9), "counters": dict(self.counters),
                 "validation": dict(self.last_val), "skipped_examples": list(self.skipped_messages[:10])}
 
