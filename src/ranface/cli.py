@@ -142,7 +142,9 @@ def _optional_commands() -> Dict[str, Callable[[argparse._SubParsersAction], Non
     import importlib
 
     out: Dict[str, Callable[[argparse._SubParsersAction], None]] = {}
-    for name in ("prepare", "evaluate", "train_gan", "synthesize", "demo", "export", "gallery", "identify"):
+    from .commands import COMMAND_MODULES
+
+    for name in COMMAND_MODULES:
         try:
             mod = importlib.import_module(f"ranface.commands.{name}")
         except ModuleNotFoundError as exc:

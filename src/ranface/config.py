@@ -115,6 +115,30 @@ class RunConfig:
 
 
 @dataclass
+class AdaptConfig:
+    """Feature adaption network, MR stage (paper §3.4, Eq. 7-10, §4.2 step 3).
+
+    L_c = L_c^HR + alpha L_feature^G + beta L_p + gamma L_f, (alpha, beta, gamma) =
+    (0.05, 0.04, 10); the feature discriminator D is trained with Adam and L_feature^G
+    is used once every ``feature_g_every`` (4) discriminator iterations.
+    """
+
+    lr_model: str = ""  # the frozen LR model (run dir or model.pt of `train --stage lr`)
+    alpha: float = 0.05
+    beta: float = 0.04
+    gamma: float = 10.0
+    translator: bool = True  # False: the "no translator" ablation (f_HR used directly)
+    translator_hidden: int = 0  # 0: the embedding size
+    disc_hidden: int = 256
+    disc_lr: float = 2e-4
+    disc_betas: List[float] = field(default_factory=lambda: [0.5, 0.999])
+    feature_g_every: int = 4
+    gate_grad: bool = False  # whether W (Eq. 8) carries gradient back into D / T_LR
+    lf_distance: str = "l1"  # l1 | l2 : the norm in L_f (Eq. 9)
+    lr_blur: bool = False  # random Gaussian blur on the LR twins as in the LR stage
+
+
+@dataclass
 class TrainConfig:
     """``ranface train --stage hr|lr|mr``."""
 
@@ -123,6 +147,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
 
 
 @dataclass
