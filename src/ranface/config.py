@@ -164,7 +164,41 @@ class EmbedConfig:
     threshold: Optional[float] = None  # compare: cosine threshold for a decision
 
 
-CONFIG_CLASSES: Dict[str, type] = {"train": TrainConfig, "embed": EmbedConfig}
+@dataclass
+class PrepareConfig:
+    """``ranface prepare``: raw photos -> aligned faces (paper §4.1).
+
+    ``mode``: 'one' keeps one face per photo (the dataset convention: a labelled photo
+    shows its subject; ``policy`` picks it), 'all' keeps every detected face (crowd photos
+    -> a real LR pool). ``lr_select`` "MIN:MAX" keeps only faces whose eye-midpoint to
+    mouth-midpoint distance lies in [MIN, MAX] original pixels (paper: 10..30).
+    """
+
+    input: str = ""  # folder of photos (searched recursively) or a list file (.txt/.lst)
+    root: str = ""  # base folder of relative paths in a list file ("" = the list's folder)
+    out: str = ""
+    format: str = "folder"  # folder | rec
+    template: str = "arcface"  # arcface | dlib
+    size: List[int] = field(default_factory=lambda: [112, 112])  # height, width
+    mode: str = "one"  # one | all
+    policy: str = "largest"  # largest | center | score
+    min_score: float = 0.9
+    min_face_size: float = 20.0
+    pad_ratio: float = 0.5  # pad before detection: removes MTCNN's landmark bias on tight crops
+    upscales: List[float] = field(default_factory=lambda: [1.0])  # also detect at 2x, 3x for tiny faces
+    lr_select: str = ""  # "" or "MIN:MAX" eye-to-mouth pixels
+    max_outside: float = 1.0  # drop faces whose box lies more than this fraction outside the photo
+    center_crop_fallback: bool = False
+    border: str = "constant"
+    image_format: str = "jpg"  # jpg | png
+    jpeg_quality: int = 95
+    workers: int = 2
+    chunk_size: int = 64
+    limit: int = 0  # process at most this many photos (0: all)
+    progress: bool = True
+
+
+CONFIG_CLASSES: Dict[str, type] = {"train": TrainConfig, "embed": EmbedConfig, "prepare": PrepareConfig}
 
 # ---------------------------------------------------------------------------- building
 

@@ -1,0 +1,300 @@
+"""``ranface prepare``: raw photos -> aligned faces, a manifest and a failures list.
+
+Work is cut into chunks of photos processed by a pool of worker processes (one MTCNN
+each, one intra-op thread each, so both cores are used). Every aligned face is written
+atomically, and a chunk's manifest rows are written (atomically) only after all its faces
+are on disk, so a killed run leaves no half-written face and a rerun skips the finished
+chunks. The final ``manifest.csv`` / ``failures.csv`` / ``summary.json`` are merged from
+the chunk parts at the end.
+
+Output layout: ``<out>/<identity>/<stem>.<ext>`` with ``identity`` the photo's parent
+folder relative to the input root (``mode=all`` appends ``_<k>`` per face), or with
+``format=rec`` additionally ``<out>/train.rec``/``train.idx`` (insightface layout).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import multiprocessing as mp
+import os
+import time
+from dataclasses import asdict
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..config import PrepareConfig
+from ..errors import ConfigError, DataError
+from ..io_utils import atomic_write_bytes, atomic_write_text, check_writable_dir
+
+PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+MANIFEST_FIELDS = ["output", "source", "face_index", "x1", "y1", "x2", "y2", "score",
+                   *[f"{p}{c}" for p in ("leye_", "reye_", "nose_", "lmouth_", "rmouth_") for c in "xy"],
+                   "eye_mouth_px", "note"]
+FAILURE_FIELDS = ["source", "reason"]
+
+
+def parse_lr_select(text: str) -> Optional[Tuple[float, float]]:
+    if not text:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise ConfigError(f"lr_select must be MIN:MAX (e.g. 10:30), got {text!r}") from None
+    if lo < 0 or hi < lo:
+        raise ConfigError(f"lr_select {text!r}: need 0 <= MIN <= MAX")
+    return lo, hi
+
+
+def list_photos(cfg: PrepareConfig) -> Tuple[str, List[str]]:
+    """(root, relative paths) of the photos to process, sorted; list files may name
+    paths relative to ``root``; a path escaping the root is refused."""
+    src = cfg.input
+    if not src:
+        raise ConfigError("prepare: give the input photos (a folder or a list file)")
+    if os.path.isdir(src):
+        root = src
+        rels = []
+        for dirpath, dirnames, files in os.walk(src):
+            dirnames.sort()
+            for f in sorted(files):
+                if f.lower().endswith(PHOTO_EXTS):
+                    rels.append(os.path.relpath(os.path.join(dirpath, f), src))
+    elif os.path.isfile(src):
+        root = cfg.root or os.path.dirname(os.path.abspath(src))
+        rels = []
+        with open(src, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                rel = line.split()[0]
+                root_abs = os.path.realpath(root)
+                full = os.path.realpath(os.path.join(root_abs, rel))
+                if os.path.isabs(rel) or os.path.commonpath([root_abs, full]) != root_abs:
+                    raise DataError(src, f"path {rel!r} escapes the dataset root {root}", f"line {n}")
+                rels.append(os.path.relpath(full, root_abs))
+    else:
+        raise DataError(src, "input not found")
+    if not rels:
+        raise DataError(src, f"no photos ({', '.join(PHOTO_EXTS)}) to prepare")
+    if cfg.limit > 0:
+        rels = rels[: cfg.limit]
+    return root, rels
+
+
+# ---------------------------------------------------------------------- worker side
+
+_WORKER: Dict[str, Any] = {}
+
+
+def _init_worker(cfg_dict: Dict[str, Any]) -> None:
+    import torch
+
+    from .pipeline import FaceAligner
+
+    torch.set_num_threads(1)
+    cfg = PrepareConfig(**cfg_dict)
+    _WORKER["cfg"] = cfg
+    _WORKER["aligner"] = FaceAligner(
+        template=cfg.template, size=(cfg.size[0], cfg.size[1]), policy=cfg.policy,
+        pad_ratio=cfg.pad_ratio, upscales=tuple(cfg.upscales), min_score=cfg.min_score,
+        center_crop_fallback=cfg.center_crop_fallback, border=cfg.border,
+        min_face_size=cfg.min_face_size)
+
+
+def _out_name(rel: str, k: Optional[int], ext: str) -> str:
+    stem, _ = os.path.splitext(rel)
+    return f"{stem}_{k}.{ext}" if k is not None else f"{stem}.{ext}"
+
+
+def _encode(face: np.ndarray, cfg: PrepareConfig) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    img = Image.fromarray(face)
+    if cfg.image_format == "png":
+        img.save(buf, format="PNG")
+    else:
+        img.save(buf, format="JPEG", quality=cfg.jpeg_quality)
+    return buf.getvalue()
+
+
+def _row(out: str, rel: str, k: int, box, score, lm, d, note: str = "") -> Dict[str, Any]:
+    row: Dict[str, Any] = {"output": out, "source": rel, "face_index": k, "note": note}
+    for name, v in zip(("x1", "y1", "x2", "y2"), box if box is not None else [None] * 4):
+        row[name] = "" if v is None else f"{float(v):.2f}"
+    row["score"] = "" if score is None else f"{float(score):.4f}"
+    pts = np.asarray(lm).reshape(-1) if lm is not None else [None] * 10
+    for name, v in zip(MANIFEST_FIELDS[8:18], pts):
+        row[name] = "" if v is None else f"{float(v):.2f}"
+    row["eye_mouth_px"] = "" if d is None else f"{float(d):.2f}"
+    return row
+
+
+def _process_chunk(job: Tuple[int, str, str, List[str]]) -> Tuple[int, List[Dict[str, Any]], List[Dict[str, str]], int]:
+    """Align the photos of one chunk; returns (chunk id, manifest rows, failures, filtered)."""
+    from ..data.image import read_image
+    from .select import fraction_outside
+
+    chunk_id, root, out_dir, rels = job
+    cfg: PrepareConfig = _WORKER["cfg"]
+    aligner = _WORKER["aligner"]
+    band = parse_lr_select(cfg.lr_select)
+    rows: List[Dict[str, Any]] = []
+    fails: List[Dict[str, str]] = []
+    filtered = 0
+    for rel in rels:
+        try:
+            img = read_image(os.path.join(root, rel), color="rgb")
+        except DataError as exc:
+            fails.append({"source": rel, "reason": exc.problem})
+            continue
+        try:
+            if cfg.mode == "one":
+                res = aligner.align(img)
+                faces = [] if res.face is None else [(None, res.face, res.box, res.score, res.landmarks,
+                                                      res.eye_mouth_px, res.reason or "")]
+                if res.face is None:
+                    fails.append({"source": rel, "reason": res.reason or "no face"})
+                    continue
+            else:
+                found = aligner.detect_all(img)
+                if not found:
+                    fails.append({"source": rel, "reason": "no face detected"})
+                    continue
+                faces = [(k, f.face, f.box, f.score, f.landmarks, f.eye_mouth_px, "") for k, f in enumerate(found)]
+        except Exception as exc:  # a photo that breaks the detector must not end the run
+            fails.append({"source": rel, "reason": f"alignment failed ({type(exc).__name__}: {exc})"})
+            continue
+        for k, face, box, score, lm, d, note in faces:
+            if band is not None and (d is None or not band[0] <= d <= band[1]):
+                filtered += 1
+                continue
+            if box is not None and cfg.max_outside < 1.0 and fraction_outside(box, img.shape) > cfg.max_outside:
+                filtered += 1
+                continue
+            name = _out_name(rel, k, cfg.image_format)
+            atomic_write_bytes(os.path.join(out_dir, name), _encode(face, cfg))
+            rows.append(_row(name, rel, 0 if k is None else k, box, score, lm, d, note))
+    return chunk_id, rows, fails, filtered
+
+
+# ---------------------------------------------------------------------- driver side
+
+
+def _csv_text(fields: Sequence[str], rows: Sequence[Dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _read_csv(path: str) -> List[Dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def run_prepare(cfg: PrepareConfig) -> Dict[str, Any]:
+    if cfg.mode not in ("one", "all"):
+        raise ConfigError(f"prepare.mode must be 'one' or 'all', got {cfg.mode!r}")
+    if cfg.format not in ("folder", "rec"):
+        raise ConfigError(f"prepare.format must be 'folder' or 'rec', got {cfg.format!r}")
+    if cfg.image_format not in ("jpg", "png"):
+        raise ConfigError(f"prepare.image_format must be jpg or png, got {cfg.image_format!r}")
+    if len(cfg.size) != 2:
+        raise ConfigError(f"prepare.size must be [height, width], got {cfg.size}")
+    parse_lr_select(cfg.lr_select)
+    if not cfg.out:
+        raise ConfigError("prepare: give the output folder (--out)")
+    root, rels = list_photos(cfg)
+    check_writable_dir(cfg.out)
+    parts = os.path.join(cfg.out, ".parts")
+    os.makedirs(parts, exist_ok=True)
+    from ..config import save_config
+
+    save_config(cfg, os.path.join(cfg.out, "prepare_config.yaml"))
+    cs = max(1, cfg.chunk_size)
+    chunks = [(i // cs, rels[i:i + cs]) for i in range(0, len(rels), cs)]
+    # a chunk is done when its part file exists (written after all its faces)
+    todo = [(cid, root, cfg.out, c) for cid, c in chunks
+            if not os.path.exists(os.path.join(parts, f"chunk-{cid:06d}.json"))]
+    done_before = len(chunks) - len(todo)
+    t0 = time.time()
+    n_photos_now = sum(len(j[3]) for j in todo)
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(rels), initial=len(rels) - n_photos_now, desc="prepare", unit="img",
+                   dynamic_ncols=True, mininterval=1.0)
+
+    def record(result: Tuple[int, List[Dict[str, Any]], List[Dict[str, str]], int]) -> None:
+        cid, rows, fails, filtered = result
+        atomic_write_text(os.path.join(parts, f"chunk-{cid:06d}.json"),
+                          json.dumps({"rows": rows, "failures": fails, "filtered": filtered}))
+        if bar is not None:
+            bar.update(len(chunks[cid][1]))
+
+    cfg_dict = asdict(cfg)
+    workers = max(1, min(cfg.workers, len(todo))) if todo else 0
+    if workers <= 1:
+        if todo:
+            _init_worker(cfg_dict)
+            for job in todo:
+                record(_process_chunk(job))
+    else:
+        ctx = mp.get_context("spawn")  # fresh interpreters: no inherited torch thread pools
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg_dict,)) as pool:
+            for result in pool.imap_unordered(_process_chunk, todo):
+                record(result)
+    if bar is not None:
+        bar.close()
+    elapsed = time.time() - t0
+
+    rows: List[Dict[str, Any]] = []
+    fails: List[Dict[str, str]] = []
+    filtered = 0
+    for cid, _ in chunks:
+        with open(os.path.join(parts, f"chunk-{cid:06d}.json"), encoding="utf-8") as fh:
+            part = json.load(fh)
+        rows.extend(part["rows"])
+        fails.extend(part["failures"])
+        filtered += int(part["filtered"])
+    atomic_write_text(os.path.join(cfg.out, "manifest.csv"), _csv_text(MANIFEST_FIELDS, rows))
+    atomic_write_text(os.path.join(cfg.out, "failures.csv"), _csv_text(FAILURE_FIELDS, fails))
+    summary: Dict[str, Any] = {
+        "input": cfg.input, "out": cfg.out, "photos": len(rels), "faces_written": len(rows),
+        "failures": len(fails), "filtered_out": filtered, "lr_select": cfg.lr_select or None,
+        "mode": cfg.mode, "template": cfg.template, "size": list(cfg.size),
+        "chunks_reused": done_before, "elapsed_s": round(elapsed, 2),
+        "photos_per_s": round(n_photos_now / elapsed, 2) if elapsed > 0 and n_photos_now else None,
+    }
+    if rows:
+        d = np.array([float(r["eye_mouth_px"]) for r in rows if r["eye_mouth_px"] != ""])
+        if len(d):
+            summary["eye_mouth_px"] = {"median": float(np.median(d)), "min": float(d.min()), "max": float(d.max())}
+    if cfg.format == "rec":
+        summary["rec"] = _pack_rec(cfg.out, rows)
+    atomic_write_text(os.path.join(cfg.out, "summary.json"), json.dumps(summary, indent=1))
+    return summary
+
+
+def _pack_rec(out: str, rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Pack the aligned faces into insightface ``train.rec/idx`` (identity = folder)."""
+    from ..data.recordio import write_insightface_rec
+
+    ids = sorted({os.path.dirname(r["output"]) for r in rows})
+    label_of = {d: i for i, d in enumerate(ids)}
+    ordered = sorted(rows, key=lambda r: (label_of[os.path.dirname(r["output"])], r["output"]))
+
+    def samples() -> Iterator[Tuple[bytes, int]]:
+        for r in ordered:
+            with open(os.path.join(out, r["output"]), "rb") as fh:
+                yield fh.read(), label_of[os.path.dirname(r["output"])]
+
+    n_img, n_cls = write_insightface_rec(out, samples())
+    atomic_write_text(os.path.join(out, "identities.txt"), "".join(f"{i}\t{d}\n" for d, i in label_of.items()))
+    return {"images": n_img, "classes": n_cls}
