@@ -20,7 +20,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """'auto' -> bf16 where the hardware has it (CPU with AVX512-BF16/AMX, Ampere+ GPU),
+    """'auto' -> bf16 where the hardware has it (CPU with AMX, Ampere+ GPU),
     fp16 on older GPUs, else fp32."""
     if name not in PRECISIONS:
         raise ConfigError(f"run.precision must be one of {PRECISIONS}, got {name!r}")
@@ -34,11 +34,14 @@ def resolve_precision(name: str, device: torch.device) -> str:
 
 
 def cpu_has_fast_bf16() -> bool:
+    """bf16 autocast pays off on CPUs with AMX tiles; with AVX512-BF16 alone the casts
+    cost more than they save (measured: docs/performance.md)."""
     try:
-        return bool(torch.backends.mkldnn.is_available()) and bool(
-            getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported")())
-    except Exception:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = fh.read()
+    except OSError:
         return False
+    return "amx_bf16" in flags and bool(torch.backends.mkldnn.is_available())
 
 
 def autocast_dtype(precision: str) -> Optional[torch.dtype]:
