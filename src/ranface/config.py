@@ -98,7 +98,7 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 ; auto: bf16 on CPU/Ampere+, else fp16
-    channels_last: bool = True
+    channels_last: bool = False  # NHWC: faster with cuDNN/AMP; slower for depthwise convs on CPU
     compile: bool = False
     deterministic: bool = False
     log_every: int = 10

@@ -47,17 +47,16 @@ def load_init(backbone: nn.Module, head: Optional[nn.Module], spec: str) -> Dict
         load_state_strict(backbone, load_faceapi_weights(spec), spec, what="backbone")
         return {"init": spec, "head": False}
     if os.path.isdir(spec):
-        for cand in ("model.pt",):
-            if os.path.exists(os.path.join(spec, cand)):
-                spec = os.path.join(spec, cand)
-                break
-        else:
-            from .checkpoint import CheckpointManager
+        # a run directory: its latest checkpoint carries the head too (model.pt does not)
+        from .checkpoint import CheckpointManager
 
-            latest = CheckpointManager(os.path.join(spec, "checkpoints")).latest()
-            if latest is None:
-                raise CheckpointError(spec, "no model.pt or checkpoint to initialise from")
+        latest = CheckpointManager(os.path.join(spec, "checkpoints")).latest()
+        if latest is not None:
             spec = latest
+        elif os.path.exists(os.path.join(spec, "model.pt")):
+            spec = os.path.join(spec, "model.pt")
+        else:
+            raise CheckpointError(spec, "no checkpoint or model.pt to initialise from")
     state = load_checkpoint(spec)
     if "modules" in state:
         bb_state = state["modules"].get("backbone")
