@@ -1,0 +1,434 @@
+"""MTCNN face detector (Zhang et al., 2016) with the pretrained P/R/O-Net weights.
+
+The weights are the ones shipped in the ``facenet-pytorch==2.6.0`` wheel (converted
+from the original Caffe models); install them with
+``pip install --no-deps facenet-pytorch==2.6.0``. The package itself is never imported
+(its ``__init__`` needs torchvision): only its ``data/{pnet,rnet,onet}.pt`` state dicts
+are read, with ``torch.load(weights_only=True)``, into the modules below.
+
+Conventions of those weights (checked against the converted files):
+
+* input is RGB, NCHW, not transposed (the conversion already swapped the kernels'
+  spatial axes that the Caffe/MATLAB original had transposed), scaled as
+  ``(x - 127.5) * 0.0078125``;
+* the dense layers of R/O-Net expect the last conv map flattened in (W, H, C) order,
+  which is the original's transposed layout, hence the ``permute(0, 3, 2, 1)``;
+* bounding-box regression is (dx1, dy1, dx2, dy2) in units of the box size; O-Net's
+  landmarks are (x1..x5, y1..y5) relative to its 48x48 crop, ordered left eye, right
+  eye, nose, left mouth corner, right mouth corner (left/right as seen in the image).
+
+Coordinates returned by :meth:`MTCNN.detect` are in original-image pixels:
+
+* landmarks: pixel-centre convention, pixel (row i, col j) has its centre at
+  (x=j, y=i) — the convention of OpenCV/insightface templates and of :mod:`.transform`;
+* boxes: (x1, y1, x2, y2) as slice bounds, so ``img[y1:y2, x1:x2]`` (after rounding)
+  is the box and ``x2 - x1`` its width.
+
+Inside the cascade the boxes follow the original's 1-based inclusive integer
+convention so that the trained regressors see the same crops as in training.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import CheckpointError, ConfigError
+from .nms import nms
+
+WEIGHT_FILES = ("pnet.pt", "rnet.pt", "onet.pt")
+INSTALL_HINT = "install them with `pip install --no-deps facenet-pytorch==2.6.0` " \
+               "or pass weights_dir"
+PAD_MODES = ("constant", "replicate")
+# Crops go through R/O-Net in chunks of this many to bound memory on crowded photos.
+_BATCH = 512
+
+
+class PNet(nn.Module):
+    """Proposal network: fully convolutional, 12x12 receptive field, stride 2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 10, 3)
+        self.prelu1 = nn.PReLU(10)
+        self.pool1 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.conv2 = nn.Conv2d(10, 16, 3)
+        self.prelu2 = nn.PReLU(16)
+        self.conv3 = nn.Conv2d(16, 32, 3)
+        self.prelu3 = nn.PReLU(32)
+        self.conv4_1 = nn.Conv2d(32, 2, 1)  # face / non-face
+        self.conv4_2 = nn.Conv2d(32, 4, 1)  # box regression
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        x = self.pool1(self.prelu1(self.conv1(x)))
+        x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
+        return self.conv4_2(x), torch.softmax(self.conv4_1(x), dim=1)
+
+
+class RNet(nn.Module):
+    """Refinement network on 24x24 crops."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 28, 3)
+        self.prelu1 = nn.PReLU(28)
+        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv2 = nn.Conv2d(28, 48, 3)
+        self.prelu2 = nn.PReLU(48)
+        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv3 = nn.Conv2d(48, 64, 2)
+        self.prelu3 = nn.PReLU(64)
+        self.dense4 = nn.Linear(576, 128)
+        self.prelu4 = nn.PReLU(128)
+        self.dense5_1 = nn.Linear(128, 2)
+        self.dense5_2 = nn.Linear(128, 4)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        x = self.pool1(self.prelu1(self.conv1(x)))
+        x = self.pool2(self.prelu2(self.conv2(x)))
+        x = self.prelu3(self.conv3(x))
+        # The dense weights were trained on the transposed (W, H, C) flattening.
+        x = x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)
+        x = self.prelu4(self.dense4(x))
+        return self.dense5_2(x), torch.softmax(self.dense5_1(x), dim=1)
+
+
+class ONet(nn.Module):
+    """Output network on 48x48 crops: score, box regression and five landmarks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 32, 3)
+        self.prelu1 = nn.PReLU(32)
+        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv2 = nn.Conv2d(32, 64, 3)
+        self.prelu2 = nn.PReLU(64)
+        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv3 = nn.Conv2d(64, 64, 3)
+        self.prelu3 = nn.PReLU(64)
+        self.pool3 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.conv4 = nn.Conv2d(64, 128, 2)
+        self.prelu4 = nn.PReLU(128)
+        self.dense5 = nn.Linear(1152, 256)
+        self.prelu5 = nn.PReLU(256)
+        self.dense6_1 = nn.Linear(256, 2)
+        self.dense6_2 = nn.Linear(256, 4)
+        self.dense6_3 = nn.Linear(256, 10)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = self.pool1(self.prelu1(self.conv1(x)))
+        x = self.pool2(self.prelu2(self.conv2(x)))
+        x = self.pool3(self.prelu3(self.conv3(x)))
+        x = self.prelu4(self.conv4(x))
+        x = x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)
+        x = self.prelu5(self.dense5(x))
+        return self.dense6_2(x), self.dense6_3(x), torch.softmax(self.dense6_1(x), dim=1)
+
+
+def default_weights_dir() -> Optional[str]:
+    """``facenet_pytorch/data`` of the installed wheel, found without importing it."""
+    spec = importlib.util.find_spec("facenet_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return os.path.join(list(spec.submodule_search_locations)[0], "data")
+
+
+def load_mtcnn_nets(weights_dir: Optional[Union[str, "os.PathLike[str]"]] = None,
+                    device: Union[str, torch.device] = "cpu") -> Tuple[PNet, RNet, ONet]:
+    """Build P/R/O-Net and load their weights from ``weights_dir`` (default: the wheel)."""
+    folder = os.fspath(weights_dir) if weights_dir is not None else default_weights_dir()
+    if folder is None:
+        raise CheckpointError("facenet_pytorch/data/pnet.pt",
+                              f"MTCNN weights not found; {INSTALL_HINT}")
+    nets = (PNet(), RNet(), ONet())
+    for net, name in zip(nets, WEIGHT_FILES):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise CheckpointError(path, f"missing MTCNN weights file; {INSTALL_HINT}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # any unreadable/unsafe file is reported the same way
+            raise CheckpointError(path, f"cannot load MTCNN weights ({exc})") from None
+        if not isinstance(state, dict):
+            raise CheckpointError(path, f"expected a state dict, got {type(state).__name__}")
+        ours = net.state_dict()
+        missing = sorted(set(ours) - set(state))
+        extra = sorted(set(state) - set(ours))
+        bad = [k for k in ours if k in state and tuple(state[k].shape) != tuple(ours[k].shape)]
+        if missing or extra or bad:
+            detail = "; ".join(p for p in (
+                f"missing keys {missing}" if missing else "",
+                f"unexpected keys {extra}" if extra else "",
+                "wrong shapes " + ", ".join(f"{k} {tuple(state[k].shape)} != "
+                                            f"{tuple(ours[k].shape)}" for k in bad)
+                if bad else "") if p)
+            raise CheckpointError(path, f"does not fit {type(net).__name__}: {detail}",
+                                  where=bad[0] if bad else None)
+        net.load_state_dict(state)
+        # NHWC runs these small-channel convs and pools 2-5x faster on CPU.
+        net.to(device=device, memory_format=torch.channels_last).eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+    return nets  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Faces of one image, sorted by descending score (see module doc for coordinates)."""
+
+    boxes: np.ndarray      # (N, 4) float64, x1 y1 x2 y2 slice bounds
+    scores: np.ndarray     # (N,) float64, O-Net face probability
+    landmarks: np.ndarray  # (N, 5, 2) float64, (x, y) pixel centres
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    @staticmethod
+    def empty() -> "Detections":
+        return Detections(np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)))
+
+    @staticmethod
+    def concat(parts: Sequence["Detections"]) -> "Detections":
+        if not parts:
+            return Detections.empty()
+        return Detections(np.concatenate([p.boxes for p in parts]),
+                          np.concatenate([p.scores for p in parts]),
+                          np.concatenate([p.landmarks for p in parts]))
+
+    def take(self, idx: np.ndarray) -> "Detections":
+        return Detections(self.boxes[idx], self.scores[idx], self.landmarks[idx])
+
+
+def _resize(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Area averaging when shrinking, bilinear when enlarging (like OpenCV INTER_AREA)."""
+    h, w = x.shape[-2:]
+    if size[0] <= h and size[1] <= w:
+        return F.interpolate(x, size=size, mode="area")
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    return (x - 127.5) * 0.0078125
+
+
+def _square(b: np.ndarray) -> np.ndarray:
+    """Grow each box to a square about its centre (the original ``rerec``)."""
+    b = b.copy()
+    w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    side = np.maximum(w, h)
+    b[:, 0] += (w - side) * 0.5
+    b[:, 1] += (h - side) * 0.5
+    b[:, 2] = b[:, 0] + side
+    b[:, 3] = b[:, 1] + side
+    return b
+
+
+def _regress(b: np.ndarray, reg: np.ndarray, plus_one: bool = True) -> np.ndarray:
+    b = b.copy()
+    extra = 1.0 if plus_one else 0.0
+    w = b[:, 2] - b[:, 0] + extra
+    h = b[:, 3] - b[:, 1] + extra
+    b[:, 0:4] += reg[:, 0:4] * np.stack([w, h, w, h], axis=1)
+    return b
+
+
+def _crops(img: torch.Tensor, boxes: np.ndarray, size: int) -> torch.Tensor:
+    """Resize each 1-based inclusive integer box of ``img`` (1x3xHxW, 0..255) to size^2.
+
+    Parts of a box outside the image are black (zero), as in the original MTCNN, so the
+    crop keeps its aspect ratio at the border.
+    """
+    H, W = img.shape[-2:]
+    out = torch.zeros((len(boxes), 3, size, size), dtype=img.dtype, device=img.device)
+    for k, (x1, y1, x2, y2) in enumerate(boxes.astype(np.int64)):
+        bw, bh = x2 - x1 + 1, y2 - y1 + 1
+        sx0, sy0 = max(x1 - 1, 0), max(y1 - 1, 0)
+        sx1, sy1 = min(x2, W), min(y2, H)
+        if sx1 <= sx0 or sy1 <= sy0:
+            continue  # wholly outside: an all-black crop, which the nets reject
+        if sx0 == x1 - 1 and sy0 == y1 - 1 and sx1 == x2 and sy1 == y2:
+            patch = img[:, :, sy0:sy1, sx0:sx1]
+        else:
+            patch = torch.zeros((1, 3, bh, bw), dtype=img.dtype, device=img.device)
+            patch[:, :, sy0 - (y1 - 1):sy1 - (y1 - 1), sx0 - (x1 - 1):sx1 - (x1 - 1)] = \
+                img[:, :, sy0:sy1, sx0:sx1]
+        out[k] = _resize(patch, (size, size))[0]
+    return out
+
+
+def _batched(net: nn.Module, x: torch.Tensor) -> Tuple[np.ndarray, ...]:
+    x = x.contiguous(memory_format=torch.channels_last)
+    parts = [net(x[i:i + _BATCH]) for i in range(0, len(x), _BATCH)]
+    return tuple(torch.cat(p, 0).double().cpu().numpy() for p in zip(*parts))
+
+
+class MTCNN:
+    """The three-stage MTCNN cascade on one HxWx3 uint8 RGB image at a time.
+
+    ``pad_ratio``: before detection, grow the image by ``pad_ratio`` times its size,
+    half on each side (0.5: a 250x250 photo becomes 375x375), filled per ``pad_mode``:
+    'constant' (black, the value the cascade itself uses outside the image) or
+    'replicate'. This lets P-Net find faces that fill the frame (tight crops); results
+    are mapped back to the unpadded image. The landmark bias on tight crops noted in the
+    data README comes mostly from clipping R/O-Net crops at the image border; this
+    cascade pads them with black as the original MTCNN does, so padding matters less.
+    ``upscales``: also run the detector on the image enlarged by each factor (bilinear)
+    and merge all detections with NMS, to find faces smaller than ``min_face_size``;
+    ``merge_threshold``/``merge_mode`` set that final NMS.
+
+    Runs with torch's intra-op threads; the tensors are small, so one thread per process
+    (and several processes) is faster than several threads on a loaded machine.
+    """
+
+    def __init__(self, weights_dir: Optional[Union[str, "os.PathLike[str]"]] = None,
+                 min_face_size: float = 20.0, factor: float = 0.709,
+                 thresholds: Sequence[float] = (0.6, 0.7, 0.7), pad_ratio: float = 0.0,
+                 pad_mode: str = "constant", upscales: Sequence[float] = (1,),
+                 merge_threshold: float = 0.7, merge_mode: str = "min",
+                 device: Union[str, torch.device] = "cpu") -> None:
+        if min_face_size < 12 / 4:
+            raise ConfigError(f"min_face_size must be >= 3 pixels, got {min_face_size}")
+        if not 0.1 < factor < 1:
+            raise ConfigError(f"pyramid factor must lie in (0.1, 1), got {factor}")
+        if len(thresholds) != 3 or not all(0 <= t <= 1 for t in thresholds):
+            raise ConfigError(f"thresholds must be three probabilities, got {thresholds}")
+        if not pad_ratio >= 0:
+            raise ConfigError(f"pad_ratio must be >= 0, got {pad_ratio}")
+        if pad_mode not in PAD_MODES:
+            raise ConfigError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+        if not upscales or any(not u > 0 for u in upscales):
+            raise ConfigError(f"upscales must be positive factors, got {upscales}")
+        if merge_mode not in ("union", "min"):
+            raise ConfigError(f"merge_mode must be 'union' or 'min', got {merge_mode!r}")
+        self.min_face_size = float(min_face_size)
+        self.factor = float(factor)
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self.pad_ratio = float(pad_ratio)
+        self.pad_mode = pad_mode
+        self.upscales = tuple(float(u) for u in upscales)
+        self.merge_threshold = float(merge_threshold)
+        self.merge_mode = merge_mode
+        self.device = torch.device(device)
+        self.pnet, self.rnet, self.onet = load_mtcnn_nets(weights_dir, self.device)
+
+    # -- public ----------------------------------------------------------------------
+    @torch.inference_mode()
+    def detect(self, img: np.ndarray) -> Detections:
+        """Detect the faces of an HxWx3 (or HxW grey) uint8 RGB image."""
+        arr = _check_image(img)
+        H, W = arr.shape[:2]
+        t = torch.from_numpy(np.ascontiguousarray(arr)).to(self.device)
+        t = t.permute(2, 0, 1)[None].float()
+        pad_y, pad_x = round(self.pad_ratio * H / 2), round(self.pad_ratio * W / 2)
+        if pad_x or pad_y:
+            t = F.pad(t, (pad_x, pad_x, pad_y, pad_y), mode=self.pad_mode)
+        Hp, Wp = t.shape[-2:]
+        found = []
+        for k in self.upscales:
+            size = (max(1, round(Hp * k)), max(1, round(Wp * k)))
+            tk = t if size == (Hp, Wp) else F.interpolate(
+                t, size=size, mode="bilinear", align_corners=False)
+            det = self._cascade(tk)
+            if len(det):
+                ry, rx = size[0] / Hp, size[1] / Wp
+                boxes = det.boxes / np.array([rx, ry, rx, ry])  # edges scale about 0
+                lms = (det.landmarks + 0.5) / np.array([rx, ry]) - 0.5  # centres don't
+                found.append(Detections(boxes, det.scores, lms))
+        if not found:
+            return Detections.empty()
+        det = Detections.concat(found)
+        if len(found) > 1:
+            det = det.take(nms(det.boxes, det.scores, self.merge_threshold,
+                               self.merge_mode))
+        else:
+            det = det.take(np.argsort(-det.scores, kind="stable"))
+        shift = np.array([pad_x, pad_y], dtype=np.float64)
+        return Detections(det.boxes - np.tile(shift, 2), det.scores, det.landmarks - shift)
+
+    __call__ = detect
+
+    # -- the cascade -----------------------------------------------------------------
+    def _scales(self, h: int, w: int) -> list:
+        m = 12.0 / self.min_face_size
+        side = min(h, w) * m
+        scales = []
+        while side >= 12:
+            scales.append(m * self.factor ** len(scales))
+            side *= self.factor
+        return scales
+
+    def _cascade(self, img: torch.Tensor) -> Detections:
+        H, W = img.shape[-2:]
+        t1, t2, t3 = self.thresholds
+        # Stage 1: P-Net over the pyramid -> candidate boxes in 1-based pixels.
+        cands = []
+        for s in self._scales(H, W):
+            lvl = _resize(img, (math.ceil(H * s), math.ceil(W * s)))
+            reg, prob = self.pnet(_normalise(lvl).contiguous(memory_format=torch.channels_last))
+            prob = prob[0, 1].double().cpu().numpy()
+            ys, xs = np.nonzero(prob >= t1)
+            if not len(xs):
+                continue
+            reg = reg[0].double().cpu().numpy()[:, ys, xs].T
+            q1 = np.floor((2.0 * np.stack([xs, ys], 1) + 1) / s)
+            q2 = np.floor((2.0 * np.stack([xs, ys], 1) + 12) / s)
+            b = np.concatenate([q1, q2, prob[ys, xs, None], reg], axis=1)
+            cands.append(b[nms(b[:, :4], b[:, 4], 0.5, "union", 1.0)])
+        if not cands:
+            return Detections.empty()
+        b = np.concatenate(cands)
+        b = b[nms(b[:, :4], b[:, 4], 0.7, "union", 1.0)]
+        boxes = np.trunc(_square(_regress(b[:, :4], b[:, 5:9], plus_one=False)))
+
+        # Stage 2: R-Net on 24x24 crops.
+        boxes = boxes[(boxes[:, 2] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 1])]
+        if not len(boxes):
+            return Detections.empty()
+        reg, prob = _batched(self.rnet, _normalise(_crops(img, boxes, 24)))
+        ok = prob[:, 1] > t2
+        boxes, score, reg = boxes[ok], prob[ok, 1], reg[ok]
+        keep = nms(boxes, score, 0.7, "union", 1.0)
+        boxes = np.trunc(_square(_regress(boxes[keep], reg[keep])))
+
+        # Stage 3: O-Net on 48x48 crops -> score, final box, landmarks.
+        boxes = boxes[(boxes[:, 2] >= boxes[:, 0]) & (boxes[:, 3] >= boxes[:, 1])]
+        if not len(boxes):
+            return Detections.empty()
+        reg, lm, prob = _batched(self.onet, _normalise(_crops(img, boxes, 48)))
+        ok = prob[:, 1] > t3
+        boxes, score, reg, lm = boxes[ok], prob[ok, 1], reg[ok], lm[ok]
+        if not len(boxes):
+            return Detections.empty()
+        w = boxes[:, 2:3] - boxes[:, 0:1] + 1
+        h = boxes[:, 3:4] - boxes[:, 1:2] + 1
+        # 1-based box corner minus one = 0-based index of the crop's first pixel.
+        lms = np.stack([boxes[:, 0:1] - 1 + w * lm[:, 0:5],
+                        boxes[:, 1:2] - 1 + h * lm[:, 5:10]], axis=2)
+        boxes = _regress(boxes, reg)
+        keep = nms(boxes, score, 0.7, "min", 1.0)
+        boxes, score, lms = boxes[keep], score[keep], lms[keep]
+        # Inclusive 1-based pixels -> 0-based slice bounds.
+        boxes = boxes - np.array([1.0, 1.0, 0.0, 0.0])
+        return Detections(boxes, score, lms)
+
+
+def _check_image(img: np.ndarray) -> np.ndarray:
+    arr = np.asarray(img)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 RGB (or HxW grey) image, got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got {arr.dtype}")
+    if min(arr.shape[:2]) < 1:
+        raise ValueError(f"empty image of shape {arr.shape}")
+    if not arr.flags.writeable:
+        arr = arr.copy()  # torch.from_numpy refuses read-only buffers without a warning
+    return arr

@@ -1,0 +1,201 @@
+"""MTCNN: weight loading, network shapes, the cascade on real photos, padding, upscales."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ranface.align import MTCNN, Detections, ONet, PNet, RNet, eye_mouth_distance
+from ranface.align.mtcnn import WEIGHT_FILES, default_weights_dir, load_mtcnn_nets
+from ranface.align.nms import box_overlap
+from ranface.errors import CheckpointError, ConfigError
+
+DATA = Path(os.environ.get("RANFACE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+LFW = DATA / "lfw-gray" / "images"
+CROWD = DATA / "crowd-photos" / "images"
+WEIGHTS = default_weights_dir()
+LFW_FILES = ["Aaron_Eckhart/Aaron_Eckhart_0001.jpg", "AJ_Cook/AJ_Cook_0001.jpg",
+             "Adrien_Brody/Adrien_Brody_0001.jpg", "Amy_Smart/Amy_Smart_0001.jpg",
+             "Bob_Holden/Bob_Holden_0001.jpg"]
+
+needs_weights = pytest.mark.skipif(WEIGHTS is None or not os.path.isdir(WEIGHTS),
+                                   reason="pip install --no-deps facenet-pytorch==2.6.0")
+needs_lfw = pytest.mark.skipif(not LFW.is_dir(), reason="needs ../shared/data/lfw-gray")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # MTCNN's tensors are small: on a shared 2-core box, 2 intra-op threads thrash
+    # (10x slower under load), so run single-threaded and restore afterwards.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def mtcnn():
+    return MTCNN()
+
+
+def _lfw(name):
+    from ranface.data.image import read_image
+
+    return read_image(LFW / name)
+
+
+def test_network_output_shapes():
+    torch.manual_seed(0)
+    reg, prob = PNet()(torch.randn(2, 3, 12, 12))
+    assert reg.shape == (2, 4, 1, 1) and prob.shape == (2, 2, 1, 1)
+    reg, prob = PNet()(torch.randn(1, 3, 100, 60))
+    assert reg.shape == (1, 4, 45, 25)  # stride 2, 12x12 receptive field
+    reg, prob = RNet()(torch.randn(3, 3, 24, 24))
+    assert reg.shape == (3, 4) and prob.shape == (3, 2)
+    torch.testing.assert_close(prob.sum(1), torch.ones(3))
+    reg, lm, prob = ONet()(torch.randn(4, 3, 48, 48))
+    assert reg.shape == (4, 4) and lm.shape == (4, 10) and prob.shape == (4, 2)
+
+
+@needs_weights
+def test_weights_load_into_our_modules():
+    pnet, rnet, onet = load_mtcnn_nets()
+    for net, name in zip((pnet, rnet, onet), WEIGHT_FILES):
+        state = torch.load(os.path.join(WEIGHTS, name), weights_only=True)
+        assert set(state) == set(net.state_dict())
+        torch.testing.assert_close(net.state_dict()["conv1.weight"], state["conv1.weight"])
+        assert not net.training
+
+
+def test_missing_weights_name_the_file(tmp_path):
+    with pytest.raises(CheckpointError) as err:
+        load_mtcnn_nets(tmp_path)
+    msg = str(err.value)
+    assert str(tmp_path / "pnet.pt") in msg
+    assert "pip install --no-deps facenet-pytorch==2.6.0" in msg
+
+
+@needs_weights
+def test_bad_weights_files(tmp_path):
+    for name in WEIGHT_FILES:
+        shutil.copy(os.path.join(WEIGHTS, name), tmp_path / name)
+    (tmp_path / "rnet.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"rnet\.pt: cannot load"):
+        load_mtcnn_nets(tmp_path)
+    state = torch.load(os.path.join(WEIGHTS, "rnet.pt"), weights_only=True)
+    state["dense4.weight"] = torch.zeros(128, 100)
+    torch.save(state, tmp_path / "rnet.pt")
+    with pytest.raises(CheckpointError, match=r"rnet\.pt \(dense4\.weight\): does not fit"):
+        load_mtcnn_nets(tmp_path)
+    del state["dense4.weight"]
+    torch.save(state, tmp_path / "rnet.pt")
+    with pytest.raises(CheckpointError, match="missing keys"):
+        load_mtcnn_nets(tmp_path)
+
+
+def test_config_errors():
+    for bad in (dict(min_face_size=1), dict(factor=1.2), dict(thresholds=(0.6, 0.7)),
+                dict(pad_ratio=-1), dict(pad_mode="reflect"), dict(upscales=()),
+                dict(upscales=(0,)), dict(merge_mode="max")):
+        with pytest.raises(ConfigError):
+            MTCNN(weights_dir="/nonexistent", **bad)
+
+
+@needs_weights
+def test_blank_image_and_bad_input(mtcnn):
+    det = mtcnn.detect(np.full((120, 160, 3), 128, np.uint8))
+    assert isinstance(det, Detections) and len(det) == 0
+    assert det.boxes.shape == (0, 4) and det.landmarks.shape == (0, 5, 2)
+    assert len(mtcnn.detect(np.zeros((8, 200, 3), np.uint8))) == 0  # below P-Net's 12 px
+    with pytest.raises(ValueError):
+        mtcnn.detect(np.zeros((10, 10, 4), np.uint8))
+    with pytest.raises(ValueError):
+        mtcnn.detect(np.zeros((10, 10, 3), np.float32))
+
+
+@pytest.mark.data
+@needs_weights
+@needs_lfw
+def test_lfw_one_face_plausible_landmarks(mtcnn):
+    for name in LFW_FILES:
+        img = _lfw(name)
+        det = mtcnn.detect(img)
+        good = det.scores >= 0.9
+        assert good.sum() >= 1, name
+        assert np.all(np.diff(det.scores) <= 0)
+        lm, box = det.landmarks[0], det.boxes[0]
+        assert 30 <= eye_mouth_distance(lm) <= 60, name
+        assert lm[0, 0] < lm[1, 0] and lm[3, 0] < lm[4, 0], name
+        assert max(lm[0, 1], lm[1, 1]) < lm[2, 1] < min(lm[3, 1], lm[4, 1]), name
+        # Landmarks inside their box, box around the photo centre.
+        assert (lm[:, 0] > box[0]).all() and (lm[:, 0] < box[2]).all(), name
+        assert (lm[:, 1] > box[1]).all() and (lm[:, 1] < box[3]).all(), name
+        assert box[0] < 125 < box[2] and box[1] < 125 < box[3], name
+        # Grey 2-D input is the same image.
+        np.testing.assert_allclose(mtcnn.detect(img[:, :, 0]).landmarks, det.landmarks)
+
+
+@pytest.mark.data
+@needs_weights
+@needs_lfw
+def test_mirrored_photo_mirrors_landmarks(mtcnn):
+    # x -> W-1-x under the pixel-centre convention; left and right swap roles.
+    img = _lfw(LFW_FILES[0])
+    a = mtcnn.detect(img).landmarks[0]
+    b = mtcnn.detect(np.ascontiguousarray(img[:, ::-1])).landmarks[0]
+    mirrored = np.stack([img.shape[1] - 1 - b[:, 0], b[:, 1]], 1)[[1, 0, 2, 4, 3]]
+    assert np.abs(mirrored - a).max() < 4.5  # detector noise ~2-3 px; a swap costs ~40
+
+
+@pytest.mark.data
+@needs_weights
+@needs_lfw
+def test_padding_and_upscaling_map_back_to_original_pixels(mtcnn):
+    img = _lfw(LFW_FILES[1])
+    base = mtcnn.detect(img)
+    for kw in (dict(pad_ratio=0.5), dict(pad_ratio=0.5, pad_mode="replicate"),
+               dict(upscales=(2,)), dict(upscales=(1.5,), pad_ratio=0.3)):
+        other = MTCNN(**kw).detect(img)
+        assert len(other) >= 1, kw
+        assert np.abs(other.landmarks[0] - base.landmarks[0]).max() < 3, kw
+        assert box_overlap(base.boxes[0], other.boxes[:1])[0] > 0.8, kw
+
+
+@pytest.mark.data
+@needs_weights
+@needs_lfw
+def test_padding_finds_faces_that_fill_the_frame(mtcnn):
+    # A tight crop: the face fills the frame and reaches past its edges.
+    img = _lfw(LFW_FILES[0])
+    lm = mtcnn.detect(img).landmarks[0]
+    cx, cy = lm.mean(0).round().astype(int)
+    tight = np.ascontiguousarray(img[cy - 40:cy + 40, cx - 40:cx + 40])
+    padded = MTCNN(pad_ratio=0.5).detect(tight)
+    assert len(padded) >= 1 and padded.scores[0] > 0.9
+    # Same points as in the full photo, up to detector noise between framings (~3 px).
+    expect = lm - [cx - 40, cy - 40]
+    assert np.abs(padded.landmarks[0] - expect).mean() < 3
+    assert np.abs(padded.landmarks[0] - expect).max() < 6
+
+
+@pytest.mark.data
+@needs_weights
+@pytest.mark.skipif(not (CROWD / "peiyunh_tiny__selfie.jpg").is_file(),
+                    reason="needs ../shared/data/crowd-photos")
+def test_multiscale_finds_more_small_faces(mtcnn):
+    from ranface.data.image import read_image
+
+    img = read_image(CROWD / "peiyunh_tiny__selfie.jpg")[0:400, 700:1200]  # a dense corner
+    single = mtcnn.detect(img)
+    multi = MTCNN(upscales=(1, 2, 3)).detect(img)
+    n1, n3 = (single.scores >= 0.9).sum(), (multi.scores >= 0.9).sum()
+    assert n3 >= n1 + 10 and n3 >= 25, (n1, n3)
+    small = eye_mouth_distance(multi.landmarks[multi.scores >= 0.9])
+    assert np.median(small) < 12  # the extra faces are the tiny ones
+    # Every confident single-scale face is still there after merging.
+    for box in single.boxes[single.scores >= 0.9]:
+        assert box_overlap(box, multi.boxes).max() > 0.5
