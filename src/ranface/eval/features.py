@@ -1,0 +1,203 @@
+"""Embedding lists of images for the evaluation protocols.
+
+Every protocol turns a list of image files (or decoded arrays) into flip-sum,
+L2-normalised embeddings through :class:`ranface.inference.Embedder`, in batches, with
+the same error policy: an unreadable image (or one the alignment hook rejects) either
+stops the run with an error naming it, or, with ``on_error='skip'``, is counted and its
+row is left NaN so that nothing computed from it can pass unnoticed.
+
+Images of any size are resized one by one to the model's input size before batching
+(bicubic, antialiased when shrinking, :func:`ranface.degrade.upsample`): TinyFace,
+SCface and SurvFace crops come in many sizes. A protocol can also ask for several
+*variants* of each image (full resolution and down-up probes of each size) so that every
+image is read and decoded only once.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from ..data.image import read_image
+from ..errors import DataError, RanfaceError
+
+__all__ = ["SkipLog", "Features", "embed_images", "embed_arrays", "resize_to", "IMAGE_EXTS",
+           "list_image_files"]
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+# prepare(image, index) -> aligned image, or None to skip it (reason via SkipLog).
+Prepare = Callable[[np.ndarray, int], Optional[np.ndarray]]
+Variant = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class SkipLog:
+    """Counts what was skipped under ``on_error='skip'``; raises under 'raise'."""
+
+    on_error: str = "raise"
+    count: int = 0
+    examples: List[str] = field(default_factory=list)
+    max_examples: int = 10
+
+    def handle(self, err: RanfaceError) -> None:
+        """Re-raise ``err`` or record it as one skipped item."""
+        if self.on_error != "skip":
+            raise err
+        self.record(str(err))
+
+    def record(self, message: str, n: int = 1) -> None:
+        self.count += n
+        if len(self.examples) < self.max_examples:
+            self.examples.append(message)
+
+
+@dataclass
+class Features:
+    """Embeddings of N items: ``feats[variant]`` is (N, D) float32, NaN rows where the
+    item failed (``ok`` False) or the variant was not wanted for it."""
+
+    feats: Dict[str, np.ndarray]
+    ok: np.ndarray
+
+    def __getitem__(self, variant: str) -> np.ndarray:
+        return self.feats[variant]
+
+    @property
+    def n_ok(self) -> int:
+        return int(self.ok.sum())
+
+
+def list_image_files(folder: str, recursive: bool = False) -> List[str]:
+    """Image files under ``folder`` as sorted paths relative to it."""
+    out: List[str] = []
+    if recursive:
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames.sort()
+            out.extend(os.path.relpath(os.path.join(dirpath, f), folder)
+                       for f in sorted(filenames) if f.lower().endswith(IMAGE_EXTS))
+    else:
+        out = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTS)
+                     and os.path.isfile(os.path.join(folder, f)))
+    return out
+
+
+def resize_to(arr: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """uint8 HxWx3 -> ``size`` = (H, W); bicubic, antialiased when shrinking."""
+    if tuple(arr.shape[:2]) == tuple(size):
+        return arr
+    from ..degrade import upsample
+
+    return upsample(arr, (int(size[0]), int(size[1])), kernel="bicubic")
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", leave=False)
+
+
+def embed_images(embedder, paths: Sequence[str], *, color: Optional[str] = None,
+                 skips: Optional[SkipLog] = None, prepare: Optional[Prepare] = None,
+                 variants: Optional[Mapping[str, Optional[Variant]]] = None,
+                 wanted: Optional[Mapping[str, np.ndarray]] = None,
+                 sources: Optional[Sequence[str]] = None, workers: int = 0,
+                 progress: bool = False, desc: str = "embed") -> Features:
+    """Read, (align,) degrade, resize and embed each image of ``paths`` once.
+
+    ``prepare(image, i)`` is the alignment hook: it returns the face to embed (any
+    size) or raises :class:`DataError` to reject it (a DataError without a path gets
+    the item's). ``variants`` maps a name to an operator applied to that face at its
+    own (aligned) size, before the resize to the model's input (None = as is; default
+    ``{"": None}``); ``wanted[name]`` (bool, N) restricts a variant to some items.
+    ``sources[i]`` names item i in error messages (default: its path). Reading errors
+    go to ``skips``. ``workers`` > 0 decodes, aligns and resizes in that many threads
+    (PIL and torch release the GIL), in bounded chunks, results in order.
+    """
+    skips = skips if skips is not None else SkipLog()
+    color = color or embedder.color
+    variants = dict(variants) if variants is not None else {"": None}
+    n = len(paths)
+    want = {v: (np.ones(n, bool) if wanted is None or v not in wanted
+                else np.asarray(wanted[v], bool)) for v in variants}
+    todo = [i for i in range(n) if any(want[v][i] for v in variants)]
+    feats: Dict[str, Optional[np.ndarray]] = {v: None for v in variants}
+    ok = np.zeros(n, bool)
+    pending: Dict[str, List[np.ndarray]] = {v: [] for v in variants}
+    rows: Dict[str, List[int]] = {v: [] for v in variants}
+    size = embedder.input_size
+
+    def load(i: int) -> Union[Dict[str, np.ndarray], DataError]:
+        path = paths[i]
+        try:
+            img = read_image(path, color=color)
+            if prepare is not None:
+                img = prepare(img, i)
+        except DataError as exc:
+            if exc.path is None or (sources is not None and exc.path == os.fspath(path)):
+                exc = DataError(sources[i] if sources is not None else path, exc.problem,
+                                exc.where)
+            return exc
+        return {v: resize_to(img if op is None else op(img), size)
+                for v, op in variants.items() if want[v][i]}
+
+    def flush(v: str) -> None:
+        if not pending[v]:
+            return
+        f = embedder.embed_arrays(pending[v], color)
+        if feats[v] is None:
+            feats[v] = np.full((n, f.shape[1]), np.nan, np.float32)
+        feats[v][rows[v]] = f
+        pending[v].clear()
+        rows[v].clear()
+
+    bar = _progress(len(todo), desc, progress)
+    pool = ThreadPoolExecutor(workers) if workers > 0 else None
+    chunk = max(64, 4 * embedder.batch_size)
+    try:
+        for c in range(0, len(todo), chunk):
+            idx = todo[c:c + chunk]
+            loaded = pool.map(load, idx) if pool is not None else map(load, idx)
+            for i, got in zip(idx, loaded):
+                if bar is not None:
+                    bar.update(1)
+                if isinstance(got, DataError):
+                    skips.handle(got)
+                    continue
+                ok[i] = True
+                for v, face in got.items():
+                    pending[v].append(face)
+                    rows[v].append(i)
+                    if len(pending[v]) >= embedder.batch_size:
+                        flush(v)
+        for v in variants:
+            flush(v)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if bar is not None:
+            bar.close()
+    dim = next((f.shape[1] for f in feats.values() if f is not None), 0)
+    out = {v: (f if f is not None else np.full((n, dim), np.nan, np.float32))
+           for v, f in feats.items()}
+    return Features(out, ok)
+
+
+def embed_arrays(embedder, arrays: Sequence[np.ndarray], color: Optional[str] = None,
+                 variant: Optional[Variant] = None) -> np.ndarray:
+    """Embed decoded arrays of any sizes (resized one by one, then batched)."""
+    color = color or embedder.color
+    out = []
+    bs = embedder.batch_size
+    for s in range(0, len(arrays), bs):
+        batch = [resize_to(a if variant is None else variant(a), embedder.input_size)
+                 for a in arrays[s:s + bs]]
+        out.append(embedder.embed_arrays(batch, color))
+    if not out:
+        return np.zeros((0, 0), np.float32)
+    return np.concatenate(out).astype(np.float32, copy=False)

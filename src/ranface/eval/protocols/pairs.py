@@ -1,0 +1,364 @@
+"""``pairs``: LFW ``pairs.txt`` verification on any folder of aligned faces, at any probe
+resolution (the protocol the bundled grey LFW uses; paper §4.3 / Fig. 6b for the
+full-resolution row, the low-resolution rows stand in for the surveillance setting).
+
+File format (LFW View 2): a header ``F N`` (F folds of N pairs per class; a single
+``N`` means one fold, as in ``pairsDevTrain.txt``), then for each fold N matched lines
+``name i j`` followed by N mismatched lines ``name1 i name2 j``. Image ``i`` of ``name``
+is ``<images>/<name>/<name>_<iiii>.<ext>`` (4-digit index). Fold numbers are 0-based.
+
+Metrics per (mode, probe size): 10-fold accuracy using the file's own folds (threshold
+chosen on the other folds, :func:`~ranface.eval.metrics.kfold_verification_accuracy`;
+mean and population std), TAR at FAR (``fars``), ROC and AUC, on cosine scores of
+flip-sum embeddings (``flip``).
+
+Probe-resolution sweep: a probe of ``s`` px is the aligned image shrunk to ``s`` px wide
+and resized back to its aligned size (:func:`ranface.degrade.down_up`, bicubic,
+antialiased), then to the model's input. Mode ``hr-lr`` degrades the SECOND image of
+every pair line (``j`` / ``name2 j``) and keeps the first at full resolution; mode
+``lr-lr`` degrades both. The ``full`` row is HR-HR. Each distinct image is read once and
+embedded once per size it is needed at.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+
+from ...errors import ConfigError, ProtocolError
+from ...io_utils import atomic_write_text
+from ..features import SkipLog, embed_images
+from ..report import curve, far_label, fmt_pct, fmt_rate, md_table, plot_curves, plot_panels
+from . import EvalContext, Protocol, base_result, register_protocol
+from .common import operating_points, require
+
+__all__ = ["Pair", "PairsOptions", "parse_pairs", "lfw_split", "PairsProtocol", "MODES"]
+
+MODES = ("hr-lr", "lr-lr")
+FULL = "full"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One line of ``pairs.txt``: fold (0-based), image paths relative to the image
+    folder, whether it is a matched pair, and its line number (1-based)."""
+
+    fold: int
+    path1: str
+    path2: str
+    same: bool
+    line: int
+
+
+@dataclass
+class PairsOptions:
+    pairs: str = "pairs.txt"  # relative to the root, or absolute
+    images: str = "auto"  # image folder; auto: <root>/images if it exists, else <root>
+    ext: str = "jpg"  # jpg | png (the file extension the images have)
+    flip: bool = True  # flip-sum embeddings
+    probe_sizes: List[int] = field(default_factory=lambda: [32, 24, 16, 12, 8])
+    modes: List[str] = field(default_factory=lambda: list(MODES))
+    fars: List[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1])
+    kernel: str = "bicubic"  # down_up kernel (both directions)
+    color: str = ""  # channel order fed to the model; "" : the model's own
+    per_fold: int = 0  # >0: keep only the first N matched and N mismatched pairs per fold
+
+
+def _identity(rel: str) -> str:
+    return rel.split("/", 1)[0]
+
+
+def _index(tok: str, path: str, line: int) -> int:
+    if not tok.isdigit() or int(tok) < 1:
+        raise ProtocolError(path, f"image number {tok!r} is not a positive integer",
+                            f"line {line}")
+    return int(tok)
+
+
+def parse_pairs(path: str, ext: str = "jpg") -> List[Pair]:
+    """Read an LFW-format ``pairs.txt``; every malformed line is a :class:`ProtocolError`
+    naming its line number."""
+    ext = ext.lstrip(".")
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            lines = [(no, ln.split()) for no, ln in enumerate(fh, 1)]
+    except OSError as exc:
+        raise ProtocolError(path, f"cannot read pairs file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise ProtocolError(path, "not a UTF-8 text file") from None
+    lines = [(no, tok) for no, tok in lines if tok]
+    if not lines:
+        raise ProtocolError(path, "empty pairs file")
+    hno, head = lines[0]
+    if not 1 <= len(head) <= 2 or not all(t.isdigit() and int(t) > 0 for t in head):
+        raise ProtocolError(path, f"header must be 'FOLDS PAIRS_PER_CLASS' (e.g. '10 300'), "
+                            f"got {' '.join(head)!r}", f"line {hno}")
+    n_folds, per_class = (1, int(head[0])) if len(head) == 1 else (int(head[0]), int(head[1]))
+    body = lines[1:]
+    expected = n_folds * 2 * per_class
+    out: List[Pair] = []
+    for k, (no, tok) in enumerate(body):
+        if k >= expected:
+            raise ProtocolError(path, f"more pairs than the header's {n_folds} folds x 2 x "
+                                f"{per_class}", f"line {no}")
+        fold, r = divmod(k, 2 * per_class)
+        same = r < per_class
+        if same:
+            if len(tok) != 3:
+                raise ProtocolError(path, f"expected a matched pair 'name i j' (pair {r + 1} "
+                                    f"of fold {fold}), got {len(tok)} fields", f"line {no}")
+            n1, i, n2, j = tok[0], tok[1], tok[0], tok[2]
+        else:
+            if len(tok) != 4:
+                raise ProtocolError(path, f"expected a mismatched pair 'name1 i name2 j' (pair "
+                                    f"{r + 1} of fold {fold}), got {len(tok)} fields",
+                                    f"line {no}")
+            n1, i, n2, j = tok
+        a, b = _index(i, path, no), _index(j, path, no)
+        out.append(Pair(fold, f"{n1}/{n1}_{a:04d}.{ext}", f"{n2}/{n2}_{b:04d}.{ext}", same, no))
+    if len(out) < expected:
+        last = body[-1][0] if body else hno
+        raise ProtocolError(path, f"ends after {len(out)} pairs; the header promises "
+                            f"{n_folds} folds x 2 x {per_class} = {expected}", f"line {last}")
+    return out
+
+
+def lfw_split(pairs: Sequence[Pair], test_folds: Iterable[int], out_path: Optional[str] = None,
+              all_identities: Optional[Iterable[str]] = None) -> Tuple[List[str], List[str]]:
+    """Identity-disjoint split for training on LFW people and testing on some folds.
+
+    Test identities: everyone in a pair of a ``test_folds`` fold (0-based). Training
+    identities: everyone else among ``all_identities`` (default: the people of the pair
+    file), i.e. all people that appear in none of the test folds. With ``out_path`` the
+    split is written there as JSON (atomically). Returns (train, test), sorted.
+    """
+    folds = sorted({int(f) for f in test_folds})
+    present = {p.fold for p in pairs}
+    bad = [f for f in folds if f not in present]
+    if not folds or bad:
+        raise ConfigError(f"test_folds must name folds of the pair file "
+                          f"({sorted(present)}), got {folds}")
+    test: Set[str] = set()
+    everyone: Set[str] = set()
+    for p in pairs:
+        ids = {_identity(p.path1), _identity(p.path2)}
+        everyone |= ids
+        if p.fold in folds:
+            test |= ids
+    if all_identities is not None:
+        everyone = set(all_identities) | test
+    train = sorted(everyone - test)
+    test_l = sorted(test)
+    if out_path:
+        atomic_write_text(out_path, json.dumps({
+            "test_folds": folds, "n_train_identities": len(train),
+            "n_test_identities": len(test_l), "train_identities": train,
+            "test_identities": test_l}, indent=1) + "\n")
+    return train, test_l
+
+
+def _metrics(s: np.ndarray, same: np.ndarray, folds: np.ndarray, fars: Sequence[float]
+             ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    from ..metrics import (kfold_verification_accuracy, roc_auc, roc_curve_points,
+                           tar_at_far)
+
+    k = kfold_verification_accuracy(s, same, folds=folds)
+    gen, imp = s[same], s[~same]
+    fpr, tpr, _ = roc_curve_points(gen, imp, max_points=200)
+    m = {"acc": k["mean"], "acc_std": k["std"],
+         "fold_acc": [float(v) for v in k["fold_accuracies"]],
+         "tar": operating_points(tar_at_far(gen, imp, fars)),
+         "auc": roc_auc(gen, imp), "pairs": int(s.size)}
+    return m, {"fpr": fpr, "tpr": tpr}
+
+
+@register_protocol("pairs")
+class PairsProtocol(Protocol):
+    Options = PairsOptions
+    title = "Pair verification (LFW pairs.txt) at probe resolutions"
+
+    @staticmethod
+    def _paths(root: str, o: PairsOptions) -> Tuple[str, str]:
+        pairs = o.pairs if os.path.isabs(o.pairs) else os.path.join(root, o.pairs)
+        if o.images == "auto":
+            images = os.path.join(root, "images") if os.path.isdir(os.path.join(root, "images")) \
+                else root
+        else:
+            images = o.images if os.path.isabs(o.images) else os.path.join(root, o.images)
+        return pairs, images
+
+    def validate_root(self, root: str, options: Any = None) -> None:
+        o = options or PairsOptions()
+        bad = [m for m in o.modes if m not in MODES]
+        if bad or not o.modes:
+            raise ConfigError(f"modes must be a non-empty list of {MODES}, got {o.modes}")
+        if any(int(s) < 1 for s in o.probe_sizes):
+            raise ConfigError(f"probe_sizes must be positive pixel widths, got {o.probe_sizes}")
+        if o.ext.lstrip(".").lower() not in ("jpg", "jpeg", "png", "bmp", "webp"):
+            raise ConfigError(f"ext must be an image extension (jpg, png, ...), got {o.ext!r}")
+        pairs, images = self._paths(root, o)
+        require(root, [(pairs, "file"), (images, "dir")], "pairs-protocol")
+
+    def run(self, ctx: EvalContext, root: str, options: PairsOptions) -> Dict[str, Any]:
+        o = options
+        pairs_file, images = self._paths(root, o)
+        pairs = parse_pairs(pairs_file, o.ext)
+        if o.per_fold > 0:
+            pairs = _first_per_fold(pairs, o.per_fold)
+        skips = SkipLog(ctx.on_error)
+        result = base_result(self.name, ctx, root, o)
+
+        # Every distinct image once; a missing one names its path and pairs.txt line.
+        uniq: Dict[str, int] = {}
+        first_line: Dict[str, int] = {}
+        for p in pairs:
+            for rel in (p.path1, p.path2):
+                if rel not in uniq:
+                    uniq[rel] = len(uniq)
+                    first_line[rel] = p.line
+        rels = list(uniq)
+        missing = [r for r in rels if not os.path.isfile(os.path.join(images, r))]
+        if missing and ctx.on_error != "skip":
+            r = missing[0]
+            more = f"; {len(missing)} of its images are missing in all" if len(missing) > 1 else ""
+            raise ProtocolError(os.path.join(images, r), f"image not found (named in "
+                                f"{pairs_file} line {first_line[r]}){more}")
+        for r in missing:
+            skips.record(f"{os.path.join(images, r)}: image not found (named in {pairs_file} "
+                         f"line {first_line[r]})")
+        i1 = np.array([uniq[p.path1] for p in pairs])
+        i2 = np.array([uniq[p.path2] for p in pairs])
+        same = np.array([p.same for p in pairs])
+        folds = np.array([p.fold for p in pairs])
+
+        sizes = sorted({int(s) for s in o.probe_sizes}, reverse=True)
+        need_lr = np.zeros(len(rels), bool)
+        if "lr-lr" in o.modes:
+            need_lr[i1] = True
+        need_lr[i2] = True
+        gone = np.zeros(len(rels), bool)
+        gone[[uniq[r] for r in missing]] = True
+        variants: Dict[str, Any] = {FULL: None}
+        wanted: Dict[str, np.ndarray] = {FULL: ~gone}
+        for s in sizes:
+            variants[str(s)] = _down_up(s, o.kernel)
+            wanted[str(s)] = need_lr & ~gone
+        emb = ctx.embedder(o.flip)
+        feats = embed_images(emb, [os.path.join(images, r) for r in rels],
+                             color=o.color or None, skips=skips, variants=variants,
+                             wanted=wanted, workers=ctx.workers, progress=ctx.progress,
+                             desc="pairs")
+        ok = feats.ok & ~gone
+        valid = ok[i1] & ok[i2]
+        n_bad = int((~valid).sum())
+        if not valid.any():
+            raise ProtocolError(pairs_file, "no pair could be scored (all images unreadable)")
+        if (~same[valid]).sum() == 0 or same[valid].sum() == 0:
+            raise ProtocolError(pairs_file, "need matched and mismatched pairs to score")
+        i1, i2, same, folds = i1[valid], i2[valid], same[valid], folds[valid]
+        if np.unique(folds).size < 2:
+            # One fold in the file (pairsDevTrain style): 10 folds by position in each class.
+            folds = np.zeros(same.size, np.int64)
+            for cls in (True, False):
+                idx = np.flatnonzero(same == cls)
+                folds[idx] = np.arange(idx.size) % 10
+
+        metrics: Dict[str, Any] = {}
+        curves: Dict[str, Any] = {}
+        full = feats[FULL]
+        m, roc = _metrics(np.einsum("ij,ij->i", full[i1], full[i2]), same, folds, o.fars)
+        metrics[FULL] = m
+        curves[f"roc/{FULL}"] = curve(roc["fpr"], roc["tpr"], "FAR", "TAR", log_x=True,
+                                      compare=True)
+        for mode in o.modes:
+            metrics[mode] = {}
+            for s in sizes:
+                lr = feats[str(s)]
+                a = lr[i1] if mode == "lr-lr" else full[i1]
+                m, roc = _metrics(np.einsum("ij,ij->i", a, lr[i2]), same, folds, o.fars)
+                metrics[mode][str(s)] = m
+                curves[f"roc/{mode}/{s}"] = curve(roc["fpr"], roc["tpr"], "FAR", "TAR",
+                                                  log_x=True)
+            accs = [metrics[mode][str(s)]["acc"] for s in sizes]
+            stds = [metrics[mode][str(s)]["acc_std"] for s in sizes]
+            curves[f"acc-vs-pixels/{mode}"] = curve(
+                sizes, accs, "probe width (px)", "10-fold accuracy", y_err=stds, markers=True,
+                hline=metrics[FULL]["acc"], compare=True)
+        result["metrics"] = {"sizes": sizes, "modes": list(o.modes),
+                             "fars": [far_label(f) for f in o.fars],
+                             "degraded_image": "second of each pair (hr-lr); both (lr-lr)",
+                             **metrics}
+        result["curves"] = curves
+        result["counts"] = {"scored": int(valid.sum()), "skipped": n_bad,
+                            "pairs": len(pairs), "images": len(rels),
+                            "images_embedded": int(ok.sum()),
+                            "images_skipped": int(len(rels) - ok.sum()),
+                            "matched": int(same.sum()), "mismatched": int((~same).sum())}
+        result["skipped_examples"] = skips.examples
+        return result
+
+    # ------------------------------------------------------------------ report
+    def markdown(self, result: Dict[str, Any]) -> str:
+        m = result["metrics"]
+        modes, fars = m["modes"], m["fars"]
+        head = ["probe px"] + [f"{md} acc (%)" for md in modes] + \
+            [f"{md} TAR@FAR={f}" for md in modes for f in fars]
+
+        def row(label: str, pick) -> List[str]:
+            cells = [label]
+            cells += [fmt_pct(pick(md)["acc"], pick(md)["acc_std"]) for md in modes]
+            cells += [fmt_rate(pick(md)["tar"][f]["tar"]) for md in modes for f in fars]
+            return cells
+
+        rows = [row("full", lambda md: m[FULL])]
+        rows += [row(str(s), lambda md, s=s: m[md][str(s)]) for s in m["sizes"]]
+        note = ("\nhr-lr: the second image of each pair is shrunk to the probe width and "
+                "resized back; lr-lr: both images. full: both at full resolution. "
+                "Accuracy: 10-fold mean ± std (%).\n")
+        return md_table(head, rows) + note
+
+    def plots(self, result: Dict[str, Any], out_dir: str) -> List[str]:
+        c = result["curves"]
+        modes = result["metrics"]["modes"]
+        acc = {md: c[f"acc-vs-pixels/{md}"] for md in modes}
+        out = [plot_curves(acc, os.path.join(out_dir, "accuracy_vs_pixels.png"),
+                           "10-fold accuracy vs probe width (dashed: full resolution)")]
+        panels = {}
+        for md in modes:
+            series = {"full": c[f"roc/{FULL}"]}
+            series.update({f"{s} px": c[f"roc/{md}/{s}"] for s in result["metrics"]["sizes"]})
+            panels[f"ROC {md}"] = series
+        out.append(plot_panels(panels, os.path.join(out_dir, "roc.png")))
+        return out
+
+    def summary(self, result: Dict[str, Any]) -> Dict[str, str]:
+        m = result["metrics"]
+        row = {"full acc": fmt_pct(m[FULL]["acc"], m[FULL]["acc_std"])}
+        for md in m["modes"]:
+            for s in m["sizes"]:
+                r = m[md][str(s)]
+                row[f"{md} {s}px acc"] = fmt_pct(r["acc"], r["acc_std"])
+        return row
+
+
+def _first_per_fold(pairs: List[Pair], n: int) -> List[Pair]:
+    count: Dict[Tuple[int, bool], int] = {}
+    out = []
+    for p in pairs:
+        k = (p.fold, p.same)
+        if count.get(k, 0) < n:
+            count[k] = count.get(k, 0) + 1
+            out.append(p)
+    return out
+
+
+def _down_up(size: int, kernel: str):
+    from ...degrade import down_up
+
+    def op(img: np.ndarray) -> np.ndarray:
+        return down_up(img, size, down=kernel, up=kernel)
+
+    return op
