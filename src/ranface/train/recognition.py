@@ -74,7 +74,7 @@ def load_init(backbone: nn.Module, head: Optional[nn.Module], spec: str) -> Dict
         if all(k in head_state and head_state[k].shape == v.shape for k, v in own.items()):
             head.load_state_dict(head_state)
             used_head = True
-    return {"init": spec, "head": used_head}
+    return {"init": spec, "head": used_head, **({"head_source": spec} if used_head else {})}
 
 
 class ClassificationLoss:
