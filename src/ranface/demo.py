@@ -1,0 +1,367 @@
+"""``ranface demo``: the whole RAN pipeline on the bundled real data, at small scale.
+
+Stages (each writes under ``<out>/`` and records ``<out>/stages/<name>.json`` when done;
+a rerun reuses finished stages whose settings are unchanged, and an interrupted training
+or synthesis stage resumes from its own checkpoints/outputs):
+
+1. ``split``       LFW ``pairs.txt``: the test folds are held out; training identities are
+                   the people who appear in none of them (identity-disjoint, issue 3).
+2. ``faces``       ``prepare`` the test-fold photos and the training photos (MTCNN, 5-point
+                   alignment to the dlib template, the framing of the pretrained ResNet-29).
+3. ``lr_pool``     ``prepare --mode all --lr-select 10:30`` on the crowd photos (paper §4.1),
+                   also detecting at 2x/3x: the real LR faces y.
+4. ``gan``         MR-GAN trained on the training faces against the real LR pool.
+5. ``synth_*``     LR twins of the training faces by MR-GAN and by bicubic down-sampling.
+6. ``lr_*``        LR models: the HR model fine-tuned on each twin with random blur.
+7. ``mr_*``        MR models (feature adaption, Eq. 7-10) for each degrader, plus the
+                   no-translator ablation for MR-GAN.
+8. ``eval_*``      ``pairs`` protocol on the held-out folds for HR, LR and MR models: full
+                   resolution and HR-vs-LR / LR-vs-LR at the probe sizes.
+9. ``report``      ``report.md`` + self-contained ``report.html``.
+
+The HR model is the imported pretrained dlib ResNet-29 (face-api weights); with
+``hr_finetune_steps > 0`` it is first fine-tuned with ArcFace on the training identities.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import dataclasses
+import hashlib
+import html
+import io
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .config import default_data_root, to_dict
+from .errors import ConfigError, RanfaceError
+from .io_utils import atomic_write_bytes, atomic_write_text
+
+PROFILES: Dict[str, Dict[str, Any]] = {
+    # CI-sized: one held-out fold, 100+100 of its pairs; a few dozen training identities.
+    "quick": dict(test_folds=[9], pairs_per_fold=100, train_ids=60, train_images_per_id=4,
+                  lr_pool_upscales=[1.0, 2.0], gan_steps=30, gan_batch=8, gan_profile="small",
+                  lr_steps=16, mr_steps=16, batch_size=16, probe_sizes=[16, 8],
+                  lr_pool_limit=0),
+    # 2-core laptop: two held-out folds (1,200 pairs), a few hundred training identities.
+    "default": dict(test_folds=[8, 9], pairs_per_fold=0, train_ids=300, train_images_per_id=8,
+                    lr_pool_upscales=[1.0, 2.0, 3.0], gan_steps=300, gan_batch=16,
+                    gan_profile="small", lr_steps=120, mr_steps=120, batch_size=32,
+                    probe_sizes=[32, 24, 16, 12, 8], lr_pool_limit=0),
+}
+
+
+@dataclass
+class DemoConfig:
+    """Settings of ``ranface demo``; ``profile`` fills the unset (None/empty) ones."""
+
+    profile: str = "default"  # default | quick
+    out: str = "runs/demo"
+    data_root: str = ""  # "" -> ../shared/data (or $RANFACE_DATA)
+    seed: int = 0
+    template: str = "dlib"  # alignment template of every face in the demo
+    face_size: int = 112  # aligned faces; the ResNet-29 resizes to its 150x150 input
+    test_folds: List[int] = field(default_factory=list)  # 0-based LFW folds held out
+    pairs_per_fold: Optional[int] = None  # 0: all 300+300 pairs of each test fold
+    train_ids: Optional[int] = None  # training identities (most images first)
+    train_min_images: int = 3
+    train_images_per_id: Optional[int] = None
+    lr_pool_upscales: List[float] = field(default_factory=list)
+    lr_pool_limit: Optional[int] = None
+    hr_finetune_steps: int = 0
+    gan_steps: Optional[int] = None
+    gan_batch: Optional[int] = None
+    gan_profile: str = ""
+    degraders: List[str] = field(default_factory=lambda: ["mrgan", "bicubic"])
+    bicubic_sizes: List[int] = field(default_factory=lambda: [8, 32])
+    no_translator: bool = True
+    lr_steps: Optional[int] = None
+    mr_steps: Optional[int] = None
+    batch_size: Optional[int] = None
+    lr: float = 0.001  # backbone learning rate when fine-tuning the pretrained model
+    head_lr_mult: float = 10.0
+    probe_sizes: List[int] = field(default_factory=list)
+    workers: int = 2
+    progress: bool = True
+
+
+def resolve(cfg: DemoConfig) -> DemoConfig:
+    if cfg.profile not in PROFILES:
+        raise ConfigError(f"demo profile must be one of {sorted(PROFILES)}, got {cfg.profile!r}")
+    prof = PROFILES[cfg.profile]
+    values = dataclasses.asdict(cfg)
+    for k, v in prof.items():
+        if values.get(k) in (None, "", []):
+            values[k] = v
+    if not values["data_root"]:
+        values["data_root"] = default_data_root()
+    return DemoConfig(**values)
+
+
+# ------------------------------------------------------------------------- stage cache
+
+
+class Stages:
+    """Records finished stages; a stage reruns when its settings changed."""
+
+    def __init__(self, out: str):
+        self.dir = os.path.join(out, "stages")
+        os.makedirs(self.dir, exist_ok=True)
+        self.times: Dict[str, float] = {}
+        self.records: Dict[str, Dict[str, Any]] = {}
+
+    def run(self, name: str, settings: Dict[str, Any], fn: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
+        key = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+        path = os.path.join(self.dir, f"{name}.json")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as fh:
+                rec = json.load(fh)
+            if rec.get("key") == key:
+                self.records[name] = rec
+                self.times[name] = rec.get("elapsed_s", 0.0)
+                print(f"[demo] {name}: reused (finished earlier)", flush=True)
+                return rec["result"]
+        print(f"[demo] {name}: running", flush=True)
+        t0 = time.time()
+        result = fn()
+        rec = {"key": key, "settings": settings, "result": result, "elapsed_s": round(time.time() - t0, 1)}
+        atomic_write_text(path, json.dumps(rec, indent=1, default=str))
+        self.records[name] = rec
+        self.times[name] = rec["elapsed_s"]
+        print(f"[demo] {name}: done in {rec['elapsed_s']:.0f} s", flush=True)
+        return result
+
+
+# ------------------------------------------------------------------------- stages
+
+
+def _pairs_file(data_root: str) -> str:
+    return os.path.join(data_root, "lfw-gray", "pairs.txt")
+
+
+def stage_split(cfg: DemoConfig, out: str) -> Dict[str, Any]:
+    """Identity-disjoint split; writes the test pairs file and the photo lists."""
+    from .eval.protocols.pairs import lfw_split, parse_pairs
+
+    pairs_path = _pairs_file(cfg.data_root)
+    images = os.path.join(cfg.data_root, "lfw-gray", "images")
+    pairs = parse_pairs(pairs_path)
+    n_folds = 1 + max(p.fold for p in pairs)
+    bad = [f for f in cfg.test_folds if not 0 <= f < n_folds]
+    if bad or not cfg.test_folds:
+        raise ConfigError(f"test_folds must be fold ids in 0..{n_folds - 1}, got {cfg.test_folds}")
+    everyone = sorted(d for d in os.listdir(images) if os.path.isdir(os.path.join(images, d)))
+    train_ids, test_ids = lfw_split(pairs, cfg.test_folds, out_path=os.path.join(out, "split.json"),
+                                    all_identities=everyone)
+    test = [p for p in pairs if p.fold in set(cfg.test_folds)]
+    if cfg.pairs_per_fold:
+        kept: List[Any] = []
+        for f in cfg.test_folds:
+            fp = [p for p in test if p.fold == f]
+            kept += [p for p in fp if p.same][: cfg.pairs_per_fold] + [p for p in fp if not p.same][: cfg.pairs_per_fold]
+        test = kept
+    # a pairs.txt of the held-out pairs only: one "fold" per test fold, in LFW's format
+    lines = [f"{len(cfg.test_folds)} {max(1, len(test) // (2 * len(cfg.test_folds)))}"]
+    for f in cfg.test_folds:
+        for same in (True, False):
+            for p in (q for q in test if q.fold == f and q.same == same):
+                n1, i1 = _name_index(p.path1)
+                n2, i2 = _name_index(p.path2)
+                lines.append(f"{n1}\t{i1}\t{i2}" if same else f"{n1}\t{i1}\t{n2}\t{i2}")
+    atomic_write_text(os.path.join(out, "test_pairs.txt"), "\n".join(lines) + "\n")
+    test_photos = sorted({p.path1 for p in test} | {p.path2 for p in test})
+    # training identities: most images first (ArcFace needs several per class), capped
+    counts = []
+    for name in sorted(train_ids):
+        d = os.path.join(images, name)
+        if os.path.isdir(d):
+            files = sorted(f for f in os.listdir(d) if f.lower().endswith(".jpg"))
+            if len(files) >= cfg.train_min_images:
+                counts.append((len(files), name, files))
+    counts.sort(key=lambda t: (-t[0], t[1]))
+    chosen = counts[: cfg.train_ids]
+    train_photos = [f"{name}/{f}" for _, name, files in sorted(chosen, key=lambda t: t[1])
+                    for f in files[: cfg.train_images_per_id]]
+    atomic_write_text(os.path.join(out, "test_photos.txt"), "\n".join(test_photos) + "\n")
+    atomic_write_text(os.path.join(out, "train_photos.txt"), "\n".join(train_photos) + "\n")
+    return {"test_folds": cfg.test_folds, "test_pairs": len(test), "test_photos": len(test_photos),
+            "test_identities": len(test_ids), "train_identities_available": len(train_ids),
+            "train_identities": len(chosen), "train_photos": len(train_photos)}
+
+
+def _name_index(rel: str) -> Tuple[str, int]:
+    stem = os.path.splitext(os.path.basename(rel))[0]
+    name, idx = stem.rsplit("_", 1)
+    return name, int(idx)
+
+
+def _prepare(cfg: DemoConfig, src: str, out: str, **extra: Any) -> Dict[str, Any]:
+    from .align.prepare import run_prepare
+    from .config import PrepareConfig
+
+    pc = PrepareConfig(input=src, out=out, template=cfg.template, size=[cfg.face_size, cfg.face_size],
+                       workers=cfg.workers, progress=cfg.progress, **extra)
+    return run_prepare(pc)
+
+
+def _run_cfg(out_dir: str, name: str, cfg: DemoConfig, **kw: Any) -> Dict[str, Any]:
+    run = dict(out_dir=out_dir, name=name, seed=cfg.seed, precision="fp32", resume="auto",
+               progress=cfg.progress, log_every=5, ckpt_every=50, val_every=0, keep_best=0)
+    run.update(kw)
+    return run
+
+
+def stage_recognition(cfg: DemoConfig, out: str, name: str, stage: str, data: str, init: str,
+                      steps: int, lr_train: str = "", lr_model: str = "", translator: bool = True) -> Dict[str, Any]:
+    from .config import TrainConfig, from_dict
+
+    d = {
+        "stage": stage,
+        "data": {"train": data, "lr_train": lr_train, "batch_size": cfg.batch_size, "num_workers": 1},
+        "model": {"backbone": "resnet29_dlib", "init": init},
+        "optim": {"lr": cfg.lr, "head_lr_mult": cfg.head_lr_mult, "schedule": "cosine",
+                  "warmup_steps": max(1, steps // 10), "max_steps": steps, "weight_decay": 5e-4},
+        "run": _run_cfg(os.path.join(out, "models"), name, cfg),
+    }
+    if stage == "mr":
+        d["adapt"] = {"lr_model": lr_model, "translator": translator}
+    tc = from_dict(TrainConfig, d)
+    if stage == "mr":
+        from .adapt.trainer import run_adaption
+
+        summary = run_adaption(tc)
+    else:
+        from .train.recognition import run_recognition
+
+        summary = run_recognition(tc)
+    keep = ("run_dir", "steps", "elapsed_s", "counters", "gate", "num_classes", "num_images")
+    return {k: summary[k] for k in keep if k in summary}
+
+
+def stage_gan(cfg: DemoConfig, out: str, faces: str, pool: str) -> Dict[str, Any]:
+    from .config import from_dict
+    from .gan.config import GanConfig, profile_configs
+    from .gan.trainer import run_train_gan
+
+    gen, disc = profile_configs(cfg.gan_profile)
+    d = {"data": {"hr": faces, "lr_pool": pool, "face_size": cfg.face_size, "batch_size": cfg.gan_batch,
+                  "num_workers": 1},
+         "generator": gen, "discriminator": disc,
+         "optim": {"max_steps": cfg.gan_steps},
+         "expert": os.path.join(cfg.data_root, "models", "faceapi-resnet29"),
+         "image_every": max(1, cfg.gan_steps // 3),
+         "run": _run_cfg(os.path.join(out, "models"), "gan", cfg, ckpt_every=max(10, cfg.gan_steps // 3))}
+    gc = from_dict(GanConfig, d)
+    summary = run_train_gan(gc)
+    keep = ("run_dir", "steps", "elapsed_s", "counters", "losses", "generator")
+    return {k: summary[k] for k in keep if k in summary}
+
+
+def stage_synth(cfg: DemoConfig, out: str, faces: str, degrader: str, gan_dir: str) -> Dict[str, Any]:
+    from .config import from_dict
+    from .gan.config import SynthConfig
+    from .gan.degraders import synthesize
+
+    opts: Dict[str, Any] = {}
+    if degrader == "mrgan":
+        opts = {"checkpoint": os.path.join(gan_dir, "generator.pt")}
+    elif degrader == "bicubic":
+        opts = {"sizes": list(cfg.bicubic_sizes)}
+    sc = from_dict(SynthConfig, {"input": faces, "output": os.path.join(out, f"lr_{degrader}"),
+                                 "degrader": degrader, "options": opts, "seed": cfg.seed,
+                                 "num_workers": 1, "progress": cfg.progress, "batch_size": 32})
+    res = synthesize(sc)
+    return {k: v for k, v in res.items() if isinstance(v, (int, float, str, list, dict))}
+
+
+def stage_eval(cfg: DemoConfig, out: str, name: str, model: str, faces: str) -> Dict[str, Any]:
+    from .eval.protocols import EvalContext, evaluate
+    from .eval.protocols.pairs import PairsOptions
+    from .inference import load_model
+
+    m, info = load_model(model)
+    ctx = EvalContext(model=m, info=info, batch_size=64, progress=cfg.progress)
+    opts = PairsOptions(pairs=os.path.join(out, "test_pairs.txt"), images=faces,
+                        probe_sizes=list(cfg.probe_sizes), modes=["hr-lr", "lr-lr"])
+    res = evaluate("pairs", ctx, out, opts, out_dir=os.path.join(out, "eval", name))
+    return {"result": os.path.join(out, "eval", name, "result.json"), "metrics": res["metrics"]}
+
+
+# ------------------------------------------------------------------------- driver
+
+
+def run_demo(cfg: DemoConfig) -> Dict[str, Any]:
+    cfg = resolve(cfg)
+    out = cfg.out
+    for need in (_pairs_file(cfg.data_root), os.path.join(cfg.data_root, "crowd-photos", "images"),
+                 os.path.join(cfg.data_root, "models", "faceapi-resnet29")):
+        if not os.path.exists(need):
+            raise RanfaceError(f"{need}: bundled demo data not found (set RANFACE_DATA or demo.data_root)")
+    os.makedirs(out, exist_ok=True)
+    from .config import save_config
+
+    save_config(cfg, os.path.join(out, "demo_config.yaml"))
+    st = Stages(out)
+    t_start = time.time()
+    lfw_images = os.path.join(cfg.data_root, "lfw-gray", "images")
+    faceapi = os.path.join(cfg.data_root, "models", "faceapi-resnet29")
+    common = {"template": cfg.template, "face_size": cfg.face_size}
+
+    split = st.run("split", {**common, "folds": cfg.test_folds, "ppf": cfg.pairs_per_fold,
+                             "ids": cfg.train_ids, "min": cfg.train_min_images, "per": cfg.train_images_per_id},
+                   lambda: stage_split(cfg, out))
+    faces_test = os.path.join(out, "faces_test")
+    faces_train = os.path.join(out, "faces_train")
+    lr_pool = os.path.join(out, "lr_pool")
+    st.run("faces_test", {**common, **split}, lambda: _prepare(
+        cfg, os.path.join(out, "test_photos.txt"), faces_test, root=lfw_images, policy="center"))
+    st.run("faces_train", {**common, **split}, lambda: _prepare(
+        cfg, os.path.join(out, "train_photos.txt"), faces_train, root=lfw_images, policy="center"))
+    pool = st.run("lr_pool", {**common, "up": cfg.lr_pool_upscales, "limit": cfg.lr_pool_limit},
+                  lambda: _prepare(cfg, os.path.join(cfg.data_root, "crowd-photos", "images"), lr_pool,
+                                   mode="all", lr_select="10:30", upscales=list(cfg.lr_pool_upscales),
+                                   max_outside=0.1, limit=cfg.lr_pool_limit or 0))
+    if pool.get("faces_written", 0) < (cfg.gan_batch or 1):
+        raise RanfaceError(f"{lr_pool}: only {pool.get('faces_written')} real LR faces found; MR-GAN needs "
+                           f"at least one batch ({cfg.gan_batch})")
+
+    hr_model = faceapi
+    if cfg.hr_finetune_steps > 0:
+        r = st.run("hr", {"steps": cfg.hr_finetune_steps, "lr": cfg.lr, "b": cfg.batch_size, **split},
+                   lambda: stage_recognition(cfg, out, "hr", "hr", faces_train, faceapi, cfg.hr_finetune_steps))
+        hr_model = r["run_dir"]
+
+    gan = st.run("gan", {"steps": cfg.gan_steps, "b": cfg.gan_batch, "p": cfg.gan_profile, **pool, **split},
+                 lambda: stage_gan(cfg, out, faces_train, lr_pool))
+    models: Dict[str, str] = {"HR": hr_model}
+    for deg in cfg.degraders:
+        st.run(f"synth_{deg}", {"gan": gan.get("steps"), "sizes": cfg.bicubic_sizes, **split},
+               lambda deg=deg: stage_synth(cfg, out, faces_train, deg, gan["run_dir"]))
+        lr_dir = os.path.join(out, f"lr_{deg}")
+        r = st.run(f"lr_{deg}", {"steps": cfg.lr_steps, "lr": cfg.lr, "b": cfg.batch_size, "hr": hr_model, **split},
+                   lambda deg=deg, lr_dir=lr_dir: stage_recognition(cfg, out, f"lr_{deg}", "lr", lr_dir, hr_model,
+                                                                    cfg.lr_steps))
+        models[f"LR ({deg})"] = r["run_dir"]
+        variants = [(f"mr_{deg}", True)] + ([(f"mr_{deg}_notrans", False)] if cfg.no_translator and deg == "mrgan" else [])
+        for name, trans in variants:
+            r = st.run(name, {"steps": cfg.mr_steps, "lr": cfg.lr, "b": cfg.batch_size, "t": trans, **split},
+                       lambda name=name, trans=trans, lr_dir=lr_dir, lr_run=r["run_dir"]: stage_recognition(
+                           cfg, out, name, "mr", faces_train, hr_model, cfg.mr_steps, lr_train=lr_dir,
+                           lr_model=lr_run, translator=trans))
+            label = f"MR ({deg})" if trans else f"MR ({deg}, no translator)"
+            models[label] = r["run_dir"]
+    evals: Dict[str, Dict[str, Any]] = {}
+    for label, path in models.items():
+        slug = label.lower().replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
+        evals[label] = st.run(f"eval_{slug}", {"model": path, "sizes": cfg.probe_sizes, **split},
+                              lambda label=label, path=path, slug=slug: stage_eval(cfg, out, slug, path, faces_test))
+    from .demo_report import write_report
+
+    report = write_report(cfg, out, st, models, evals, total_s=time.time() - t_start)
+    return {"out": out, "report": report, "models": models,
+            "stage_seconds": st.times, "total_s": round(time.time() - t_start, 1)}
