@@ -1,0 +1,135 @@
+"""MR-GAN speed: generator synthesis (faces/s, no grad) and one full training step
+(D phase + G phase through ranface's Trainer, with the frozen expert), per profile.
+
+Each figure is the median over ``--repeats`` timed windows. CPU defaults keep the
+paper profile short:
+
+    python benchmarks/gan.py                          # small + paper, this machine
+    python benchmarks/gan.py --profiles small --threads 2 --expert resnet29
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+
+from ranface.config import load_config
+from ranface.gan.config import GanConfig, PROFILES
+from ranface.gan.discriminators import MultiRegionDiscriminator
+from ranface.gan.generator import MRGenerator
+from ranface.gan.losses import ExpertNetwork, load_expert
+from ranface.gan.trainer import GanSteps, default_expert
+from ranface.models import create_backbone
+from ranface.train.distributed import DistInfo
+from ranface.train.loop import Phase, Trainer, TrainerOptions
+from ranface.train.precision import resolve_device, resolve_precision
+
+
+class FixedStream:
+    def __init__(self, batch):
+        self.batch = batch
+
+    def next(self):
+        return self.batch
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, s):
+        pass
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def profile_cfg(name):
+    over = [f"{sec}.{k}={v}" for sec, kv in PROFILES[name].items() for k, v in kv.items()]
+    return load_config(GanConfig, None, over)
+
+
+def synth_rate(cfg, batch, repeats, device, precision):
+    torch.manual_seed(0)
+    G = MRGenerator(cfg.generator).to(device).eval()
+    x = torch.rand(batch, 3, 112, 112, device=device) * 2 - 1
+    times = []
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        G(x)
+        for _ in range(repeats):
+            _sync(device)
+            t = time.perf_counter()
+            G(x)
+            _sync(device)
+            times.append(time.perf_counter() - t)
+    return batch / statistics.median(times), sum(p.numel() for p in G.parameters())
+
+
+def step_time(cfg, expert, batch, steps, repeats, device, precision):
+    torch.manual_seed(0)
+    G = MRGenerator(cfg.generator).to(device)
+    D = MultiRegionDiscriminator(cfg.discriminator).to(device)
+    cfg.run.seed = 0
+    gs = GanSteps(G, D, D, expert, cfg)
+    opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    x = torch.rand(batch, 3, 112, 112, device=device) * 2 - 1
+    y = torch.rand(batch, 3, 112, 112, device=device) * 2 - 1
+    with tempfile.TemporaryDirectory() as tmp:
+        tr = Trainer(run_dir=tmp, phases=[Phase("D", opt_d, gs.d_loss, [D]), Phase("G", opt_g, gs.g_loss, [G])],
+                     state_modules={"generator": G, "discriminator": D}, stream=FixedStream((x, y, [])),
+                     to_device=lambda b: b, device=device, precision=precision, dist=DistInfo(),
+                     options=TrainerOptions(max_steps=1, log_every=10 ** 6, ckpt_every=10 ** 6, progress=False,
+                                            tensorboard=False), config={})
+        tr.fit()  # warm-up step (and its checkpoint)
+        tr.ckpt.save = lambda *a, **k: None  # time the steps, not checkpoint writes
+        tr.param_digest = lambda: ""  # nor the end-of-fit replica digest
+        times = []
+        for _ in range(repeats):
+            tr.opt.max_steps = tr.step + steps
+            _sync(device)
+            t = time.perf_counter()
+            tr.fit()
+            _sync(device)
+            times.append((time.perf_counter() - t) / steps)
+    return statistics.median(times), sum(p.numel() for p in D.parameters())
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profiles", default="small,paper")
+    ap.add_argument("--synth-batch", type=int, default=64)
+    ap.add_argument("--train-batch", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--expert", default="resnet29", help="resnet29 (face-api folder) | mobilefacenet (untrained)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    if args.expert == "resnet29" and os.path.isdir(default_expert()):
+        expert = load_expert(default_expert(), device=device)
+    else:
+        expert = ExpertNetwork(create_backbone("mobilefacenet"), source="mobilefacenet (untrained)").to(device)
+    print(f"device {device}, precision {precision}, threads {torch.get_num_threads()}, expert {expert.source}")
+    print(f"| profile | G params | D params | synth faces/s (batch {args.synth_batch}) "
+          f"| D+G step s (batch {args.train_batch}) | train faces/s |")
+    print("|---|---|---|---|---|---|")
+    for name in args.profiles.split(","):
+        cfg = profile_cfg(name)
+        rate, gp = synth_rate(cfg, args.synth_batch, args.repeats, device, precision)
+        st, dp = step_time(cfg, expert, args.train_batch, args.steps, args.repeats, device, precision)
+        print(f"| {name} | {gp / 1e6:.2f}M | {dp / 1e6:.2f}M | {rate:.1f} | {st:.3f} | {args.train_batch / st:.1f} |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

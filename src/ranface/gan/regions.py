@@ -1,0 +1,84 @@
+"""Fixed face regions of MR-GAN: the eyes, nose and mouth boxes of the local generator
+G_l and of the local discriminators D_2..D_4 (paper §3.2: "center-cropped local patches
+... obtained by the detected landmark and fixed"), and Eq. 5's centre patch.
+
+Faces are aligned to the ArcFace 112x112 template (:data:`ranface.align.templates.
+ARCFACE_112`: eyes at (38.3, 51.7) and (73.5, 51.5), nose tip (56.0, 71.7), mouth corners
+(41.5, 92.4) and (70.7, 92.2)), so the regions sit at the same pixels in every face.
+Boxes are ``(x0, y0, x1, y1)``, end-exclusive, defined at 112 and scaled with the face
+size (rounded to whole pixels).
+"""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+
+Box = Tuple[int, int, int, int]
+
+REGIONS = ("eyes", "nose", "mouth")
+
+# At 112x112. eyes: both eyes and the lower brows, 64x32 centred on the eye midpoint
+# (55.9, 51.6); nose: bridge to tip, 32x32 around x = 56; mouth: both corners with
+# ~9 px margin, 48x24 centred on y = 92. Multiples of 8 so that 2-3 stride-2 layers of
+# the local networks divide them evenly at 112.
+REGION_BOXES_112: Dict[str, Box] = {
+    "eyes": (24, 36, 88, 68),
+    "nose": (40, 52, 72, 84),
+    "mouth": (32, 80, 80, 104),
+}
+
+# Eq. 5: "the 85 x 82 central patch of the attention map". Read as width x height,
+# the order of Eq. 4's W x H x C.
+CENTER_SIZE_112: Tuple[int, int] = (85, 82)
+
+
+def region_boxes(size: int) -> Dict[str, Box]:
+    """The eyes / nose / mouth boxes for a square face of ``size`` pixels."""
+    if size < 16:
+        raise ValueError(f"face size must be >= 16 pixels, got {size}")
+    f = size / 112.0
+    out = {}
+    for name, (x0, y0, x1, y1) in REGION_BOXES_112.items():
+        a, b = round(x0 * f), round(y0 * f)
+        # width and height scaled on their own so the box never collapses to 0 px
+        w, h = max(2, round((x1 - x0) * f)), max(2, round((y1 - y0) * f))
+        out[name] = (a, b, min(size, a + w), min(size, b + h))
+    return out
+
+
+def crop(x: torch.Tensor, box: Box) -> torch.Tensor:
+    """The ``box`` region of a batch (N, C, H, W) (a view)."""
+    x0, y0, x1, y1 = box
+    return x[..., y0:y1, x0:x1]
+
+
+def paste(patch: torch.Tensor, box: Box, size: Tuple[int, int]) -> torch.Tensor:
+    """``patch`` placed at ``box`` on a zero canvas of ``size`` = (H, W); differentiable."""
+    x0, y0, x1, y1 = box
+    h, w = size
+    return torch.nn.functional.pad(patch, (x0, w - x1, y0, h - y1))
+
+
+def box_mask(box: Box, size: Tuple[int, int], device=None, dtype=torch.float32) -> torch.Tensor:
+    """(1, 1, H, W) mask, 1 inside ``box``."""
+    m = torch.zeros(1, 1, *size, device=device, dtype=dtype)
+    x0, y0, x1, y1 = box
+    m[..., y0:y1, x0:x1] = 1
+    return m
+
+
+def center_box(size: int, center_size: Tuple[int, int] = CENTER_SIZE_112) -> Box:
+    """Eq. 5's centre patch for a ``size`` face: ``center_size`` = (width, height) at 112,
+    scaled with the face size, centred (the odd pixel of slack goes right / down)."""
+    f = size / 112.0
+    w = min(size, max(1, round(center_size[0] * f)))
+    h = min(size, max(1, round(center_size[1] * f)))
+    x0, y0 = (size - w) // 2, (size - h) // 2
+    return (x0, y0, x0 + w, y0 + h)
+
+
+def attention_target(size: int, center_size: Tuple[int, int] = CENTER_SIZE_112,
+                     device=None) -> torch.Tensor:
+    """Eq. 5's target for G^A as (1, 1, S, S): 0 on the centre patch, 1 on the edge."""
+    return 1.0 - box_mask(center_box(size, center_size), (size, size), device)

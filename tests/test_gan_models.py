@@ -1,0 +1,191 @@
+"""MR-GAN networks: generator G (Eq. 1, multi-resolution inputs, fusion units, z, local
+generator), discriminators D_1..D_4, face regions, generator.pt round trip."""
+import pytest
+import torch
+
+from ranface.align.templates import ARCFACE_112
+from ranface.degrade import down_up
+from ranface.errors import CheckpointError
+from ranface.gan.config import DiscriminatorConfig, GeneratorConfig, profile_configs
+from ranface.gan.discriminators import DISCRIMINATOR_NAMES, MultiRegionDiscriminator
+from ranface.gan.generator import (FusionUnit, MRGenerator, attention_blend, generator_package,
+                                   load_generator, multi_resolution_inputs)
+from ranface.gan.regions import REGION_BOXES_112, center_box, region_boxes
+from ranface.train.checkpoint import save_checkpoint
+
+TINY = dict(base_width=4, num_stages=2, blocks_per_stage=1, z_dim=4, local_width=4, fuse_width=4)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # 2 shared cores: OpenMP spinning makes tiny nets 50x slower
+    yield
+    torch.set_num_threads(n)
+
+
+def faces(n=2, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, size, size, generator=g) * 2 - 1
+
+
+def tiny_G(size=32, **kw):
+    torch.manual_seed(0)
+    return MRGenerator(GeneratorConfig(**{**TINY, **kw}), face_size=size)
+
+
+def test_generator_shapes_and_ranges():
+    G = tiny_G()
+    out = G(faces(3), generator=torch.Generator().manual_seed(1))
+    for name in ("fake", "G_R", "G_g", "x_r1", "x_r2", "x_r3"):
+        assert getattr(out, name).shape == (3, 3, 32, 32), name
+    assert out.G_A.shape == (3, 1, 32, 32)
+    assert out.z.shape == (3, 4)
+    out = type(out)(**{k: v.detach() if torch.is_tensor(v) else v for k, v in vars(out).items()})
+    assert 0.0 <= float(out.G_A.min()) and float(out.G_A.max()) <= 1.0
+    assert -1.0 <= float(out.fake.min()) and float(out.fake.max()) <= 1.0
+    assert -1.0 <= float(out.G_R.min()) and float(out.G_R.max()) <= 1.0
+    boxes = region_boxes(32)
+    for r, patch in out.local.items():
+        x0, y0, x1, y1 = boxes[r]
+        assert patch.shape == (3, 3, y1 - y0, x1 - x0)
+
+
+def test_paper_profile_at_112_shapes():
+    gcfg, dcfg = profile_configs("small")
+    G = MRGenerator(gcfg)
+    D = MultiRegionDiscriminator(dcfg)
+    with torch.no_grad():
+        out = G(faces(1, 112))
+        scores = D(out.fake)
+    assert out.fake.shape == (1, 3, 112, 112)
+    assert {k: tuple(v.shape) for k, v in scores.items()} == {
+        "global": (1, 1, 14, 14), "eyes": (1, 1, 8, 16), "nose": (1, 1, 8, 8), "mouth": (1, 1, 6, 12)}
+
+
+def test_eq1_attention_blend_is_exact():
+    G = tiny_G()
+    out = G(faces(2))
+    expected = out.G_A * out.x_r3 + (1 - out.G_A) * out.G_R
+    assert torch.equal(out.G_g, expected)
+    # the function itself on hand values: G_A = 1 keeps x_r3, G_A = 0 takes G_R
+    a = torch.tensor([[[[1.0, 0.0, 0.25]]]])
+    x3 = torch.tensor([[[[0.5, 0.5, 0.5]]]])
+    gr = torch.tensor([[[[-1.0, -1.0, -1.0]]]])
+    assert torch.allclose(attention_blend(a, x3, gr), torch.tensor([[[[0.5, -1.0, -0.625]]]]))
+
+
+def test_multi_resolution_inputs_are_down_up_blurs():
+    x = faces(2, 32, seed=3)
+    x1, x2, x3 = multi_resolution_inputs(x, (0.5, 0.25, 0.125))
+    assert torch.equal(x1, down_up(x, 16)) and torch.equal(x2, down_up(x, 8))
+    assert torch.equal(x3, down_up(x, 4))
+
+    def hf(t):  # high-frequency energy: lower for stronger blur
+        return float((t[..., 1:] - t[..., :-1]).abs().mean())
+
+    assert hf(x) > hf(x1) > hf(x2) > hf(x3)
+
+
+def test_different_z_give_different_outputs_same_z_same_output():
+    G = tiny_G()
+    x = faces(2)
+    z1, z2 = torch.randn(2, 4, generator=torch.Generator().manual_seed(1)), \
+        torch.randn(2, 4, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        a, b, a2 = G(x, z1).fake, G(x, z2).fake, G(x, z1).fake
+    assert torch.equal(a, a2)
+    assert float((a - b).abs().max()) > 1e-4
+    # z drawn from a torch.Generator when not given: reproducible per seed
+    with torch.no_grad():
+        c = G(x, generator=torch.Generator().manual_seed(7))
+        d = G(x, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(c.fake, d.fake) and torch.equal(c.z, d.z)
+
+
+def test_fusion_unit_concatenates_and_gate_cuts_high_resolution_flow():
+    torch.manual_seed(0)
+    fu = FusionUnit(6, 4, reduction=2)
+    hi, lo = torch.randn(2, 6, 5, 5), torch.randn(2, 4, 5, 5)
+    assert fu(hi, lo).shape == (2, 10, 5, 5)
+    zero = torch.zeros(2)
+    # gate 0: the higher-resolution stream contributes nothing
+    assert torch.allclose(fu(hi, lo, zero), fu(torch.randn(2, 6, 5, 5), lo, zero))
+    assert not torch.allclose(fu(hi, lo, torch.ones(2)), fu(torch.randn(2, 6, 5, 5), lo, torch.ones(2)))
+
+
+def test_generator_rejects_wrong_face_size():
+    G = tiny_G()
+    with pytest.raises(ValueError, match=r"\(N, 3, 32, 32\)"):
+        G(faces(1, 40))
+    with pytest.raises(ValueError, match="multiple of 8"):
+        MRGenerator(GeneratorConfig(**TINY), face_size=30)
+
+
+def test_region_boxes_hold_the_template_landmarks():
+    b = region_boxes(112)
+    assert b == REGION_BOXES_112
+
+    def inside(pt, box):
+        return box[0] <= pt[0] < box[2] and box[1] <= pt[1] < box[3]
+
+    le, re, nose, lm, rm = ARCFACE_112
+    assert inside(le, b["eyes"]) and inside(re, b["eyes"])
+    assert inside(nose, b["nose"])
+    assert inside(lm, b["mouth"]) and inside(rm, b["mouth"])
+    # scaled with the face size
+    assert region_boxes(56) == {"eyes": (12, 18, 44, 34), "nose": (20, 26, 36, 42), "mouth": (16, 40, 40, 52)}
+    assert center_box(112) == (13, 15, 98, 97)  # 85 wide, 82 high
+
+
+def test_discriminators_see_only_their_region():
+    torch.manual_seed(0)
+    D = MultiRegionDiscriminator(DiscriminatorConfig(base_width=4), 32)
+    x = faces(2)
+    out = D(x)
+    assert tuple(out) == DISCRIMINATOR_NAMES == ("global", "eyes", "nose", "mouth")
+    boxes = region_boxes(32)
+    y = x.clone()
+    x0, y0, x1, y1 = boxes["mouth"]
+    y0 = boxes["nose"][3]  # the boxes overlap by a few rows; change the mouth's own rows
+    assert y0 < y1
+    y[..., y0:y1, x0:x1] = -x[..., y0:y1, x0:x1]
+    out2 = D(y)
+    assert torch.equal(out["eyes"], out2["eyes"]) and torch.equal(out["nose"], out2["nose"])
+    assert not torch.equal(out["mouth"], out2["mouth"])
+    assert not torch.equal(out["global"], out2["global"])
+    # LSGAN: raw scores, not squashed into (0, 1)
+    assert all(v.dtype == torch.float32 for v in out.values())
+
+
+def test_generator_checkpoint_round_trip_and_errors(tmp_path):
+    G = tiny_G()
+    path = str(tmp_path / "generator.pt")
+    save_checkpoint(path, generator_package(G, {"note": 1}, step=5))
+    G2, info = load_generator(path)
+    assert info["face_size"] == 32 and info["step"] == 5
+    x, z = faces(2), torch.randn(2, 4)
+    with torch.no_grad():
+        assert torch.equal(G.eval()(x, z).fake, G2(x, z).fake)
+    assert not any(p.requires_grad for p in G2.parameters())
+    # a checkpoint whose stored config does not fit its weights
+    pkg = generator_package(G)
+    pkg["generator"]["base_width"] = 8
+    save_checkpoint(str(tmp_path / "other.pt"), pkg)
+    with pytest.raises(CheckpointError, match="does not fit the MR-GAN generator"):
+        load_generator(str(tmp_path / "other.pt"))
+    # a recognition model is not a generator
+    save_checkpoint(str(tmp_path / "model.pt"), {"format": "ranface-model/1", "state_dict": {}})
+    with pytest.raises(CheckpointError, match="not an MR-GAN generator checkpoint"):
+        load_generator(str(tmp_path / "model.pt"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no generator.pt"):
+        load_generator(str(tmp_path / "empty"))
+
+
+def test_merge_starts_as_pass_through_of_global_output():
+    G = tiny_G(fuse_width=8)  # >= 6 hidden channels: the pass-through initialisation applies
+    with torch.no_grad():
+        out = G(faces(2))
+    assert float((out.fake - torch.tanh(out.G_g)).abs().max()) < 0.05
+    assert float((out.fake - torch.tanh(out.G_g)).abs().max()) > 0  # local patches still enter

@@ -1,0 +1,237 @@
+"""``synthesize``: degrader registry, folder and .rec twins (labels, counts, layout),
+resume after interruption, mrgan degrader, bad input."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import make_face_folder
+from ranface.cli import main
+from ranface.config import load_config
+from ranface.data.datasets import ImageFolderDataset, PairedDataset, RecordDataset
+from ranface.data.image import encode_image, read_image
+from ranface.data.recordio import RecordReader, write_insightface_rec
+from ranface.degrade import down_up
+from ranface.errors import CheckpointError, ConfigError, DataError
+from ranface.gan.config import GeneratorConfig, SynthConfig
+from ranface.gan.degraders import (MANIFEST_NAME, Degrader, batch_generator, create_degrader,
+                                   list_degraders, register_degrader, synthesize)
+from ranface.gan.generator import MRGenerator, generator_package
+from ranface.train.checkpoint import save_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class Interrupt(Exception):
+    pass
+
+
+@register_degrader("test-flaky")
+class Flaky(Degrader):
+    """A user-added degrader (one class): darkens by ``amount`` and a random offset;
+    raises on call number ``fail_at`` (simulated crash mid-run)."""
+
+    defaults = {"amount": 0.5, "fail_at": -1}
+    calls = 0
+
+    def __call__(self, batch, generator):
+        Flaky.calls += 1
+        if Flaky.calls == self.options["fail_at"]:
+            raise Interrupt()
+        off = torch.rand(batch.shape[0], 1, 1, 1, generator=generator) * 0.1
+        return (batch - self.options["amount"] - off).clamp(-1, 1)
+
+
+def cfg(inp, out, degrader="bicubic", **kw):
+    over = {"input": str(inp), "output": str(out), "degrader": degrader, "batch_size": 3,
+            "num_workers": 0, "progress": False, "device": "cpu", **kw}
+    return load_config(SynthConfig, None, [f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
+                                           for k, v in over.items()])
+
+
+@pytest.fixture
+def hr(tmp_path):
+    return make_face_folder(str(tmp_path / "hr"), n_ids=3, per_id=3, size=32)
+
+
+def tree(root):
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs
+                  if f != MANIFEST_NAME and not f.startswith("."))
+
+
+def test_registry_lists_and_validates():
+    assert {"bicubic", "mrgan", "random-degrade", "test-flaky"} <= set(list_degraders())
+    with pytest.raises(ConfigError, match="unknown degrader 'nope'"):
+        create_degrader("nope")
+    with pytest.raises(ConfigError, match="unknown option"):
+        create_degrader("bicubic", {"sizes": [1, 2]})
+    with pytest.raises(ConfigError, match="size_range"):
+        create_degrader("bicubic", {"size_range": [20, 10]})
+    with pytest.raises(ConfigError, match="random-degrade"):
+        create_degrader("random-degrade", {"blur_p": 2.0})
+    with pytest.raises(ConfigError, match="already registered"):
+        register_degrader("bicubic")(Flaky)
+
+
+def test_bicubic_folder_twin_preserves_labels_and_layout(hr, tmp_path):
+    out = tmp_path / "lr"
+    s = synthesize(cfg(hr, out, options={"size_range": [6, 10]}, seed=3, num_workers=1))
+    assert s["status"] == "complete" and s["counts"]["written"] == 9 and s["faces_per_s"] > 0
+    assert tree(out) == tree(hr)
+    a, b = ImageFolderDataset(hr), ImageFolderDataset(str(out))
+    assert a.classes == b.classes and list(a.labels) == list(b.labels)
+    PairedDataset(a, b)  # the LR twin pairs with its HR set
+    m = json.load(open(out / MANIFEST_NAME))
+    assert m["degrader"] == "bicubic" and m["seed"] == 3 and m["options"]["size_range"] == [6, 10]
+    assert m["counts"]["written"] == 9 and m["num_images"] == 9
+    # the first face is down_up(x, S) with S drawn from the batch's generator
+    x = torch.from_numpy(read_image(os.path.join(hr, "id000", "000.png"))).permute(2, 0, 1)[None].float() / 127.5 - 1
+    size = int(torch.randint(6, 11, (3,), generator=batch_generator(3, 0))[0])
+    want = ((down_up(x, size).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
+    got = read_image(str(out / "id000" / "000.png"))
+    assert np.array_equal(got, want)
+
+
+def test_folder_resume_after_crash_and_deleted_outputs(hr, tmp_path):
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    synthesize(cfg(hr, ref, "test-flaky"))
+    Flaky.calls = 0
+    with pytest.raises(Interrupt):
+        synthesize(cfg(hr, out, "test-flaky", options={"fail_at": 2}))
+    assert len(tree(out)) == 3  # the first batch was written, atomically
+    assert json.load(open(out / MANIFEST_NAME))["status"] == "running"
+    os.remove(out / "id000" / "001.png")  # and one finished file lost
+    s = synthesize(cfg(hr, out, "test-flaky", options={"fail_at": 2}))  # calls is now > 2
+    assert s["status"] == "complete"
+    assert s["counts"] == {"written": 7, "existing": 2, "degraded": 9, "copied_unreadable": 0}
+    assert tree(out) == tree(ref)
+    for f in tree(ref):  # identical pixels to an uninterrupted run
+        assert open(ref / f, "rb").read() == open(out / f, "rb").read(), f
+    # interrupted through stop_after, then resumed: same again
+    out2 = tmp_path / "out2"
+    assert synthesize(cfg(hr, out2, "test-flaky"), stop_after=1)["status"] == "partial"
+    synthesize(cfg(hr, out2, "test-flaky"))
+    assert all(open(ref / f, "rb").read() == open(out2 / f, "rb").read() for f in tree(ref))
+
+
+def test_resume_with_other_settings_is_refused(hr, tmp_path):
+    out = tmp_path / "lr"
+    synthesize(cfg(hr, out, seed=1))
+    with pytest.raises(ConfigError, match=r"other settings: seed 1 \(now 2\)"):
+        synthesize(cfg(hr, out, seed=2))
+    s = synthesize(cfg(hr, out, seed=2, overwrite=True))
+    assert s["counts"]["written"] == 9 and s["seed"] == 2
+
+
+def test_unreadable_input_is_copied_and_counted(hr, tmp_path):
+    bad = os.path.join(hr, "id001", "001.png")
+    with open(bad, "wb") as fh:
+        fh.write(b"not a png")
+    with pytest.raises(DataError, match="001.png"):
+        synthesize(cfg(hr, tmp_path / "a"))
+    s = synthesize(cfg(hr, tmp_path / "b", on_error="skip"))
+    assert s["counts"]["copied_unreadable"] == 1 and s["counts"]["written"] == 8
+    assert open(tmp_path / "b" / "id001" / "001.png", "rb").read() == b"not a png"
+
+
+def _rec(folder, n_ids=3, per_id=2, size=24):
+    rng = np.random.default_rng(0)
+    samples = []
+    for c in range(n_ids):
+        for _ in range(per_id):
+            arr = (rng.random((size, size, 3)) * 255).astype(np.uint8)
+            samples.append((encode_image(arr, "png"), c))
+    os.makedirs(folder)
+    write_insightface_rec(folder, samples)
+    with open(os.path.join(folder, "property"), "w") as fh:
+        fh.write(f"{n_ids},{size},{size}\n")
+    return folder
+
+
+def test_rec_twin_same_keys_labels_and_headers(tmp_path):
+    src = _rec(str(tmp_path / "rec"))
+    out = tmp_path / "lr"
+    s = synthesize(cfg(src, out, "random-degrade", options={"size_range": [6, 12], "jpeg_p": 0.0}))
+    assert s["format"] == "rec" and s["counts"]["written"] == 6 and s["counts"]["copied_records"] == 4
+    a, b = RecordDataset(src), RecordDataset(str(out))
+    assert list(a.keys) == list(b.keys) and list(a.labels) == list(b.labels)
+    ra, rb = RecordReader(a.reader.rec_path, a.reader.idx_path), RecordReader(b.reader.rec_path, b.reader.idx_path)
+    assert ra.keys == rb.keys  # header and identity records too, in file order
+    for k in ra.keys:
+        ha, hb = ra.read_header(k), rb.read_header(k)
+        assert (ha.flag, ha.id, ha.id2) == (hb.flag, hb.id, hb.id2)
+        assert np.array_equal(np.asarray(ha.label), np.asarray(hb.label))
+    img_a, img_b = a[0][0], b[0][0]
+    assert img_b.shape == img_a.shape and not np.array_equal(img_a, img_b)
+    assert open(out / "property").read() == "3,24,24\n"
+    # a second run finds it complete; an interrupted one leaves no partial .rec
+    assert synthesize(cfg(src, out, "random-degrade",
+                          options={"size_range": [6, 12], "jpeg_p": 0.0}))["written"] == 0
+    out2 = tmp_path / "lr2"
+    s2 = synthesize(cfg(src, out2, "bicubic"), stop_after=1)
+    assert s2["status"] == "partial" and not os.path.exists(out2 / "train.rec")
+    assert [f for f in os.listdir(out2) if f != MANIFEST_NAME] == []
+
+
+def _generator_file(tmp_path, size=32):
+    torch.manual_seed(0)
+    G = MRGenerator(GeneratorConfig(base_width=4, num_stages=1, blocks_per_stage=1, z_dim=4,
+                                    local_width=4, fuse_width=8), face_size=size)
+    path = str(tmp_path / "generator.pt")
+    save_checkpoint(path, generator_package(G, step=7))
+    return path
+
+
+def test_mrgan_degrader_random_z_per_image_and_cli(tmp_path):
+    gen = _generator_file(tmp_path)
+    inp = tmp_path / "same" / "id0"
+    inp.mkdir(parents=True)
+    face = (np.random.default_rng(1).random((32, 32, 3)) * 255).astype(np.uint8)
+    for i in range(4):
+        Image.fromarray(face).save(inp / f"{i}.png")
+    out = tmp_path / "lr"
+    rc = main(["synthesize", str(tmp_path / "same"), str(out), "-d", "mrgan", "--checkpoint", gen,
+               "--seed", "5", "--set", "batch_size=4", "--set", "num_workers=0", "--set", "progress=false",
+               "--set", "device=cpu"])
+    assert rc == 0
+    imgs = [read_image(str(out / "id0" / f"{i}.png")) for i in range(4)]
+    assert all(im.shape == (32, 32, 3) for im in imgs)
+    # one input face, four outputs: z differs per image
+    assert len({im.tobytes() for im in imgs}) == 4
+    m = json.load(open(out / MANIFEST_NAME))
+    assert m["degrader"] == "mrgan" and m["seed"] == 5 and m["degrader_info"]["checkpoint_step"] == 7
+
+
+def test_mrgan_bad_inputs(hr, tmp_path):
+    gen = _generator_file(tmp_path, size=16)  # a generator for 16 px faces; hr has 32 px
+    with pytest.raises(DataError, match="image is 32x32, expected 16x16"):
+        synthesize(cfg(hr, tmp_path / "lr", "mrgan", options={"checkpoint": gen}))
+    save_checkpoint(str(tmp_path / "model.pt"), {"format": "ranface-model/1", "state_dict": {}})
+    with pytest.raises(CheckpointError, match="not an MR-GAN generator"):
+        create_degrader("mrgan", {"checkpoint": str(tmp_path / "model.pt")})
+    with pytest.raises(CheckpointError, match="no MR-GAN generator given"):
+        create_degrader("mrgan", {})
+
+
+def test_input_output_errors(hr, tmp_path):
+    with pytest.raises(DataError, match="input dataset not found"):
+        synthesize(cfg(tmp_path / "missing", tmp_path / "o"))
+    with pytest.raises(ConfigError, match="input's folder"):
+        synthesize(cfg(hr, hr))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images"):
+        synthesize(cfg(tmp_path / "empty", tmp_path / "o"))
+    foreign = tmp_path / "foreign" / "id000"
+    foreign.mkdir(parents=True)
+    (foreign / "000.png").write_bytes(b"someone else's file")
+    with pytest.raises(ConfigError, match="holds outputs but no synth_manifest.json"):
+        synthesize(cfg(hr, tmp_path / "foreign"))
