@@ -204,3 +204,21 @@ def test_paired_dataset_skip_propagates(tmp_path):
     item = pairs[1]
     assert isinstance(item, Skipped) and item.arity == 3 and "2.png" in item.message
     assert collate_skipping([item]) == (None, None, None, [item.message])
+
+
+def test_worker_error_is_one_clean_line(tmp_path):
+    """A corrupt image read inside a DataLoader worker surfaces as a DataError with the
+    original one-line message (no worker traceback soup)."""
+    import torch
+    from ranface.errors import DataError
+    from ranface.data.datasets import ImageFolderDataset, collate_skipping
+
+    d = tmp_path / "ds" / "id0"
+    d.mkdir(parents=True)
+    (d / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    ds = ImageFolderDataset(str(tmp_path / "ds"))
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=1, collate_fn=collate_skipping)
+    with pytest.raises(DataError) as ei:
+        next(iter(loader))
+    msg = str(ei.value)
+    assert "\n" not in msg and "bad.jpg" in msg and "Traceback" not in msg

@@ -26,7 +26,14 @@ class DataError(RanfaceError):
     record index or key, formatted after the path.
     """
 
-    def __init__(self, path: Optional[PathLike], problem: str, where: Optional[str] = None):
+    def __init__(self, path: Optional[PathLike], problem: Optional[str] = None, where: Optional[str] = None):
+        if problem is None:
+            # Rebuilt from one string: a DataLoader worker re-raises an exception as
+            # ``type(message-with-traceback)``. Keep only the original one-line message.
+            self.path, self.where = None, None
+            self.problem = _last_error_line(os.fspath(path) if path is not None else "")
+            super().__init__(self.problem)
+            return
         self.path = None if path is None else os.fspath(path)
         self.problem = problem
         self.where = where
@@ -34,6 +41,18 @@ class DataError(RanfaceError):
         if where:
             loc = f"{loc} ({where})"
         super().__init__(f"{loc}: {problem}")
+
+
+def _last_error_line(text: str) -> str:
+    """'...Traceback...\nranface.errors.DataError: x.jpg: corrupt' -> 'x.jpg: corrupt'."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        return text
+    last = lines[-1]
+    for prefix in ("ranface.errors.",):
+        if last.startswith(prefix) and ": " in last:
+            return last.split(": ", 1)[1]
+    return last
 
 
 class UnsafePickleError(DataError):
