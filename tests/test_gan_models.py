@@ -189,3 +189,22 @@ def test_merge_starts_as_pass_through_of_global_output():
         out = G(faces(2))
     assert float((out.fake - torch.tanh(out.G_g)).abs().max()) < 0.05
     assert float((out.fake - torch.tanh(out.G_g)).abs().max()) > 0  # local patches still enter
+
+
+@pytest.mark.parametrize("template,size", [("arcface", 112), ("dlib", 112), ("dlib", 150)])
+def test_region_boxes_hold_their_landmarks(template, size):
+    """Eyes box holds both eyes, nose box the nose tip, mouth box both corners, for every
+    alignment template."""
+    from ranface.align.templates import template_for
+    from ranface.gan.regions import region_boxes
+
+    pts = template_for((size, size), template)
+    boxes = region_boxes(size, template)
+
+    def inside(p, b):
+        return b[0] <= p[0] < b[2] and b[1] <= p[1] < b[3]
+
+    assert inside(pts[0], boxes["eyes"]) and inside(pts[1], boxes["eyes"])
+    assert inside(pts[2], boxes["nose"])
+    assert inside(pts[3], boxes["mouth"]) and inside(pts[4], boxes["mouth"])
+    assert all(0 <= v <= size for b in boxes.values() for v in b)

@@ -249,6 +249,9 @@ def stage_gan(cfg: DemoConfig, out: str, faces: str, pool: str) -> Dict[str, Any
     from .gan.trainer import run_train_gan
 
     gen, disc = profile_configs(cfg.gan_profile)
+    # regions of the local generator / discriminators follow the demo's alignment template
+    gen = dataclasses.replace(gen, template=cfg.template)
+    disc = dataclasses.replace(disc, template=cfg.template)
     d = {"data": {"hr": faces, "lr_pool": pool, "face_size": cfg.face_size, "batch_size": cfg.gan_batch,
                   "num_workers": 1},
          "generator": gen, "discriminator": disc,

@@ -49,6 +49,7 @@ class GeneratorConfig:
     z_dim: int = 16
     local_width: int = 32
     fuse_width: int = 32  # hidden channels of the two 1x1 convolutions that output G(x)
+    template: str = "arcface"  # alignment of the faces (arcface | dlib): places the regions
 
 
 @dataclass
@@ -59,6 +60,7 @@ class DiscriminatorConfig:
     global_downsamplings: int = 3
     local_downsamplings: int = 2
     max_width: int = 512
+    template: str = "arcface"  # alignment of the faces (arcface | dlib): places D_2..D_4
 
 
 @dataclass

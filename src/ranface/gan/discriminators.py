@@ -54,7 +54,7 @@ class MultiRegionDiscriminator(nn.Module):
         super().__init__()
         cfg = cfg or DiscriminatorConfig()
         self.face_size = face_size
-        self.boxes = region_boxes(face_size)
+        self.boxes = region_boxes(face_size, cfg.template)
         self.nets = nn.ModuleDict({
             "global": PatchDiscriminator(cfg.base_width, cfg.global_downsamplings, cfg.max_width),
             **{r: PatchDiscriminator(cfg.base_width, cfg.local_downsamplings, cfg.max_width)

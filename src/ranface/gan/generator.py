@@ -235,7 +235,7 @@ class MRGenerator(nn.Module):
         self.head_R = nn.Conv2d(b, 3, 3, 1, 1)
         self.head_A = nn.Conv2d(b, 1, 3, 1, 1)
         # local generator G_l
-        self.boxes = region_boxes(face_size)
+        self.boxes = region_boxes(face_size, cfg.template)
         self.local = nn.ModuleDict({n: LocalGenerator(cfg.local_width, cfg.z_dim) for n in REGIONS})
         # G_g (3) + three pasted patches (9) + their masks (3) -> two 1x1 convs -> G(x)
         masks = torch.cat([box_mask(self.boxes[n], (face_size, face_size)) for n in REGIONS], 1)

@@ -33,18 +33,36 @@ REGION_BOXES_112: Dict[str, Box] = {
 CENTER_SIZE_112: Tuple[int, int] = (85, 82)
 
 
-def region_boxes(size: int) -> Dict[str, Box]:
-    """The eyes / nose / mouth boxes for a square face of ``size`` pixels."""
+def region_boxes(size: int, template: str = "arcface") -> Dict[str, Box]:
+    """The eyes / nose / mouth boxes for a square face of ``size`` pixels aligned to
+    ``template`` ('arcface' or 'dlib'). The boxes are defined on the ArcFace 112 frame and
+    carried to the other template by the similarity that maps the ArcFace five points
+    onto that template's points at ``size`` (so they stay on the same facial parts)."""
     if size < 16:
         raise ValueError(f"face size must be >= 16 pixels, got {size}")
-    f = size / 112.0
+    f, tx, ty = _frame(size, template)
     out = {}
     for name, (x0, y0, x1, y1) in REGION_BOXES_112.items():
-        a, b = round(x0 * f), round(y0 * f)
+        a, b = round(x0 * f + tx), round(y0 * f + ty)
         # width and height scaled on their own so the box never collapses to 0 px
         w, h = max(2, round((x1 - x0) * f)), max(2, round((y1 - y0) * f))
+        a, b = min(max(0, a), size - w), min(max(0, b), size - h)
         out[name] = (a, b, min(size, a + w), min(size, b + h))
     return out
+
+
+def _frame(size: int, template: str) -> Tuple[float, float, float]:
+    """Scale and translation from the ArcFace-112 frame to ``template`` at ``size``."""
+    if template == "arcface":
+        return size / 112.0, 0.0, 0.0
+    import numpy as np
+
+    from ..align.templates import ARCFACE_112, template_for
+    from ..align.transform import estimate_similarity
+
+    m = estimate_similarity(np.asarray(ARCFACE_112, float), template_for((size, size), template))
+    scale = float(np.hypot(m[0, 0], m[1, 0]))  # rotation between the templates is ~0
+    return scale, float(m[0, 2]), float(m[1, 2])
 
 
 def crop(x: torch.Tensor, box: Box) -> torch.Tensor:
