@@ -38,7 +38,7 @@ RESULT_FORMAT = "ranface-eval/1"
 
 # Modules defining the built-in protocols, imported on first registry use (never at
 # import of this package, and never discovered by file name).
-_BUILTIN_MODULES = ("pairs", "binset", "ijbc", "tinyface", "scface", "survface")
+_BUILTIN_MODULES = ("pairs", "binset", "ijbc", "tinyface", "scface", "survface", "realism")
 
 # Filled only by @register_protocol; names are never reused, entries never replaced.
 _PROTOCOLS: Dict[str, Type["Protocol"]] = {}

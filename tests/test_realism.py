@@ -1,0 +1,68 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ranface.eval.protocols import EvalContext, evaluate
+from ranface.eval.protocols.realism import (RealismOptions, domain_classifier_accuracy, frechet_distance,
+                                            realism_table)
+from ranface.models import create_backbone
+
+
+def test_frechet_hand_values():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4000, 3))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    b = a + np.array([3.0, 0.0, 4.0])  # same covariance, mean shifted by a vector of norm 5
+    assert frechet_distance(a, b) == pytest.approx(25.0, abs=1e-6)
+    c = a * 2.0  # same mean (0), covariance 4I vs I: Tr(I + 4I - 2*2I) = 3 per unit cov
+    assert frechet_distance(a, c) == pytest.approx(np.trace(np.cov(a, rowvar=False)), rel=1e-3)
+
+
+def test_domain_classifier_chance_and_separable():
+    rng = np.random.default_rng(1)
+    same_a, same_b = rng.normal(size=(400, 8)), rng.normal(size=(400, 8))
+    assert abs(domain_classifier_accuracy(same_a, same_b) - 0.5) < 0.08
+    far = rng.normal(size=(400, 8)) + 3.0
+    assert domain_classifier_accuracy(same_a, far) > 0.97
+
+
+def _folder(root, n, seed, blur=False):
+    rng = np.random.default_rng(seed)
+    os.makedirs(root, exist_ok=True)
+    for i in range(n):
+        img = rng.integers(0, 255, (112, 112, 3), dtype=np.uint8)
+        if blur:
+            img = np.asarray(Image.fromarray(img).resize((8, 8)).resize((112, 112)))
+        Image.fromarray(img).save(os.path.join(root, f"{i:03d}.png"))
+    return root
+
+
+def test_protocol_end_to_end(tmp_path):
+    torch.manual_seed(0)
+    model = create_backbone("mobilefacenet", embedding_size=16)
+    model.train()(torch.randn(4, 3, 112, 112))  # set BN statistics
+    model.eval()
+    hr = _folder(str(tmp_path / "hr"), 12, 0)
+    synth = _folder(str(tmp_path / "synth"), 12, 0, blur=True)
+    real = _folder(str(tmp_path / "real"), 12, 5, blur=True)
+    ctx = EvalContext(model=model, info={"source": "test"})
+    res = evaluate("lr-realism", ctx, str(tmp_path), RealismOptions(synth="synth", real="real", hr="hr",
+                                                                     label="blur"),
+                   out_dir=str(tmp_path / "out"))
+    m = res["metrics"]
+    assert m["frechet_distance"] >= 0 and 0 <= m["domain_accuracy"] <= 1
+    assert m["identity_pairs"] == 12 and -1 <= m["identity_cosine"] <= 1
+    assert res["counts"]["synth"] == 12 and res["counts"]["real"] == 12
+    assert os.path.exists(tmp_path / "out" / "result.json")
+    assert "blur" in realism_table([res])
+
+
+def test_missing_folder_listed(tmp_path):
+    from ranface.errors import ProtocolError
+
+    model = create_backbone("mobilefacenet", embedding_size=16).eval()
+    with pytest.raises(ProtocolError, match="nope"):
+        evaluate("lr-realism", EvalContext(model=model), str(tmp_path), RealismOptions(synth="nope", real="nope2"))
