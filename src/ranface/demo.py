@@ -47,7 +47,7 @@ PROFILES: Dict[str, Dict[str, Any]] = {
     "quick": dict(test_folds=[9], pairs_per_fold=100, train_ids=60, train_images_per_id=4,
                   lr_pool_upscales=[1.0, 2.0], gan_steps=30, gan_batch=8, gan_profile="small",
                   lr_steps=16, mr_steps=16, batch_size=16, probe_sizes=[16, 8],
-                  lr_pool_limit=0),
+                  lr_pool_limit=14),
     # 2-core laptop: two held-out folds (1,200 pairs), a few hundred training identities.
     "default": dict(test_folds=[8, 9], pairs_per_fold=0, train_ids=300, train_images_per_id=8,
                     lr_pool_upscales=[1.0, 2.0, 3.0], gan_steps=300, gan_batch=16,
@@ -295,6 +295,19 @@ def stage_eval(cfg: DemoConfig, out: str, name: str, model: str, faces: str) -> 
     return {"result": os.path.join(out, "eval", name, "result.json"), "metrics": res["metrics"]}
 
 
+def stage_realism(cfg: DemoConfig, out: str, degrader: str, expert: str) -> Dict[str, Any]:
+    from .eval.protocols import EvalContext, evaluate
+    from .eval.protocols.realism import RealismOptions
+    from .inference import load_model
+
+    m, info = load_model(expert)
+    ctx = EvalContext(model=m, info=info, batch_size=64, progress=cfg.progress)
+    opts = RealismOptions(synth=f"lr_{degrader}", real="lr_pool", hr="faces_train", label=degrader,
+                          seed=cfg.seed)
+    res = evaluate("lr-realism", ctx, out, opts, out_dir=os.path.join(out, "eval", f"realism_{degrader}"))
+    return {"result": os.path.join(out, "eval", f"realism_{degrader}", "result.json"), "metrics": res["metrics"]}
+
+
 # ------------------------------------------------------------------------- driver
 
 
@@ -358,6 +371,14 @@ def run_demo(cfg: DemoConfig) -> Dict[str, Any]:
                            lr_model=lr_run, translator=trans))
             label = f"MR ({deg})" if trans else f"MR ({deg}, no translator)"
             models[label] = r["run_dir"]
+    # realism of each synthesis method against the real LR pool (expert = the HR model)
+    realism: List[Dict[str, Any]] = []
+    for deg in list(dict.fromkeys(list(cfg.degraders) + ["random-degrade"])):
+        if deg not in cfg.degraders:  # the extra comparison method, synthesized for realism only
+            st.run(f"synth_{deg}", {"gan": gan.get("steps"), **split},
+                   lambda deg=deg: stage_synth(cfg, out, faces_train, deg, gan["run_dir"]))
+        realism.append(st.run(f"realism_{deg}", {"model": hr_model, "gan": gan.get("steps"), **split, **pool},
+                              lambda deg=deg: stage_realism(cfg, out, deg, hr_model)))
     evals: Dict[str, Dict[str, Any]] = {}
     for label, path in models.items():
         slug = label.lower().replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
@@ -365,6 +386,7 @@ def run_demo(cfg: DemoConfig) -> Dict[str, Any]:
                               lambda label=label, path=path, slug=slug: stage_eval(cfg, out, slug, path, faces_test))
     from .demo_report import write_report
 
-    report = write_report(cfg, out, st, models, evals, total_s=time.time() - t_start)
+    report = write_report(cfg, out, st, models, evals, total_s=time.time() - t_start,
+                          realism_records=realism)
     return {"out": out, "report": report, "models": models,
             "stage_seconds": st.times, "total_s": round(time.time() - t_start, 1)}

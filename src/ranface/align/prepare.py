@@ -216,7 +216,8 @@ def run_prepare(cfg: PrepareConfig) -> Dict[str, Any]:
     from ..config import save_config
 
     save_config(cfg, os.path.join(cfg.out, "prepare_config.yaml"))
-    cs = max(1, cfg.chunk_size)
+    # small inputs (a few large crowd photos) still get one chunk per worker and more
+    cs = max(1, min(cfg.chunk_size, -(-len(rels) // (4 * max(1, cfg.workers)))))
     chunks = [(i // cs, rels[i:i + cs]) for i in range(0, len(rels), cs)]
     # a chunk is done when its part file exists (written after all its faces)
     todo = [(cid, root, cfg.out, c) for cid, c in chunks
