@@ -25,22 +25,10 @@ from ranface.gan.losses import ExpertNetwork, load_expert
 from ranface.gan.trainer import GanSteps, default_expert
 from ranface.models import create_backbone
 from ranface.train.distributed import DistInfo
-from ranface.train.loop import Phase, Trainer, TrainerOptions
+from ranface.train.loop import RepeatStream, Phase, Trainer, TrainerOptions
 from ranface.train.precision import resolve_device, resolve_precision
 
 
-class FixedStream:
-    def __init__(self, batch):
-        self.batch = batch
-
-    def next(self):
-        return self.batch
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, s):
-        pass
 
 
 def _sync(device):
@@ -81,7 +69,7 @@ def step_time(cfg, expert, batch, steps, repeats, device, precision):
     y = torch.rand(batch, 3, 112, 112, device=device) * 2 - 1
     with tempfile.TemporaryDirectory() as tmp:
         tr = Trainer(run_dir=tmp, phases=[Phase("D", opt_d, gs.d_loss, [D]), Phase("G", opt_g, gs.g_loss, [G])],
-                     state_modules={"generator": G, "discriminator": D}, stream=FixedStream((x, y, [])),
+                     state_modules={"generator": G, "discriminator": D}, stream=RepeatStream((x, y, [])),
                      to_device=lambda b: b, device=device, precision=precision, dist=DistInfo(),
                      options=TrainerOptions(max_steps=1, log_every=10 ** 6, ckpt_every=10 ** 6, progress=False,
                                             tensorboard=False), config={})

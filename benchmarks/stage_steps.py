@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_step import FixedStream  # noqa: E402 (the sibling benchmark's in-memory stream)
+from ranface.train.loop import RepeatStream  # noqa: E402
 
 from ranface.adapt.discriminator import FeatureDiscriminator  # noqa: E402
 from ranface.adapt.trainer import AdaptionLoss, DiscriminatorLoss, LRStream  # noqa: E402
@@ -69,7 +69,7 @@ def build(name: str, batch: int, classes: int, device: torch.device, precision: 
     opts = TrainerOptions(max_steps=0, log_every=10**9, ckpt_every=10**9, progress=False, tensorboard=False)
 
     def trainer(phases: List[Phase], batch_: tuple) -> Trainer:
-        return Trainer(run_dir=run_dir, phases=phases, state_modules={}, stream=FixedStream(batch_),
+        return Trainer(run_dir=run_dir, phases=phases, state_modules={}, stream=RepeatStream(batch_),
                        to_device=lambda b: b, device=device, precision=precision, dist=DistInfo(), config={},
                        options=opts)
 

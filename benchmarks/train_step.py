@@ -18,23 +18,11 @@ import torch
 
 from ranface.models import create_backbone, create_head
 from ranface.train.distributed import DistInfo
-from ranface.train.loop import Phase, Trainer, TrainerOptions
+from ranface.train.loop import RepeatStream, Phase, Trainer, TrainerOptions
 from ranface.train.precision import resolve_device, resolve_precision
 from ranface.train.recognition import ClassificationLoss
 
 
-class FixedStream:
-    def __init__(self, batch):
-        self.batch = batch
-
-    def next(self):
-        return self.batch
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, s):
-        pass
 
 
 def measure(backbone_name, batch, steps, repeats, device, precision, channels_last, compile_):
@@ -52,7 +40,7 @@ def measure(backbone_name, batch, steps, repeats, device, precision, channels_la
     opt = torch.optim.SGD(list(bb.parameters()) + list(head.parameters()), lr=0.01, momentum=0.9)
     phase = Phase("recog", opt, ClassificationLoss(fwd, head), [bb, head], clip_grad_norm=5.0)
     with tempfile.TemporaryDirectory() as d:
-        tr = Trainer(run_dir=d, phases=[phase], state_modules={}, stream=FixedStream((x, y, [])),
+        tr = Trainer(run_dir=d, phases=[phase], state_modules={}, stream=RepeatStream((x, y, [])),
                      to_device=lambda b: b, device=device, precision=precision, dist=DistInfo(), config={},
                      options=TrainerOptions(max_steps=0, log_every=10**9, ckpt_every=10**9, progress=False,
                                             tensorboard=False))

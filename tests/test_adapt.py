@@ -17,7 +17,7 @@ from ranface.config import AdaptConfig, TrainConfig, load_config
 from ranface.errors import CheckpointError, ConfigError, DataError
 from ranface.models import create_head
 from ranface.train.distributed import DistInfo
-from ranface.train.loop import Phase, Trainer, TrainerOptions
+from ranface.train.loop import RepeatStream, Phase, Trainer, TrainerOptions
 from ranface.train.stats import read_metrics
 
 @pytest.fixture(scope="module", autouse=True)
@@ -139,18 +139,6 @@ def test_discriminator_frozen_scoring():
 # ---------------------------------------------------------------------------- one MR step
 
 
-class FixedStream:
-    def __init__(self, batch):
-        self.batch = batch
-
-    def next(self):
-        return self.batch
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, s):
-        pass
 
 
 def toy_backbone():
@@ -184,7 +172,7 @@ def make_mr(tmp_path, adapt=None, translator=True):
     if tr is not None:
         state["translator"] = tr
     trainer = Trainer(run_dir=str(tmp_path), phases=[phase_r, phase_d], state_modules=state,
-                      stream=FixedStream(batch), to_device=lambda b: b, device=torch.device("cpu"),
+                      stream=RepeatStream(batch), to_device=lambda b: b, device=torch.device("cpu"),
                       precision="fp32", dist=DistInfo(), config={},
                       options=TrainerOptions(max_steps=8, log_every=1, ckpt_every=10**6, progress=False,
                                              tensorboard=False))

@@ -23,7 +23,7 @@ from ranface.inference import model_package
 from ranface.models import create_backbone
 from ranface.train.checkpoint import load_checkpoint, save_checkpoint
 from ranface.train.distributed import DistInfo
-from ranface.train.loop import Phase, Trainer, TrainerOptions
+from ranface.train.loop import RepeatStream, Phase, Trainer, TrainerOptions
 from ranface.train.stats import read_metrics
 
 TINY = ["data.face_size=32", "data.batch_size=4", "data.num_workers=0", "generator.base_width=4",
@@ -70,18 +70,6 @@ def same(a, b):
     return all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-class FixedStream:
-    def __init__(self, batch):
-        self.batch = batch
-
-    def next(self):
-        return self.batch
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, s):
-        pass
 
 
 def one_phase_trainer(tmp_path, which, steps=1, pixel_every=5):
@@ -97,7 +85,7 @@ def one_phase_trainer(tmp_path, which, steps=1, pixel_every=5):
     g = torch.Generator().manual_seed(0)
     batch = (torch.rand(4, 3, 32, 32, generator=g) * 2 - 1, torch.rand(4, 3, 32, 32, generator=g) * 2 - 1, [])
     tr = Trainer(run_dir=str(tmp_path / which), phases=[phases[p] for p in which],
-                 state_modules={"generator": G, "discriminator": D}, stream=FixedStream(batch),
+                 state_modules={"generator": G, "discriminator": D}, stream=RepeatStream(batch),
                  to_device=lambda b: b, device=torch.device("cpu"), precision="fp32", dist=DistInfo(),
                  options=TrainerOptions(max_steps=steps, log_every=1, ckpt_every=1000, progress=False,
                                         tensorboard=False), config={})

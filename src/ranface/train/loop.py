@@ -102,6 +102,22 @@ class BatchStream:
         self._it = None
 
 
+class RepeatStream:
+    """The same batch forever (benchmarks and unit tests of a phase)."""
+
+    def __init__(self, batch: Any):
+        self.batch = batch
+
+    def next(self) -> Any:
+        return self.batch
+
+    def state_dict(self) -> Dict[str, int]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        pass
+
+
 @dataclass
 class TrainerOptions:
     max_steps: int
