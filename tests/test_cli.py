@@ -128,3 +128,26 @@ def test_checkpoint_of_other_architecture(trained, tmp_path, capsys):
 def test_console_script_installed():
     r = subprocess.run([sys.executable, "-m", "ranface", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "train" in r.stdout and "embed" in r.stdout
+
+
+def test_pairs_folder_validation_ranks_checkpoints(trained, tmp_path):
+    """data.val = an aligned folder with pairs.txt: val/acc (and HR-vs-LR at 16 px) is logged
+    and the validated checkpoints are ranked."""
+    from PIL import Image
+
+    data, out = trained
+    val = tmp_path / "val"
+    for c in range(3):
+        d = val / f"p{c}"
+        d.mkdir(parents=True)
+        for k in range(2):
+            Image.open(os.path.join(data, f"id{c:03d}", f"{k:03d}.png")).save(d / f"p{c}_{k + 1:04d}.jpg")
+    lines = ["1 3"] + [f"p{c}\t1\t2" for c in range(3)] + [f"p{c}\t1\tp{(c + 1) % 3}\t2" for c in range(3)]
+    (val / "pairs.txt").write_text("\n".join(lines) + "\n")
+    assert train(data, out, "val", 4, "--set", f"data.val={val}", "--set", "run.val_every=2",
+                 "--set", "data.val_probe_size=16", "--set", "run.keep_best=1") == 0
+    summary = json.load(open(os.path.join(out, "val", "summary.json")))
+    v = summary["validation"]
+    assert 0.0 <= v["val/acc"] <= 1.0 and 0.0 <= v["val/acc_lr"] <= 1.0
+    index = json.load(open(os.path.join(out, "val", "checkpoints", "index.json")))
+    assert set(index["metrics"]) <= {"2", "4"} and index["metrics"]

@@ -9,6 +9,7 @@ stored inside every checkpoint, so a model can be rebuilt from the checkpoint al
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -41,13 +42,15 @@ class DataConfig:
     ``train``: an image folder ``<identity>/<file>`` of aligned faces, a folder holding
     ``train.rec``/``train.idx``, or a ``.rec`` file. ``lr_train``: the synthesized LR twin
     of ``train`` (same layout and labels; LR and MR stages). ``val``: a verification set for
-    periodic validation, an insightface ``.bin`` file.
+    periodic validation: an insightface ``.bin`` file or an aligned folder with a
+    ``pairs.txt`` (LFW format).
     """
 
     train: str = ""
     format: str = "auto"  # auto | folder | rec
     lr_train: str = ""
     val: str = ""
+    val_probe_size: int = 0  # pairs-folder validation: also HR-vs-LR at this probe width (px)
     color: str = "rgb"  # channel order the images are fed to the model in
     batch_size: int = 128  # per process
     num_workers: int = 2
@@ -244,7 +247,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key}: expected true/false, got {value!r}")
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                isinstance(value, float) and not math.isfinite(value)) or int(value) != value:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return int(value)
     if tp is float:
@@ -267,7 +271,7 @@ def _field_types(cls: type) -> Dict[str, Any]:
 def _build(cls: Type[T], values: Dict[str, Any], prefix: str = "") -> T:
     hints = _field_types(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(names))
+    unknown = sorted((str(u) for u in set(values) - set(names)))  # YAML keys may be ints, null
     if unknown:
         raise ConfigError(f"unknown config key(s) {', '.join(prefix + u for u in unknown)}; "
                           f"valid keys of {prefix or 'the top level'}: {', '.join(names)}")
@@ -327,6 +331,10 @@ def load_config(cls: Type[T], path: Optional[str] = None, overrides: Sequence[st
                 loaded = yaml.safe_load(fh)
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: invalid YAML (nested too deeply)") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" (line {mark.line + 1})" if mark is not None else ""

@@ -112,12 +112,13 @@ def make_to_device(device: torch.device, channels_last: bool):
 
 
 def make_validator(cfg: TrainConfig, backbone: nn.Module, ctx: RunContext):
-    """Periodic verification on an insightface ``.bin`` (10-fold accuracy)."""
+    """Periodic verification (10-fold accuracy) on an insightface ``.bin`` or an aligned
+    folder with a ``pairs.txt`` (then also at ``data.val_probe_size`` px, HR-vs-LR)."""
     if not cfg.data.val:
         return None
-    from ..eval.verification import BinValidator
+    from ..eval.verification import make_validator as make
 
-    return BinValidator(cfg.data.val, lambda: unwrap(backbone), ctx.device, ctx.precision)
+    return make(cfg.data.val, lambda: unwrap(backbone), ctx.device, ctx.precision, cfg.data.val_probe_size)
 
 
 def stage_transforms(cfg: TrainConfig, spec: Any) -> FaceTransform:
