@@ -55,6 +55,7 @@ class DataConfig:
     batch_size: int = 128  # per process
     num_workers: int = 2
     hflip: bool = True  # random horizontal flip augmentation
+    resize: bool = False  # faces of another size are resized to the model input (else an error)
     on_error: str = "raise"  # raise | skip (counted and reported)
     drop_last: bool = True
 

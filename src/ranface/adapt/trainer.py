@@ -40,7 +40,7 @@ from ..inference import backbone_kwargs, build_backbone, is_faceapi_dir, load_mo
 from ..train.checkpoint import CKPT_RE, CheckpointManager, load_checkpoint, load_state_strict, save_checkpoint
 from ..train.loop import BatchStream, Phase, StepContext, Trainer
 from ..train.recognition import (ClassificationLoss, build_head, load_init, make_to_device, make_validator,
-                                 stage_transforms, trainer_options, wrap_ddp)
+                                 expected_size, input_resize, stage_transforms, trainer_options, wrap_ddp)
 from ..train.runs import setup_run, seed_everything, write_json
 from ..train.schedule import make_scheduler
 from .discriminator import FeatureDiscriminator
@@ -88,7 +88,7 @@ def check_inputs(cfg: TrainConfig) -> None:
             raise ConfigError(f"adapt.{k} must be >= 0, got {getattr(a, k)}")
 
 
-def open_paired(cfg: TrainConfig, input_size: Tuple[int, int]) -> Tuple[Any, Any]:
+def open_paired(cfg: TrainConfig, input_size: Optional[Tuple[int, int]]) -> Tuple[Any, Any]:
     """HR set ``data.train`` and its LR twin ``data.lr_train``: same identities, same
     number of faces, same labels in the same order (else a :class:`DataError`)."""
     from ..data.datasets import PairedDataset
@@ -316,7 +316,7 @@ def run_adaption(cfg: TrainConfig) -> Dict[str, Any]:
     backbone = build_backbone(cfg.model.backbone, kw)
     spec = backbone.spec
     emb = spec.embedding_size
-    hr_ds, lr_ds = open_paired(cfg, tuple(spec.input_size))
+    hr_ds, lr_ds = open_paired(cfg, expected_size(cfg, spec))
     num_classes = max(dataset_labels(hr_ds)) + 1
     head = build_head(cfg, emb, num_classes)
     init_info = load_init(backbone, head, cfg.model.init)
@@ -365,7 +365,8 @@ def run_adaption(cfg: TrainConfig) -> Dict[str, Any]:
         from ..degrade import RandomGaussianBlur
 
         lr_extra = RandomGaussianBlur()
-    lr_tf = FaceTransform(spec.mean, spec.std, hflip=cfg.data.hflip, extra=lr_extra)
+    lr_tf = FaceTransform(spec.mean, spec.std, hflip=cfg.data.hflip, extra=lr_extra,
+                          size=input_resize(cfg, spec))
     view = AugmentedView(hr_ds, hr_tf, seed=cfg.run.seed, pair=lr_ds, pair_transform=lr_tf)
     loader, sampler = build_train_loader(view, cfg.data.batch_size, cfg.data.num_workers,
                                          ctx.dist.world_size, ctx.dist.rank, cfg.run.seed,

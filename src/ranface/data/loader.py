@@ -58,6 +58,7 @@ class FaceTransform:
     std: Sequence[float]
     hflip: bool = True
     extra: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None
+    size: Optional[Tuple[int, int]] = None  # resize (bilinear, antialiased) to the model input
 
     def __call__(self, arr: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float()
@@ -67,6 +68,9 @@ class FaceTransform:
             g = torch.Generator()
             g.manual_seed(int(rng.integers(0, 2**62)))
             t = self.extra((t / 255.0).unsqueeze(0), g).squeeze(0) * 255.0
+        if self.size is not None and tuple(t.shape[-2:]) != tuple(self.size):
+            t = torch.nn.functional.interpolate(t.unsqueeze(0), size=tuple(self.size), mode="bilinear",
+                                                align_corners=False, antialias=True).squeeze(0).clamp(0, 255)
         m = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
         s = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
         return (t - m) / s

@@ -588,6 +588,9 @@ def read_insightface_index(reader: RecordReader, use_identity_records: bool = Tr
                 raise DataError(src, f"header record labels ({a}, {b}) are not a valid "
                                 "(first identity key, end key) pair", "key 0")
             a, b = int(a), int(b)
+            if b - 1 > len(reader):  # checked before allocating b keys (b may be 2^31)
+                raise DataError(reader.idx_path, f"header record 0 names keys 1..{b - 1} but "
+                                f"the index has only {len(reader)} keys", "key 0")
             image_keys = np.arange(1, a, dtype=np.int64)
             missing = reader.missing_keys(np.arange(1, b, dtype=np.int64))
             if missing.size:

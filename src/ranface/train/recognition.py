@@ -127,7 +127,17 @@ def stage_transforms(cfg: TrainConfig, spec: Any) -> FaceTransform:
         from ..degrade import RandomGaussianBlur
 
         extra = RandomGaussianBlur()  # §4.2: "random Gaussian blur is added" (LR stage)
-    return FaceTransform(spec.mean, spec.std, hflip=cfg.data.hflip, extra=extra)
+    return FaceTransform(spec.mean, spec.std, hflip=cfg.data.hflip, extra=extra, size=input_resize(cfg, spec))
+
+
+def input_resize(cfg: TrainConfig, spec: Any) -> Optional[Tuple[int, int]]:
+    """The model input size when ``data.resize`` lets faces of another size in."""
+    return tuple(spec.input_size) if cfg.data.resize else None
+
+
+def expected_size(cfg: TrainConfig, spec: Any) -> Optional[Tuple[int, int]]:
+    """Faces must have the model's input size unless ``data.resize`` is set."""
+    return None if cfg.data.resize else tuple(spec.input_size)
 
 
 def wrap_ddp(module: nn.Module, ctx: RunContext) -> nn.Module:
@@ -149,7 +159,7 @@ def run_recognition(cfg: TrainConfig) -> Dict[str, Any]:
     kw = backbone_kwargs(to_dict(cfg.model))
     backbone = build_backbone(cfg.model.backbone, kw)
     spec = backbone.spec
-    dataset = open_dataset(cfg.data.train, cfg.data.format, cfg.data.color, tuple(spec.input_size),
+    dataset = open_dataset(cfg.data.train, cfg.data.format, cfg.data.color, expected_size(cfg, spec),
                            cfg.data.on_error)
     labels = dataset_labels(dataset)
     num_classes = max(labels) + 1

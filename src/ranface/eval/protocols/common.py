@@ -68,9 +68,12 @@ def read_columns(path: str, n_cols: int, layout: str) -> Iterator[Tuple[int, Lis
 
 def to_int(text: str, path: str, line: int, what: str) -> int:
     try:
-        return int(text)
+        v = int(text)
     except ValueError:
         raise ProtocolError(path, f"{what} {text!r} is not an integer", f"line {line}") from None
+    if not -(1 << 63) <= v < (1 << 63):  # ids end up in int64 arrays
+        raise ProtocolError(path, f"{what} {text[:40]} is out of the 64-bit range", f"line {line}")
+    return v
 
 
 def to_float(text: str, path: str, line: int, what: str) -> float:
@@ -89,8 +92,9 @@ def load_mat(path: str) -> Dict[str, Any]:
 
     try:
         return scipy.io.loadmat(path)
-    except (OSError, ValueError, TypeError, NotImplementedError, KeyError) as exc:
-        raise ProtocolError(path, f"not a readable MATLAB .mat file ({exc})") from None
+    except Exception as exc:  # scipy raises MatReadError, IndexError, zlib.error, ... on bad bytes
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ProtocolError(path, f"not a readable MATLAB .mat file ({first})") from None
 
 
 def mat_key(mat: Dict[str, Any], key: str, path: str) -> np.ndarray:

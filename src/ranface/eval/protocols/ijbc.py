@@ -120,7 +120,10 @@ def _read_pairs(path: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     lines = data.splitlines()
     n_lines = sum(1 for ln in lines if ln.strip())
     # Exactly three tokens on every non-blank line (token totals alone can hide a 2 + 4).
-    if arr.size == 3 * n_lines and all(len(ln.split()) in (0, 3) for ln in lines):
+    # numpy saturates out-of-range numbers to the int64 limits: those go the slow way too.
+    lim = np.iinfo(np.int64)
+    if arr.size == 3 * n_lines and all(len(ln.split()) in (0, 3) for ln in lines) and not (
+            arr.size and (arr.max() == lim.max or arr.min() == lim.min)):
         a = arr.reshape(-1, 3)
         if np.isin(a[:, 2], (0, 1)).all():
             return a[:, 0], a[:, 1], a[:, 2] == 1
