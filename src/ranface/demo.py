@@ -275,7 +275,7 @@ def stage_synth(cfg: DemoConfig, out: str, faces: str, degrader: str, gan_dir: s
     if degrader == "mrgan":
         opts = {"checkpoint": os.path.join(gan_dir, "generator.pt")}
     elif degrader == "bicubic":
-        opts = {"sizes": list(cfg.bicubic_sizes)}
+        opts = {"size_range": list(cfg.bicubic_sizes)}
     sc = from_dict(SynthConfig, {"input": faces, "output": os.path.join(out, f"lr_{degrader}"),
                                  "degrader": degrader, "options": opts, "seed": cfg.seed,
                                  "num_workers": 1, "progress": cfg.progress, "batch_size": 32})
