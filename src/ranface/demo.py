@@ -49,9 +49,9 @@ PROFILES: Dict[str, Dict[str, Any]] = {
                   lr_steps=16, mr_steps=16, batch_size=16, probe_sizes=[16, 8],
                   lr_pool_limit=14),
     # 2-core laptop: two held-out folds (1,200 pairs), a few hundred training identities.
-    "default": dict(test_folds=[8, 9], pairs_per_fold=0, train_ids=300, train_images_per_id=8,
-                    lr_pool_upscales=[1.0, 2.0, 3.0], gan_steps=300, gan_batch=16,
-                    gan_profile="small", lr_steps=120, mr_steps=120, batch_size=32,
+    "default": dict(test_folds=[8, 9], pairs_per_fold=0, train_ids=200, train_images_per_id=6,
+                    lr_pool_upscales=[1.0, 2.0, 3.0], gan_steps=200, gan_batch=16,
+                    gan_profile="small", lr_steps=60, mr_steps=60, batch_size=32,
                     probe_sizes=[32, 24, 16, 12, 8], lr_pool_limit=0),
 }
 
@@ -291,7 +291,7 @@ def stage_eval(cfg: DemoConfig, out: str, name: str, model: str, faces: str) -> 
     m, info = load_model(model)
     ctx = EvalContext(model=m, info=info, batch_size=64, progress=cfg.progress)
     opts = PairsOptions(pairs=os.path.join(out, "test_pairs.txt"), images=faces,
-                        probe_sizes=list(cfg.probe_sizes), modes=["hr-lr", "lr-lr"])
+                        probe_sizes=list(cfg.probe_sizes), modes=["hr-lr", "lr-lr"], flip=False)
     res = evaluate("pairs", ctx, out, opts, out_dir=os.path.join(out, "eval", name))
     return {"result": os.path.join(out, "eval", name, "result.json"), "metrics": res["metrics"]}
 
@@ -383,7 +383,7 @@ def run_demo(cfg: DemoConfig) -> Dict[str, Any]:
     evals: Dict[str, Dict[str, Any]] = {}
     for label, path in models.items():
         slug = label.lower().replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
-        evals[label] = st.run(f"eval_{slug}", {"model": path, "sizes": cfg.probe_sizes, **split},
+        evals[label] = st.run(f"eval_{slug}", {"model": path, "sizes": cfg.probe_sizes, "flip": False, **split},
                               lambda label=label, path=path, slug=slug: stage_eval(cfg, out, slug, path, faces_test))
     from .demo_report import write_report
 
