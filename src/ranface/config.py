@@ -195,6 +195,7 @@ class PrepareConfig:
     center_crop_fallback: bool = False
     border: str = "constant"
     image_format: str = "jpg"  # jpg | png
+    grey: bool = False  # write grey faces (e.g. a colour LR pool for a grey HR set like LFW)
     jpeg_quality: int = 95
     workers: int = 2
     chunk_size: int = 64

@@ -73,6 +73,7 @@ class DemoConfig:
     train_images_per_id: Optional[int] = None
     lr_pool_upscales: List[float] = field(default_factory=list)
     lr_pool_limit: Optional[int] = None
+    grey_lr_pool: bool = True  # LFW here is grey: the GAN's target domain must be too
     hr_finetune_steps: int = 0
     gan_steps: Optional[int] = None
     gan_batch: Optional[int] = None
@@ -339,10 +340,11 @@ def run_demo(cfg: DemoConfig) -> Dict[str, Any]:
         cfg, os.path.join(out, "test_photos.txt"), faces_test, root=lfw_images, policy="center"))
     st.run("faces_train", {**common, **split}, lambda: _prepare(
         cfg, os.path.join(out, "train_photos.txt"), faces_train, root=lfw_images, policy="center"))
-    pool = st.run("lr_pool", {**common, "up": cfg.lr_pool_upscales, "limit": cfg.lr_pool_limit},
+    pool = st.run("lr_pool", {**common, "up": cfg.lr_pool_upscales, "limit": cfg.lr_pool_limit,
+                              "grey": cfg.grey_lr_pool},
                   lambda: _prepare(cfg, os.path.join(cfg.data_root, "crowd-photos", "images"), lr_pool,
                                    mode="all", lr_select="10:30", upscales=list(cfg.lr_pool_upscales),
-                                   max_outside=0.1, limit=cfg.lr_pool_limit or 0))
+                                   max_outside=0.1, limit=cfg.lr_pool_limit or 0, grey=cfg.grey_lr_pool))
     if pool.get("faces_written", 0) < (cfg.gan_batch or 1):
         raise RanfaceError(f"{lr_pool}: only {pool.get('faces_written')} real LR faces found; MR-GAN needs "
                            f"at least one batch ({cfg.gan_batch})")

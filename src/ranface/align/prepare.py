@@ -26,7 +26,7 @@ import numpy as np
 
 from ..config import PrepareConfig
 from ..errors import ConfigError, DataError
-from ..io_utils import atomic_write_bytes, atomic_write_text, check_writable_dir
+from ..io_utils import atomic_write_bytes, atomic_write_text, check_writable_dir, remove_stale_temps
 
 PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MANIFEST_FIELDS = ["output", "source", "face_index", "x1", "y1", "x2", "y2", "score",
@@ -114,6 +114,8 @@ def _encode(face: np.ndarray, cfg: PrepareConfig) -> bytes:
 
     buf = io.BytesIO()
     img = Image.fromarray(face)
+    if cfg.grey:
+        img = img.convert("L")  # loaders replicate grey to 3 channels
     if cfg.image_format == "png":
         img.save(buf, format="PNG")
     else:
@@ -211,6 +213,7 @@ def run_prepare(cfg: PrepareConfig) -> Dict[str, Any]:
         raise ConfigError("prepare: give the output folder (--out)")
     root, rels = list_photos(cfg)
     check_writable_dir(cfg.out)
+    remove_stale_temps(cfg.out, recursive=True)  # half-written files of a killed run
     parts = os.path.join(cfg.out, ".parts")
     os.makedirs(parts, exist_ok=True)
     from ..config import save_config
