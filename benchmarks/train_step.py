@@ -72,10 +72,15 @@ def main() -> None:
     args = ap.parse_args()
     device = resolve_device(args.device)
     default_prec = resolve_precision("auto", device)
-    variants = [("fp32 eager", "fp32", False, False),
-                (f"default ({default_prec} autocast, channels_last)", default_prec, True, False)]
+    variants = [("fp32 eager", "fp32", False, False)]
+    if device.type == "cuda":
+        variants.append((f"default ({default_prec} autocast, channels_last)", default_prec, True, False))
+    else:
+        # CPU candidates, side by side (the default is what `run.precision=auto` picks)
+        variants += [(f"{default_prec} + channels_last", default_prec, True, False),
+                     ("bf16 autocast", "bf16", False, False)]
     if args.compile:
-        variants.append((f"default + torch.compile", default_prec, True, True))
+        variants.append((f"{default_prec} + torch.compile", default_prec, device.type == "cuda", True))
     print(f"device={device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), "
           f"threads={torch.get_num_threads()}, backbone={args.backbone}, batch={args.batch}, "
           f"torch={torch.__version__}")
