@@ -10,7 +10,7 @@ from .config import EmbedConfig
 from .data.image import read_image
 from .errors import DataError
 from .inference import Embedder, load_model
-from .io_utils import atomic_open, atomic_write_text
+from .io_utils import atomic_open, atomic_write_text, check_writable_dir
 from .train.precision import resolve_device
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -40,6 +40,8 @@ def _embedder(cfg: EmbedConfig) -> Tuple[Embedder, Dict[str, Any]]:
 def embed_folder(cfg: EmbedConfig, root: str, out_prefix: str, on_error: str = "raise") -> Dict[str, Any]:
     """Writes ``out_prefix.npy`` (N x D float32, L2-normalised) and ``out_prefix.tsv``
     (row, relative path) atomically; returns counts."""
+    # fail before loading the model and embedding everything, not at the final write
+    check_writable_dir(os.path.dirname(os.path.abspath(out_prefix)))
     emb, info = _embedder(cfg)
     files = list_images(root)
     color = cfg.color or emb.color

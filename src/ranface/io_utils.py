@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from typing import IO, Callable, Iterator
 
@@ -68,6 +69,33 @@ def atomic_save(path: str, writer: Callable[[IO], None]) -> None:
     """Call ``writer(fh)`` on a binary temp file, then move it into place."""
     with atomic_open(path, "wb") as fh:
         writer(fh)
+
+
+# Temp names of atomic_open (".<name>.<random>.tmp") and of the RecordIO / .bin writers
+# (".<name>.<random>.part"): what a process killed mid-write leaves behind.
+_TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]+\.(tmp|part)$")
+
+
+def remove_stale_temps(directory: str, recursive: bool = False) -> int:
+    """Delete temp files that killed writers left in ``directory``; returns how many.
+
+    Call it only where no other process is writing into ``directory`` (a run's own
+    output folder, at the start of a run or resume): a live writer's temp looks the same.
+    """
+    removed = 0
+    if not os.path.isdir(directory):
+        return 0
+    for dirpath, dirnames, files in os.walk(directory):
+        for f in files:
+            if _TEMP_RE.match(f):
+                try:
+                    os.unlink(os.path.join(dirpath, f))
+                    removed += 1
+                except OSError:
+                    pass
+        if not recursive:
+            break
+    return removed
 
 
 def check_writable_dir(directory: str) -> None:

@@ -324,7 +324,7 @@ def synthesize(cfg: Any, degrader: Optional[Degrader] = None,
     ``stop_after``: stop after that many batches (tests of interruption).
     """
     from ..data.loader import detect_format
-    from ..io_utils import check_writable_dir
+    from ..io_utils import check_writable_dir, remove_stale_temps
     from ..train.precision import resolve_device
 
     if not cfg.input:
@@ -372,6 +372,7 @@ def synthesize(cfg: Any, degrader: Optional[Degrader] = None,
                           "synthesize, or by an older run): use another folder or overwrite=true")
     if cfg.overwrite:
         job.clear()
+    remove_stale_temps(cfg.output, recursive=True)  # half-written files of a killed run
     _write_manifest(mpath, {**manifest, "status": "running"})
 
     expect = (degrader.face_size, degrader.face_size) if degrader.face_size else job.first_size()

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, NonFiniteError
+from ..errors import CheckpointError, DistributedError, NonFiniteError
 from .checkpoint import CheckpointManager, capture_rng, load_checkpoint, load_state_strict, restore_rng
 from .distributed import DistInfo, all_gather_objects, any_rank, barrier, unwrap
 from .precision import autocast, make_scaler
@@ -165,6 +165,9 @@ class Trainer:
         self.extra_state = extra_state if extra_state is not None else {}
         self.step = 0
         self.counters: Dict[str, int] = {"nonfinite_total": 0, "nonfinite_run": 0, "skipped_samples": 0}
+        # consecutive skipped updates per phase: a diverged G next to a healthy D (or a
+        # NaN recognition phase next to its discriminator) must still stop the run
+        self._streak: Dict[str, int] = {}
         self.last_val: Dict[str, float] = {}
         if dist.is_main:
             os.makedirs(run_dir, exist_ok=True)
@@ -200,12 +203,17 @@ class Trainer:
                                           f"(it has {sorted(state['modules'])})")
                 load_state_strict(unwrap(m), state["modules"][k], source, what=k)
             for p in self.phases:
-                p.optimizer.load_state_dict(state["optimizers"][p.name])
-                if p.scheduler is not None:
-                    p.scheduler.load_state_dict(state["schedulers"][p.name])
+                try:
+                    p.optimizer.load_state_dict(state["optimizers"][p.name])
+                    if p.scheduler is not None:
+                        p.scheduler.load_state_dict(state["schedulers"][p.name])
+                    if p.name in state.get("scalers", {}):
+                        self.scalers[p.name].load_state_dict(state["scalers"][p.name])
+                except (ValueError, TypeError, RuntimeError, AttributeError) as exc:
+                    # e.g. parameter groups of another recipe: torch's ValueError, made one line
+                    raise CheckpointError(source, f"optimizer state of phase {p.name!r} does not "
+                                          f"fit this run ({exc})") from None
                 p.runs = int(state["phase_runs"][p.name])
-                if p.name in state.get("scalers", {}):
-                    self.scalers[p.name].load_state_dict(state["scalers"][p.name])
             for k, v in self.extra_state.items():
                 v.load_state_dict(state["extra"][k])
             self.step = int(state["step"])
@@ -270,13 +278,17 @@ class Trainer:
         bad = not (math.isfinite(float(loss.detach())) and math.isfinite(float(grad_norm)))
         bad = any_rank(bad, self.dist, self.device)  # all ranks skip together
         if bad:
-            # A real NaN must not shrink the fp16 scale to zero: update the scaler only
-            # when an fp16 overflow (finite loss, inf grads) is the plausible cause.
-            if scaler.is_enabled() and math.isfinite(float(loss.detach())):
-                scaler.update()
+            # A real NaN must not shrink the fp16 scale to zero: back off only when an
+            # fp16 overflow (finite loss, inf grads) is the plausible cause. Otherwise the
+            # scale is kept, but update() must still run: it clears unscale_()'s record,
+            # without which the next step's unscale_() raises. Decided on all ranks alike.
+            if scaler.is_enabled():
+                nan_loss = any_rank(not math.isfinite(float(loss.detach())), self.dist, self.device)
+                scaler.update(scaler.get_scale() if nan_loss else None)
             phase.optimizer.zero_grad(set_to_none=True)
             self.counters["nonfinite_total"] += 1
-            self.counters["nonfinite_run"] += 1
+            self._streak[phase.name] = self._streak.get(phase.name, 0) + 1
+            self.counters["nonfinite_run"] = max(self._streak.values())
             self.stats.add(f"{phase.name}/nonfinite", 1.0)
             return {}
         scaler.step(phase.optimizer)
@@ -284,7 +296,8 @@ class Trainer:
         if phase.scheduler is not None:
             phase.scheduler.step()
         phase.runs += 1
-        self.counters["nonfinite_run"] = 0
+        self._streak[phase.name] = 0
+        self.counters["nonfinite_run"] = max(self._streak.values())
         out = {f"{phase.name}/{k}": v for k, v in stats.items()}
         out[f"{phase.name}/loss"] = loss.detach()
         out[f"{phase.name}/grad_norm"] = grad_norm.detach()
@@ -314,10 +327,11 @@ class Trainer:
                     if self.step % phase.interval == 0:
                         self.stats.add_dict(self._run_phase(phase, batch, cache))
                 if self.counters["nonfinite_run"] >= self.opt.max_nonfinite:
+                    worst = max(self._streak, key=lambda k: self._streak[k], default='?')
                     raise NonFiniteError(
                         f"training stopped at step {self.step}: {self.counters['nonfinite_run']} "
-                        f"consecutive steps had non-finite losses or gradients (each skipped); the "
-                        f"last good checkpoint in {self.ckpt.directory} is intact")
+                        f"consecutive steps of phase {worst!r} had non-finite losses or gradients "
+                        f"(each skipped); the last good checkpoint in {self.ckpt.directory} is intact")
                 self.step += 1
                 if bar is not None:
                     bar.update(1)
@@ -340,6 +354,14 @@ class Trainer:
                 if (metric is not None or self.step % self.opt.ckpt_every == 0
                         or self.step == self.opt.max_steps):
                     self.save(metric)
+        except RuntimeError as exc:
+            if self.dist.enabled and _is_comm_failure(exc):
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:240]
+                raise DistributedError(
+                    f"rank {self.dist.rank} of {self.dist.world_size} stopped at step {self.step}: a "
+                    f"peer process died or hung (collective failed or timed out after "
+                    f"run.dist_timeout_s): {first}; resume from {self.ckpt.directory}") from None
+            raise
         finally:
             if bar is not None:
                 bar.close()
@@ -360,6 +382,16 @@ class Trainer:
         if self.best_metric and values.get(self.best_metric) is not None:
             return float(values[self.best_metric])
         return None
+
+
+def _is_comm_failure(exc: BaseException) -> bool:
+    """A collective's failure (gloo raises plain RuntimeErrors, NCCL DistBackendError)."""
+    dist_error = getattr(torch.distributed, "DistError", None)
+    if dist_error is not None and isinstance(exc, dist_error):
+        return True
+    text = str(exc)
+    return any(s in text for s in ("gloo", "NCCL", "Connection reset", "Connection closed",
+                                   "Timed out", "timed out"))
 
 
 def _truncate_metrics(path: str, step: int) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..config import save_config, to_dict
-from ..io_utils import atomic_write_text, check_writable_dir
+from ..io_utils import atomic_write_text, check_writable_dir, remove_stale_temps
 from .distributed import DistInfo, broadcast_object, init_distributed
 from .precision import resolve_device, resolve_precision
 
@@ -68,6 +68,8 @@ def setup_run(cfg: Any, prefix: str) -> RunContext:
         if not name:
             name = _next_run_name(run.out_dir, prefix)
         os.makedirs(os.path.join(run.out_dir, name), exist_ok=True)
+        for d in (os.path.join(run.out_dir, name), os.path.join(run.out_dir, name, "checkpoints")):
+            remove_stale_temps(d)  # left by a run killed mid-write (a checkpoint's worth each)
     name = broadcast_object(name, dist)
     run_dir = os.path.join(run.out_dir, name)
     if dist.is_main:

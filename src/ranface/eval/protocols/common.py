@@ -87,9 +87,32 @@ def to_float(text: str, path: str, line: int, what: str) -> float:
 
 
 # ----------------------------------------------------------------------------- .mat
+_MAT_PROBE = "import sys, scipy.io; scipy.io.loadmat(sys.argv[1])"
+
+
+def _probe_mat(path: str) -> None:
+    """Parse ``path`` once in a child process first: scipy's compiled MAT reader can
+    crash the interpreter (SIGSEGV) on corrupt bytes (found by tests/test_fuzz_parsers.py),
+    which no ``except`` could turn into an error naming the file."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    try:
+        r = subprocess.run([sys.executable, "-c", _MAT_PROBE, path], env=env, timeout=600,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise ProtocolError(path, "corrupt .mat file: reading it did not finish") from None
+    if r.returncode < 0:
+        raise ProtocolError(path, f"corrupt .mat file: the MATLAB reader (scipy.io.loadmat) "
+                            f"crashed on it (signal {-r.returncode})")
+
+
 def load_mat(path: str) -> Dict[str, Any]:
     import scipy.io
 
+    if os.path.isfile(path):
+        _probe_mat(path)
     try:
         return scipy.io.loadmat(path)
     except Exception as exc:  # scipy raises MatReadError, IndexError, zlib.error, ... on bad bytes
