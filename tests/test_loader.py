@@ -40,3 +40,36 @@ def test_paired_view_applies_the_same_flip():
         flips.add(bool(hr[0, 0, 0] == 200))
         assert y == i % 2
     assert flips == {True, False}
+
+
+def test_head_init_from_class_centres():
+    """W_j becomes the mean L2-normalised embedding of class j (hand-computed)."""
+    from ranface.models import create_head
+    from ranface.train.recognition import init_head_from_centres
+
+    class Feat(torch.nn.Module):  # embedding = mean colour of each channel
+        def forward(self, x):
+            return x.mean(dim=(2, 3))
+
+    imgs = [(np.full((4, 4, 3), v, np.uint8), y) for v, y in (((10, 200, 30), 0), ((30, 180, 10), 0),
+                                                               ((250, 5, 5), 1))]
+
+    class DS:
+        def __len__(self):
+            return len(imgs)
+
+        def __getitem__(self, i):
+            a, y = imgs[i]
+            return np.broadcast_to(np.array(a[0, 0]), (4, 4, 3)).astype(np.uint8).copy(), y
+
+    head = create_head("arcface", 3, 3)
+    before = head.weight.data[2].clone()
+    n = init_head_from_centres(head, Feat(), DS(), FaceTransform((0,) * 3, (1,) * 3), torch.device("cpu"))
+    assert n == 3
+    def unit(v):
+        v = torch.tensor(v, dtype=torch.float64)
+        return v / v.norm()
+    want0 = unit(unit([10, 200, 30]) + unit([30, 180, 10]))
+    assert torch.allclose(head.weight.data[0].double(), want0, atol=1e-6)
+    assert torch.allclose(head.weight.data[1].double(), unit([250, 5, 5]), atol=1e-6)
+    assert torch.equal(head.weight.data[2], before)  # a class with no faces keeps its init

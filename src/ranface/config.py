@@ -71,6 +71,7 @@ class ModelConfig:
     scale: float = 64.0  # s
     margin: Optional[float] = None  # m; None: 0.5 for arcface, 0.35 for cosface
     init: str = ""  # checkpoint (.pt) of a ranface run, or a face-api model folder
+    head_init: str = "random"  # random | centres: a new head starts at the class-mean embeddings
 
 
 @dataclass

@@ -225,7 +225,7 @@ def stage_recognition(cfg: DemoConfig, out: str, name: str, stage: str, data: st
         "stage": stage,
         "data": {"train": data, "lr_train": lr_train, "batch_size": cfg.batch_size, "num_workers": 1,
                  "resize": True},
-        "model": {"backbone": "resnet29_dlib", "init": init},
+        "model": {"backbone": "resnet29_dlib", "init": init, "head_init": "centres"},
         "optim": {"lr": cfg.lr, "head_lr_mult": cfg.head_lr_mult, "schedule": "cosine",
                   "warmup_steps": max(1, steps // 10), "max_steps": steps, "weight_decay": 5e-4},
         "run": _run_cfg(os.path.join(out, "models"), name, cfg),

@@ -40,7 +40,8 @@ from ..inference import backbone_kwargs, build_backbone, is_faceapi_dir, load_mo
 from ..train.checkpoint import CKPT_RE, CheckpointManager, load_checkpoint, load_state_strict, save_checkpoint
 from ..train.loop import BatchStream, Phase, StepContext, Trainer
 from ..train.recognition import (ClassificationLoss, build_head, load_init, make_to_device, make_validator,
-                                 expected_size, input_resize, stage_transforms, trainer_options, wrap_ddp)
+                                 expected_size, init_head_from_centres, input_resize, stage_transforms,
+                                 trainer_options, wrap_ddp)
 from ..train.runs import setup_run, seed_everything, write_json
 from ..train.schedule import make_scheduler
 from .discriminator import FeatureDiscriminator
@@ -325,6 +326,9 @@ def run_adaption(cfg: TrainConfig) -> Dict[str, Any]:
         # head would hit the pretrained backbone with large L_c^HR gradients
         head_src = _init_head_from_run(head, backbone, cfg.model.init)
         init_info.update(head=head_src is not None, head_source=head_src)
+    if cfg.model.head_init == "centres" and not init_info.get("head"):
+        init_info["head_centres_from"] = init_head_from_centres(
+            head, backbone, hr_ds, stage_transforms(cfg, spec), torch.device("cpu"))
     lr = load_lr_stream(a.lr_model, ctx.device, cfg.model.backbone, emb, num_classes,
                         need_head=a.beta > 0, channels_last=cfg.run.channels_last)
     translator = Translator(emb, a.translator_hidden) if a.translator else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -75,6 +76,54 @@ def load_init(backbone: nn.Module, head: Optional[nn.Module], spec: str) -> Dict
             head.load_state_dict(head_state)
             used_head = True
     return {"init": spec, "head": used_head, **({"head_source": spec} if used_head else {})}
+
+
+@torch.no_grad()
+def init_head_from_centres(head: nn.Module, backbone: nn.Module, dataset: Any, transform: FaceTransform,
+                           device: torch.device, batch_size: int = 64) -> int:
+    """Set each class vector W_j of a margin head to the mean L2-normalised embedding of
+    class j (backbone in eval mode, no flip). Fine-tuning a pretrained backbone with a
+    random head sends large, meaningless gradients into it for the first steps; with the
+    class centres the head starts where the features already are. Returns the number of
+    faces embedded."""
+    from ..data.datasets import Skipped
+
+    was = backbone.training
+    backbone.eval()
+    plain = FaceTransform(transform.mean, transform.std, hflip=False, size=transform.size)
+    dim = head.weight.shape[1]
+    sums = torch.zeros(head.weight.shape[0], dim, dtype=torch.float64)
+    rng = np.random.default_rng(0)
+    xs: list = []
+    ys: list = []
+    n = 0
+
+    def flush() -> None:
+        nonlocal n
+        if xs:
+            f = F.normalize(backbone(torch.stack(xs).to(device)).float(), dim=1).cpu().double()
+            sums.index_add_(0, torch.tensor(ys), f)
+            n += len(xs)
+            xs.clear()
+            ys.clear()
+
+    try:
+        for i in range(len(dataset)):
+            item = dataset[i]
+            if isinstance(item, Skipped):
+                continue
+            arr, label = item
+            xs.append(plain(arr, rng))
+            ys.append(int(label))
+            if len(xs) >= batch_size:
+                flush()
+        flush()
+    finally:
+        backbone.train(was)
+    have = sums.norm(dim=1) > 0
+    w = head.weight.data
+    w[have] = F.normalize(sums[have], dim=1).to(w.dtype).to(w.device)
+    return n
 
 
 class ClassificationLoss:
@@ -165,9 +214,13 @@ def run_recognition(cfg: TrainConfig) -> Dict[str, Any]:
     num_classes = max(labels) + 1
     head = build_head(cfg, spec.embedding_size, num_classes)
     init_info = load_init(backbone, head, cfg.model.init)
-
     backbone.to(ctx.device)
     head.to(ctx.device)
+    if cfg.model.head_init not in ("random", "centres"):
+        raise ConfigError(f"model.head_init must be random or centres, got {cfg.model.head_init!r}")
+    if cfg.model.head_init == "centres" and not init_info.get("head"):
+        init_info["head_centres_from"] = init_head_from_centres(
+            head, backbone, dataset, stage_transforms(cfg, spec), ctx.device)
     if cfg.run.channels_last:
         backbone.to(memory_format=torch.channels_last)
     fwd_backbone = wrap_ddp(backbone, ctx)
