@@ -67,7 +67,7 @@ def test_head_init_from_class_centres():
     n = init_head_from_centres(head, Feat(), DS(), FaceTransform((0,) * 3, (1,) * 3), torch.device("cpu"))
     assert n == 3
     def unit(v):
-        v = torch.tensor(v, dtype=torch.float64)
+        v = torch.as_tensor(v, dtype=torch.float64)
         return v / v.norm()
     want0 = unit(unit([10, 200, 30]) + unit([30, 180, 10]))
     assert torch.allclose(head.weight.data[0].double(), want0, atol=1e-6)
