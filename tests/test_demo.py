@@ -13,6 +13,7 @@ SECTIONS = ("## Verification accuracy, HR-vs-LR", "## Realism of synthesized LR 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_quick_demo_end_to_end(tmp_path, capsys):
     require_shared("lfw-gray", "pairs.txt")
     out = str(tmp_path / "demo")

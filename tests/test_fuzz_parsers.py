@@ -477,7 +477,10 @@ def mat_len(word):
 
 case("mat-string-2^31", lambda: mat_len(2 ** 31))
 case("mat-string-2^32-1", lambda: mat_len(2 ** 32 - 1))
-results["maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM: this process image's own peak RSS (ru_maxrss survives exec and would include the
+# parent pytest's RSS at fork time)
+with open("/proc/self/status") as fh:
+    results["maxrss_mib"] = next(int(l.split()[1]) for l in fh if l.startswith("VmHWM:")) / 1024
 print(json.dumps(results))
 """
 

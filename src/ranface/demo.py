@@ -44,8 +44,8 @@ from .io_utils import atomic_write_bytes, atomic_write_text
 
 PROFILES: Dict[str, Dict[str, Any]] = {
     # CI-sized: one held-out fold, 100+100 of its pairs; a few dozen training identities.
-    "quick": dict(test_folds=[9], pairs_per_fold=100, train_ids=60, train_images_per_id=4,
-                  lr_pool_upscales=[1.0, 2.0], gan_steps=30, gan_batch=8, gan_profile="small",
+    "quick": dict(test_folds=[9], pairs_per_fold=100, train_ids=40, train_images_per_id=4,
+                  lr_pool_upscales=[1.0, 2.0], gan_steps=20, gan_batch=8, gan_profile="small",
                   lr_steps=16, mr_steps=16, batch_size=16, probe_sizes=[16, 8],
                   lr_pool_limit=14),
     # 2-core laptop: two held-out folds (1,200 pairs), a few hundred training identities.
