@@ -15,7 +15,9 @@
         for face in frame.faces:                             # every face of every frame
             print(frame.frame, face.box, face.status, face.identity)
 
-Embeddings are the flip-sum, L2-normalised features of :class:`ranface.inference.Embedder`;
+The embedding is the backbone's feature, the paper's f_HR (§3.4: at test time the MR
+model is used through f_HR alone, for HR gallery and LR probes alike), taken as the
+flip-sum, L2-normalised features of :class:`ranface.inference.Embedder`;
 a template is the L2-normalised mean of an identity's embeddings (see
 :mod:`ranface.deploy.gallery`); scores are cosines; a probe is accepted (``match``) when
 its top-1 score is ``> threshold`` (:mod:`ranface.eval.metrics` convention).
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -33,7 +35,8 @@ from .deploy.identify import FaceResult, FrameResult, align_detections, decide
 from .deploy.search import Calibration, calibrate_threshold
 from .errors import ConfigError, DataError, RanfaceError
 
-__all__ = ["FaceRecognizer", "Gallery", "RecognizerConfig", "GalleryConfig", "IdentifyConfig"]
+__all__ = ["FaceRecognizer", "Gallery", "RecognizerConfig", "GalleryConfig", "IdentifyConfig",
+           "evaluate_search", "resolve_threshold", "stored_threshold", "list_probes"]
 
 ImageLike = Union[str, np.ndarray]
 
@@ -79,7 +82,7 @@ class GalleryConfig(RecognizerConfig):
     fpir: float = 0.1
     index: str = "auto"  # auto | exact | faiss | faiss-hnsw
     faiss_above: int = 50_000  # auto: faiss when the gallery is larger
-    degrade: int = 0  # search: shrink aligned probes to this many px and back (LR simulation)
+    degrade: int = 0  # search/calibrate: shrink aligned faces to this many px and back (LR simulation)
 
 
 @dataclass
@@ -392,10 +395,12 @@ class FaceRecognizer:
 
     def calibrate(self, gallery: Gallery, source: Union[str, Sequence[ImageLike]],
                   fpir: float = 0.1, *, aligned: bool = False, root: str = "",
-                  on_error: str = "raise") -> Calibration:
+                  on_error: str = "raise", degrade: int = 0) -> Calibration:
         """Threshold at ``fpir`` from the top-1 scores of faces of non-enrolled people
         (a folder, list file or list of images); probes labelled with an enrolled
-        identity are an error (they would be genuine, not impostor, scores)."""
+        identity are an error (they would be genuine, not impostor, scores). Calibrate on
+        faces like the probes: ``degrade`` as in :meth:`search` (low-resolution faces
+        score higher against everyone, so an HR threshold lets more LR strangers in)."""
         self.check_gallery(gallery)
         if isinstance(source, str):
             pairs = list_probes([source], root)
@@ -405,7 +410,7 @@ class FaceRecognizer:
         if enrolled:
             raise RanfaceError(f"calibration faces must be of non-enrolled people; enrolled: "
                                f"{', '.join(enrolled[:10])}")
-        e, kept, failed = self._embed_items([p for _, p in pairs], aligned, on_error)
+        e, kept, failed = self._embed_items([p for _, p in pairs], aligned, on_error, degrade)
         if not len(e):
             raise RanfaceError(f"calibration: no face found in {len(pairs)} image(s)")
         scores, _ = gallery.search(e, 1)
@@ -450,7 +455,8 @@ class FaceRecognizer:
         """:meth:`identify_image` over photos, folders of photos and videos (every
         ``every``-th frame, at most ``max_frames``); with ``annotate`` a folder, also
         writes each photo / video with boxes and names drawn. Yields one result per
-        photo or sampled frame, in order."""
+        photo or sampled frame, in order; with ``on_error='skip'`` an unreadable photo or
+        video yields one result whose ``error`` says why."""
         from .data.image import read_image  # noqa: PLC0415
         from .deploy.video import annotate as draw  # noqa: PLC0415
         from .deploy.video import is_video, iter_video_frames, video_rate, VideoWriter  # noqa: PLC0415
@@ -484,15 +490,20 @@ class FaceRecognizer:
                         yield fr
                     if writer is not None:
                         writer.close()
+                except DataError as exc:
+                    if on_error == "raise":
+                        raise
+                    yield FrameResult(item, None, None, 0, 0, [], error=str(exc))
                 finally:
                     if writer is not None:
                         writer._discard()
                 continue
             try:
                 img = read_image(item)
-            except DataError:
+            except DataError as exc:
                 if on_error == "raise":
                     raise
+                yield FrameResult(item, None, None, 0, 0, [], error=str(exc))
                 continue
             fr = self.identify_image(gallery, img, source=item, **kw)
             if annotate:
@@ -591,30 +602,27 @@ def evaluate_search(results: Sequence[Dict[str, Any]], gallery: Gallery,
     if threshold is not None:
         if mated:
             out["tpir_at_threshold"] = float(np.sum(hits > threshold)) / len(mated)
-        if unmated:
-            out["fpir_at_threshold"] = float(np.sum(un > threshold)) / len(unmated)
+        if un.size:
+            out["fpir_at_threshold"] = float(np.sum(un > threshold)) / un.size
     return out
 
 
 def resolve_threshold(rec: FaceRecognizer, gallery: Gallery, threshold: Optional[float],
                       calibration: str, fpir: float, aligned: bool = False, root: str = "",
-                      on_error: str = "raise") -> Tuple[Optional[float], Optional[Dict[str, Any]]]:
-    """The threshold to decide with: given > calibrated now on ``calibration`` > the
-    gallery's stored calibration > None. Returns (threshold, how it was set)."""
+                      on_error: str = "raise", degrade: int = 0
+                      ) -> Tuple[Optional[float], Optional[Dict[str, Any]]]:
+    """The threshold to decide with: given > calibrated now on ``calibration`` (its faces
+    degraded like the probes) > the gallery's stored calibration > None. Returns
+    (threshold, how it was set)."""
     if threshold is not None:
         return float(threshold), {"source": "given", "threshold": float(threshold)}
     if calibration:
         cal = rec.calibrate(gallery, calibration, fpir, aligned=aligned, root=root,
-                            on_error=on_error)
-        return cal.threshold, dict(cal.to_dict(), source=os.path.abspath(calibration))
+                            on_error=on_error, degrade=degrade)
+        return cal.threshold, dict(cal.to_dict(), source=os.path.abspath(calibration),
+                                   degrade=degrade)
     stored = gallery.calibration
     if stored:
         return float(stored["threshold"]), dict(stored, source="gallery calibration")
     return None, None
 
-
-def labels_of(items: Iterable[Tuple[Optional[str], str]]) -> List[Optional[str]]:
-    return [lab for lab, _ in items]
-
-
-__all__ += ["evaluate_search", "resolve_threshold", "stored_threshold", "list_probes"]

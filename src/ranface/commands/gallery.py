@@ -64,6 +64,8 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("gallery")
     p.add_argument("calibration", help="faces of non-enrolled people (folder or list file)")
     p.add_argument("--fpir", type=float)
+    p.add_argument("--degrade", type=int, metavar="PX",
+                   help="calibrate on faces shrunk to PX wide and back, like low-resolution probes")
     p.add_argument("--out", "-o", help="write here instead of updating the gallery in place")
     common(p)
     p.set_defaults(func=cmd_calibrate)
@@ -75,6 +77,8 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--threshold", type=float, help="accept when top-1 cosine > threshold")
     p.add_argument("--calibration", help="faces of non-enrolled people: threshold at --fpir")
     p.add_argument("--fpir", type=float)
+    p.add_argument("--degrade", type=int, metavar="PX",
+                   help="simulate low resolution: shrink aligned probes to PX wide and back")
     p.add_argument("--out", "-o", help="results .json or .csv")
     common(p)
     p.set_defaults(func=cmd_search)
@@ -93,7 +97,8 @@ def _config(args: argparse.Namespace):
         val = getattr(args, key, None)
         if val:
             over.append(f"{key}={json.dumps(val)}")
-    for key, name in (("fpir", "fpir"), ("top_k", "top_k"), ("threshold", "threshold")):
+    for key, name in (("fpir", "fpir"), ("top_k", "top_k"), ("threshold", "threshold"),
+                      ("degrade", "degrade")):
         val = getattr(args, key, None)
         if val is not None:
             over.append(f"{name}={val}")
@@ -180,8 +185,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     g = Gallery.load(args.gallery)
     rec = FaceRecognizer.from_config(cfg, g)
     cal = rec.calibrate(g, args.calibration, cfg.fpir, aligned=cfg.aligned, root=cfg.root,
-                        on_error=cfg.on_error)
-    g.set_calibration(dict(cal.to_dict(), source=os.path.abspath(args.calibration)))
+                        on_error=cfg.on_error, degrade=cfg.degrade)
+    g.set_calibration(dict(cal.to_dict(), source=os.path.abspath(args.calibration),
+                           degrade=cfg.degrade))
     out = g.save(args.out or args.gallery)
     _print({"gallery": out, "calibration": g.calibration})
     return 0
@@ -198,7 +204,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     g = Gallery.load(args.gallery)
     rec = FaceRecognizer.from_config(cfg, g)
     threshold, how = resolve_threshold(rec, g, cfg.threshold, cfg.calibration, cfg.fpir,
-                                       cfg.calibration_aligned, cfg.root, cfg.on_error)
+                                       cfg.calibration_aligned, cfg.root, cfg.on_error,
+                                       cfg.degrade)
     items = list_probes(args.probes, cfg.root)
     results = rec.search(g, [p for _, p in items], cfg.top_k, threshold, aligned=cfg.aligned,
                          degrade=cfg.degrade, index=cfg.index, faiss_above=cfg.faiss_above,

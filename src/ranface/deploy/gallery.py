@@ -105,7 +105,7 @@ class Gallery:
             raise ValueError(f"inconsistent gallery: {len(names)} names, means {means.shape}, "
                              f"counts {counts.shape}")
         self.names: List[str] = [str(n) for n in names]
-        self.means = means
+        self.means = means  # property: rows [0, len) of a buffer that grows geometrically
         self.counts = counts
         self.sources: List[List[str]] = [list(s) for s in sources] if sources is not None \
             else [[] for _ in self.names]
@@ -130,6 +130,37 @@ class Gallery:
         return cls([], np.zeros((0, dim), np.float32), np.zeros(0, np.int64), meta)
 
     # ---------------------------------------------------------------- properties
+    @property
+    def means(self) -> np.ndarray:
+        """(K, D) float32 un-normalised mean embeddings (a view: do not resize)."""
+        return self._means[:len(self.names)]
+
+    @means.setter
+    def means(self, value: np.ndarray) -> None:
+        self._means = np.asarray(value, dtype=np.float32)
+
+    @property
+    def counts(self) -> np.ndarray:
+        """(K,) int64 images per identity."""
+        return self._counts[:len(self.names)]
+
+    @counts.setter
+    def counts(self, value: np.ndarray) -> None:
+        self._counts = np.asarray(value, dtype=np.int64)
+
+    def _append_row(self, mean: np.ndarray, count: int) -> None:
+        # Amortised O(D) per identity: enrolling K identities one by one stays O(K D).
+        k = len(self.names)
+        if k >= self._means.shape[0]:
+            cap = max(16, 2 * self._means.shape[0])
+            grown = np.zeros((cap, self._means.shape[1]), np.float32)
+            grown[:k] = self._means[:k]
+            counts = np.zeros(cap, np.int64)
+            counts[:k] = self._counts[:k]
+            self._means, self._counts = grown, counts
+        self._means[k] = mean
+        self._counts[k] = count
+
     def __len__(self) -> int:
         return len(self.names)
 
@@ -232,10 +263,9 @@ class Gallery:
                 self.sources[i] = list(sources)
                 action = "replaced"
         else:
+            self._append_row(mean_new.astype(np.float32), n_new)
             self.names.append(str(name))
             self._rows[str(name)] = len(self.names) - 1
-            self.means = np.concatenate([self.means, mean_new[None].astype(np.float32)])
-            self.counts = np.concatenate([self.counts, [n_new]]).astype(np.int64)
             self.sources.append(list(sources))
             action = "added"
         self._changed({"event": action, "identity": str(name), "images": n_new})
@@ -253,9 +283,9 @@ class Gallery:
             return []
         keep = [i for i in range(len(self)) if i not in drop]
         removed = [self.names[i] for i in sorted(drop)]
+        means, counts = self.means[keep], self.counts[keep]
         self.names = [self.names[i] for i in keep]
-        self.means = self.means[keep]
-        self.counts = self.counts[keep]
+        self.means, self.counts = means, counts
         self.sources = [self.sources[i] for i in keep]
         self._rows = {n: i for i, n in enumerate(self.names)}
         self._changed({"event": "removed", "identities": removed[:20], "count": len(removed)})

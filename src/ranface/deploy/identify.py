@@ -70,7 +70,8 @@ class FaceResult:
 @dataclass
 class FrameResult:
     """The faces of one photo or one sampled video frame (``frame``/``time_s`` None
-    for a photo)."""
+    for a photo). ``error`` says why a photo or video could not be read (skipped with
+    ``on_error='skip'``); ``faces`` is then empty."""
 
     source: str
     frame: Optional[int]
@@ -78,12 +79,16 @@ class FrameResult:
     width: int
     height: int
     faces: List[FaceResult]
+    error: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"source": self.source, "frame": self.frame,
-                "time_s": None if self.time_s is None else round(self.time_s, 4),
-                "width": self.width, "height": self.height,
-                "faces": [f.to_dict() for f in self.faces]}
+        d = {"source": self.source, "frame": self.frame,
+             "time_s": None if self.time_s is None else round(self.time_s, 4),
+             "width": self.width, "height": self.height,
+             "faces": [f.to_dict() for f in self.faces]}
+        if self.error:
+            d["error"] = self.error
+        return d
 
 
 def decide(scores: np.ndarray, rows: np.ndarray, names: Sequence[str],
@@ -153,6 +158,9 @@ def _csv_rows(frames: Sequence[FrameResult]):
     for fr in frames:
         base = {"source": fr.source, "frame": "" if fr.frame is None else fr.frame,
                 "time_s": "" if fr.time_s is None else f"{fr.time_s:.4f}"}
+        if fr.error:
+            yield dict(base, face="", status="unreadable", identity=fr.error)
+            continue
         if not fr.faces:
             yield dict(base, face="", status="no_face")
             continue
@@ -176,12 +184,18 @@ def summarise_frames(frames: Sequence[FrameResult]) -> Dict[str, Any]:
         for f in fr.faces:
             by_status[f.status] += 1
             n_faces += 1
-    return {"frames": len(frames), "frames_without_faces": sum(not fr.faces for fr in frames),
-            "faces": n_faces, **by_status}
+    errors = sum(bool(fr.error) for fr in frames)
+    out = {"frames": len(frames) - errors,
+           "frames_without_faces": sum(not fr.faces and not fr.error for fr in frames),
+           "faces": n_faces, **by_status}
+    if errors:
+        out["unreadable"] = errors
+    return out
 
 
 def write_results(path: str, frames: Sequence[FrameResult], header: Dict[str, Any]) -> str:
-    """Write ``frames`` as CSV (one row per face; ``no_face`` rows for empty frames)
+    """Write ``frames`` as CSV (one row per face; ``no_face`` rows for empty frames,
+    ``unreadable`` rows, with the reason in ``identity``, for skipped inputs)
     when ``path`` ends in .csv, else JSON (``header`` + summary + frames); atomically."""
     if path.lower().endswith(".csv"):
         buf = io.StringIO()
