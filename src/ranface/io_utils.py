@@ -27,6 +27,18 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would race with threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
     """Context manager yielding a temp file that replaces ``path`` on success only."""
@@ -41,6 +53,8 @@ def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
     except OSError as exc:
         raise DataError(path, f"cannot write output ({exc.strerror or exc})") from None
     try:
+        # mkstemp creates 0600; give the output the permissions a plain open() would
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as fh:
             yield fh
             fh.flush()
