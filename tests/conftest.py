@@ -37,3 +37,19 @@ def make_face_folder(root: str, n_ids: int = 4, per_id: int = 6, size: int = 112
 @pytest.fixture(scope="session")
 def face_folder(tmp_path_factory):
     return make_face_folder(str(tmp_path_factory.mktemp("faces")))
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (tiny networks on shared cores run far faster)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def sets(items):
+    """["a=1", "b=2"] -> ["--set", "a=1", "--set", "b=2"] for CLI calls."""
+    return [a for s in items for a in ("--set", s)]

@@ -91,8 +91,11 @@ def test_embed_and_compare(trained, tmp_path, capsys):
     assert abs(same["cosine"] - 1.0) < 1e-5 and same["same"] is True
     assert main(["compare", a, b, "--model", model]) == 0
     diff = json.loads(capsys.readouterr().out)
+    # compare and embed agree: the score is the dot product of the two stored embeddings
     # (6 steps leave BN running statistics at their init, so no separation is asserted)
-    assert -1.0 <= diff["cosine"] <= 1.0 + 1e-6 and "same" not in diff
+    row = {p: i for i, p in (ln.split("\t") for ln in lines)}
+    want = float(feats[int(row["id000/000.png"])] @ feats[int(row["id001/000.png"])])
+    assert abs(diff["cosine"] - want) < 1e-5 and "same" not in diff
 
 
 def test_embed_corrupt_image(trained, tmp_path, capsys):

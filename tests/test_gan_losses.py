@@ -11,12 +11,7 @@ from ranface.models import create_backbone
 from ranface.models.registry import BackboneSpec
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------ Eq. 5 masks

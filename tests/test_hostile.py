@@ -16,28 +16,20 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_face_folder
+from conftest import make_face_folder, sets
 from ranface.cli import main
 from ranface.config import TrainConfig, load_config
 from ranface.train.checkpoint import load_checkpoint, save_checkpoint
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_thread")]
 
 QUIET = ["run.progress=false", "run.tensorboard=false", "run.precision=fp32", "run.device=cpu",
          "data.batch_size=4", "data.num_workers=0", "model.backbone=mobilefacenet",
          "model.embedding_size=32", "optim.max_steps=1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
-def sets(items: List[str]) -> List[str]:
-    return [a for s in items for a in ("--set", s)]
 
 
 @pytest.fixture(scope="module")

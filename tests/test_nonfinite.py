@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Tuple
 import pytest
 import torch
 
-from conftest import make_face_folder
+from conftest import make_face_folder, sets
 from ranface.cli import main
 from ranface.errors import NonFiniteError
 from ranface.train import loop
@@ -24,7 +24,7 @@ from ranface.train.checkpoint import load_checkpoint
 from ranface.train.stats import read_metrics
 from test_reliability_resume import GAN, RECOG, setup_gan, setup_mr
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_thread")]
 
 STEPS = 4
 COMMON = ["data.batch_size=4", "data.num_workers=0", "run.precision=fp32", "run.ckpt_every=1",
@@ -32,19 +32,11 @@ COMMON = ["data.batch_size=4", "data.num_workers=0", "run.precision=fp32", "run.
           "run.device=cpu"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ---------------------------------------------------------------------------- stages
 
 
-def sets(items: List[str]) -> List[str]:
-    return [a for s in items for a in ("--set", s)]
 
 
 def argv_hr(data: Dict[str, str], out: str) -> List[str]:

@@ -23,22 +23,16 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_face_folder, shared_path
+from conftest import make_face_folder, shared_path, sets
 from ranface.cli import main
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_thread")]
 
 # append-only logs: written line by line on purpose (a kill loses at most the last line;
 # resume truncates metrics.jsonl atomically to the checkpoint's step)
 LOGS = ("metrics.jsonl",)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +66,6 @@ def env(tmp_path_factory):
     return {"faces": faces, "small": small, "model": model, "pairs": str(pairs), "photos": str(photos)}
 
 
-def sets(items: List[str]) -> List[str]:
-    return [a for s in items for a in ("--set", s)]
 
 
 TRAIN = ["model.backbone=mobilefacenet", "model.embedding_size=32", "data.batch_size=4", "data.num_workers=0",

@@ -27,10 +27,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, make_face_folder, require_shared
+from conftest import ROOT, make_face_folder, require_shared, sets
 from ranface.train.checkpoint import load_checkpoint
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(400), pytest.mark.usefixtures("one_thread")]
 
 TEMP_RE = re.compile(r"^\..+\.(tmp|part)$")
 SLOW_FSYNC = '''
@@ -44,12 +44,6 @@ if os.environ.get("RANFACE_TEST_SLOW_FSYNC"):
 '''
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -151,8 +145,6 @@ GAN = ["data.face_size=32", "generator.base_width=4", "generator.num_stages=1",
        "generator.fuse_width=8", "discriminator.base_width=4", "image_every=2"]
 
 
-def sets(items: List[str]) -> List[str]:
-    return [a for s in items for a in ("--set", s)]
 
 
 def setup_hr(root: str) -> Dict[str, str]:

@@ -24,23 +24,17 @@ The HR model is the imported pretrained dlib ResNet-29 (face-api weights); with
 """
 from __future__ import annotations
 
-import base64
-import csv
 import dataclasses
 import hashlib
-import html
-import io
 import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import numpy as np
-
-from .config import default_data_root, to_dict
+from .config import default_data_root
 from .errors import ConfigError, RanfaceError
-from .io_utils import atomic_write_bytes, atomic_write_text
+from .io_utils import atomic_write_text
 
 PROFILES: Dict[str, Dict[str, Any]] = {
     # CI-sized: one held-out fold, 100+100 of its pairs; a few dozen training identities.

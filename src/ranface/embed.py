@@ -13,19 +13,13 @@ from .inference import Embedder, load_model
 from .io_utils import atomic_open, atomic_write_text, check_writable_dir
 from .train.precision import resolve_device
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
-
 def list_images(root: str) -> List[str]:
-    """Image files under ``root`` (recursive, sorted, relative paths)."""
+    """Image files under ``root`` (recursive, sorted, relative paths); none is an error."""
+    from .eval.features import IMAGE_EXTS, list_image_files
+
     if not os.path.isdir(root):
         raise DataError(root, "input folder not found")
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for f in sorted(filenames):
-            if f.lower().endswith(IMAGE_EXTS):
-                out.append(os.path.relpath(os.path.join(dirpath, f), root))
+    out = list_image_files(root, recursive=True)
     if not out:
         raise DataError(root, f"no images ({', '.join(IMAGE_EXTS)}) found")
     return out

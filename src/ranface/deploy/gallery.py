@@ -422,7 +422,7 @@ def _read_list(path: str, root: str = "") -> List[Tuple[Optional[str], str]]:
 
 
 def _images_under(folder: str) -> List[str]:
-    from ..embed import IMAGE_EXTS  # noqa: PLC0415
+    from ..eval.features import IMAGE_EXTS  # noqa: PLC0415
 
     out = []
     for dirpath, dirnames, filenames in os.walk(folder):
@@ -488,6 +488,6 @@ def list_probes(inputs: Sequence[str], root: str = "") -> List[Tuple[Optional[st
 
 
 def _image_exts() -> Tuple[str, ...]:
-    from ..embed import IMAGE_EXTS  # noqa: PLC0415
+    from ..eval.features import IMAGE_EXTS  # noqa: PLC0415
 
     return tuple(IMAGE_EXTS)

@@ -3,7 +3,7 @@ periodic validation during training): flip-sum embeddings, cosine scores, 10-fol
 accuracy (paper §4.3, Fig. 6b)."""
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict
 
 import numpy as np
 import torch
