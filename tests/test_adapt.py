@@ -99,11 +99,24 @@ def test_probability_loss_gradient_only_to_translate():
 def test_feature_loss_hand_values_and_scale_invariance():
     a = torch.tensor([[3.0, 4.0]])  # normalised: (0.6, 0.8)
     b = torch.tensor([[1.0, 0.0]])
-    assert feature_loss(a, b, "l1").item() == pytest.approx((0.4 + 0.8) / 2, abs=1e-6)
-    assert feature_loss(a, b, "l2").item() == pytest.approx((0.16 + 0.64) / 2, abs=1e-6)
-    assert feature_loss(a * 7, b * 0.1, "l1").item() == pytest.approx(0.6, abs=1e-6)
+    # per-element means (reduction='element')
+    assert feature_loss(a, b, "l1", "element").item() == pytest.approx((0.4 + 0.8) / 2, abs=1e-6)
+    assert feature_loss(a, b, "l2", "element").item() == pytest.approx((0.16 + 0.64) / 2, abs=1e-6)
+    assert feature_loss(a * 7, b * 0.1, "l1", "element").item() == pytest.approx(0.6, abs=1e-6)
+    # per-sample norms (the default): ||(−0.4, 0.8)||_2 = sqrt(0.8), ||.||_1 = 1.2
+    assert feature_loss(a, b).item() == pytest.approx(0.8 ** 0.5, abs=1e-6)
+    assert feature_loss(a, b, "l1").item() == pytest.approx(1.2, abs=1e-6)
+    # batch mean of per-sample norms: a second, identical pair adds 0
+    two = feature_loss(torch.cat([a, b]), torch.cat([b, b]))
+    assert two.item() == pytest.approx(0.8 ** 0.5 / 2, abs=1e-6)
+    # finite gradient at zero distance
+    z = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    feature_loss(z, b).backward()
+    assert torch.isfinite(z.grad).all()
     with pytest.raises(ConfigError, match="lf_distance"):
         feature_loss(a, b, "cosine")
+    with pytest.raises(ConfigError, match="lf_reduction"):
+        feature_loss(a, b, "l2", "sum")
 
 
 def test_total_loss_weights():

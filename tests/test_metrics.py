@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ranface.eval import metrics as M
+from ranface.eval.metrics import kfold_verification_accuracy
 
 sk_metrics = pytest.importorskip("sklearn.metrics")
 
@@ -346,3 +347,41 @@ def test_open_set_needs_both_kinds_and_rejects_sentinel_in_gallery():
         M.open_set_scores(OS_SIM, OS_PROBES, [1, 2, -1])
     with pytest.raises(ValueError, match="shape"):
         M.cmc(OS_SIM.T, OS_PROBES, OS_GALLERY)
+
+
+def test_paired_bootstrap_difference_against_hand_values_and_plain_loop():
+    from ranface.eval.metrics import paired_bootstrap_difference
+
+    a = np.array([1, 1, 1, 1, 0, 1, 1, 0, 1, 1], bool)
+    b = np.array([1, 0, 1, 0, 0, 1, 0, 0, 1, 1], bool)
+    r = paired_bootstrap_difference(a, b, n_boot=4000, seed=1)
+    assert r["diff"] == pytest.approx(0.3)  # 8/10 - 5/10
+    assert r["lo"] <= 0.3 <= r["hi"] and r["n"] == 10
+    # independent loop: the same resampling, one replicate at a time
+    rng = np.random.default_rng(1)
+    d = a.astype(float) - b.astype(float)
+    draw = rng.integers(0, 10, size=(4000, 10))
+    reps = d[draw].mean(axis=1)
+    assert r["lo"] == pytest.approx(np.quantile(reps, 0.025))
+    assert r["hi"] == pytest.approx(np.quantile(reps, 0.975))
+    # identical models: a zero-width interval at 0; A always right, B always wrong: 1
+    z = paired_bootstrap_difference(a, a)
+    assert (z["diff"], z["lo"], z["hi"]) == (0.0, 0.0, 0.0)
+    one = paired_bootstrap_difference(np.ones(6, bool), np.zeros(6, bool), folds=[0, 0, 0, 1, 1, 1])
+    assert (one["diff"], one["lo"], one["hi"]) == (1.0, 1.0, 1.0)
+    # folds: mean of fold differences (unequal folds), resampled within each fold
+    f = np.array([0] * 4 + [1] * 6)
+    rf = paired_bootstrap_difference(a, b, folds=f, n_boot=500)
+    assert rf["diff"] == pytest.approx((d[:4].mean() + d[4:].mean()) / 2)
+    with pytest.raises(ValueError):
+        paired_bootstrap_difference(a, b[:5])
+
+
+def test_kfold_correct_matches_fold_accuracies():
+    rng = np.random.default_rng(3)
+    s = rng.normal(size=200)
+    same = rng.random(200) < 0.5
+    s[same] += 1.0
+    k = kfold_verification_accuracy(s, same, n_folds=5)
+    c = k["correct"].reshape(5, 40)
+    assert np.allclose(c.mean(axis=1), k["fold_accuracies"])

@@ -269,3 +269,72 @@ def test_pretrained_resnet29_on_lfw_pairs(tmp_path):
     assert res["counts"]["scored"] == 48
     assert res["metrics"]["full"]["acc"] > 0.75
     assert res["metrics"]["full"]["auc"] > 0.8
+
+
+def test_pairs_undetected_faces_are_dropped_and_named(lfw_folder, tmp_path):
+    """A photo that `prepare` listed in failures.csv (no face found) drops its pairs,
+    counted per fold and named; an unlisted missing image is still an error."""
+    import shutil
+
+    root = str(tmp_path / "copy")
+    shutil.copytree(lfw_folder, root)
+    images = os.path.join(root, "images")
+    os.remove(os.path.join(images, "Tony_Blair", "Tony_Blair_0003.jpg"))
+    with open(os.path.join(images, "failures.csv"), "w") as fh:
+        fh.write("source,reason\nTony_Blair/Tony_Blair_0003.jpg,no face detected\n")
+    p = get_protocol("pairs")
+    o = p.Options(probe_sizes=[16], modes=["hr-lr"])
+    res = p.run(ctx_for(), root, o)  # on_error=raise: no error for a listed failure
+    d = res["dropped"]
+    assert d["pairs"] == 1 and d["matched"] == 0 and d["mismatched"] == 1
+    assert d["per_fold"] == {"0": 1, "1": 0}
+    assert d["images"] == [{"image": "Tony_Blair/Tony_Blair_0003.jpg", "reason": "no face detected"}]
+    assert res["counts"]["scored"] == 11 and res["counts"]["skipped"] == 0
+    assert res["counts"]["dropped_undetected"] == 1 and res["counts"]["folds"] == 2
+    md = p.markdown(res)
+    assert "Dropped 1 pairs (0 matched, 1 mismatched; fold 0: 1, fold 1: 0)" in md
+    assert "Tony_Blair/Tony_Blair_0003.jpg" in md and "2-fold" in md and "10-fold" not in md
+    # the per-pair decisions line up with the scored pairs and reproduce the accuracy
+    lines = res["scored_pairs"]["lines"]
+    assert len(lines) == 11 and 6 not in lines  # pairs.txt line 6 holds the dropped pair
+    for got in (res["metrics"]["full"], res["metrics"]["hr-lr"]["16"]):
+        c = np.array([ch == "1" for ch in got["correct"]])
+        folds = np.array(res["scored_pairs"]["folds"])
+        assert np.mean([c[folds == f].mean() for f in np.unique(folds)]) == pytest.approx(got["acc"])
+    # a missing image prepare did not list is an error, as before
+    os.remove(os.path.join(images, "Ariel_Sharon", "Ariel_Sharon_0001.jpg"))
+    with pytest.raises(ProtocolError, match="Ariel_Sharon_0001.jpg: image not found"):
+        p.run(ctx_for(), root, o)
+
+
+def test_evaluate_cli_relative_paths_resolved_once(lfw_folder, tmp_path, monkeypatch):
+    """The README's form: --root and --set pairs=... both relative to the current
+    directory; the pairs path must not be joined onto the root (issue 11)."""
+    import shutil
+
+    from ranface.cli import main
+    from ranface.config import load_config
+    from ranface.eval.protocols.pairs import PairsOptions
+
+    work = tmp_path / "cwd"
+    shutil.copytree(os.path.join(lfw_folder, "images"), work / "work" / "faces")
+    shutil.copy(os.path.join(lfw_folder, "pairs.txt"), tmp_path / "pairs_list.txt")
+    monkeypatch.chdir(work)
+    o = load_config(PairsOptions, None, ["pairs=../pairs_list.txt", "images=auto"])
+    assert o.pairs == str(tmp_path / "pairs_list.txt") and o.images == "auto"
+    assert load_config(PairsOptions).pairs == "pairs.txt"  # the default stays root-relative
+    import torch
+
+    from ranface.inference import model_package
+    from ranface.models import create_backbone
+
+    torch.manual_seed(0)
+    (work / "runs").mkdir()
+    torch.save(model_package(create_backbone("mobilefacenet", embedding_size=32), "mobilefacenet",
+                             {"embedding_size": 32}), str(work / "runs" / "model.pt"))
+    # the README's evaluate line, with relative --root, --model and --set pairs=
+    assert main(["evaluate", "-p", "pairs", "--root", "work/faces", "--model", "runs/model.pt",
+                 "--set", "pairs=../pairs_list.txt", "--set", "probe_sizes=[16]", "--set", "modes=[hr-lr]",
+                 "--set", "flip=false", "--device", "cpu", "--no-progress"]) == 0
+    res = json.load(open(work / "runs" / "eval" / "pairs" / "result.json"))
+    assert res["counts"]["scored"] == 12 and res["options"]["pairs"] == str(tmp_path / "pairs_list.txt")

@@ -32,6 +32,36 @@ def default_data_root() -> str:
     return os.path.normpath(os.path.join(here, "..", "..", "..", "shared", "data"))
 
 
+# ---------------------------------------------------------------------------- paths
+
+
+def path_field(default: str = "", keywords: Sequence[str] = ()) -> Any:
+    """A config field naming a file or folder that a user may give.
+
+    Its default (when relative) is interpreted by the consumer against its own base
+    (a protocol's data root, say). A value the user gives -- in a YAML file or with
+    ``--set`` -- is a path as typed in the shell: :func:`load_config` resolves it once,
+    against the current directory, to an absolute path, so no consumer can join it onto
+    a second base. ``keywords`` are reserved values (e.g. ``auto``) left as they are.
+    """
+    return field(default=default, metadata={"path": True, "keywords": tuple(keywords)})
+
+
+def _resolve_user_paths(cls: type, values: Dict[str, Any]) -> Dict[str, Any]:
+    """``values`` with every user-given path field (see :func:`path_field`) made absolute."""
+    out = dict(values)
+    hints = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in out:
+            continue
+        v = out[f.name]
+        if f.metadata.get("path") and isinstance(v, str) and v and v not in f.metadata.get("keywords", ()):
+            out[f.name] = os.path.abspath(os.path.expanduser(v))
+        elif dataclasses.is_dataclass(hints.get(f.name)) and isinstance(v, dict):
+            out[f.name] = _resolve_user_paths(hints[f.name], v)
+    return out
+
+
 # ---------------------------------------------------------------------------- sections
 
 
@@ -139,7 +169,8 @@ class AdaptConfig:
     disc_betas: List[float] = field(default_factory=lambda: [0.5, 0.999])
     feature_g_every: int = 4
     gate_grad: bool = False  # whether W (Eq. 8) carries gradient back into D / T_LR
-    lf_distance: str = "l1"  # l1 | l2 : the norm in L_f (Eq. 9)
+    lf_distance: str = "l2"  # l2 | l1 : the norm in L_f (Eq. 9)
+    lf_reduction: str = "sample"  # sample: mean over the batch of the per-sample norm (Eq. 9) | element
     lr_blur: bool = False  # random Gaussian blur on the LR twins as in the LR stage
 
 
@@ -354,7 +385,7 @@ def load_config(cls: Type[T], path: Optional[str] = None, overrides: Sequence[st
             nested = {k: nested}
         values = _deep_merge(values, nested)
     try:
-        return _build(cls, values)
+        return _build(cls, _resolve_user_paths(cls, values))
     except ConfigError as exc:
         if path:
             raise ConfigError(f"{path}: {exc}") from None

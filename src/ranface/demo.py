@@ -309,7 +309,9 @@ def stage_realism(cfg: DemoConfig, out: str, degrader: str, expert: str) -> Dict
 
 def run_demo(cfg: DemoConfig) -> Dict[str, Any]:
     cfg = resolve(cfg)
-    out = cfg.out
+    # one absolute base for every path the stages hand each other: a relative --out must
+    # never be joined onto a protocol root that is itself under it (issue 11)
+    out = os.path.abspath(cfg.out)
     for need in (_pairs_file(cfg.data_root), os.path.join(cfg.data_root, "crowd-photos", "images"),
                  os.path.join(cfg.data_root, "models", "faceapi-resnet29")):
         if not os.path.exists(need):

@@ -46,7 +46,7 @@ from ..train.runs import setup_run, seed_everything, write_json
 from ..train.schedule import make_scheduler
 from .discriminator import FeatureDiscriminator
 from .gate import translation_gate
-from .losses import LF_DISTANCES, feature_loss, lsgan_d_loss, lsgan_g_loss, probability_loss, total_loss
+from .losses import LF_DISTANCES, LF_REDUCTIONS, feature_loss, lsgan_d_loss, lsgan_g_loss, probability_loss, total_loss
 from .translator import Translator
 
 __all__ = ["LRStream", "load_lr_stream", "open_paired", "AdaptionLoss", "DiscriminatorLoss", "run_adaption",
@@ -82,6 +82,8 @@ def check_inputs(cfg: TrainConfig) -> None:
         raise ConfigError(f"adapt.feature_g_every must be >= 1, got {a.feature_g_every}")
     if a.lf_distance not in LF_DISTANCES:
         raise ConfigError(f"adapt.lf_distance must be one of {', '.join(LF_DISTANCES)}, got {a.lf_distance!r}")
+    if a.lf_reduction not in LF_REDUCTIONS:
+        raise ConfigError(f"adapt.lf_reduction must be one of {', '.join(LF_REDUCTIONS)}, got {a.lf_reduction!r}")
     if len(a.disc_betas) != 2:
         raise ConfigError(f"adapt.disc_betas must be two numbers (beta1, beta2), got {a.disc_betas}")
     for k in ("alpha", "beta", "gamma", "disc_lr"):
@@ -247,7 +249,7 @@ class AdaptionLoss:
         u_t, u_hr, u_real = (F.normalize(v, dim=1) for v in (t_lr, f_hr, f_real))
         d_t = self.disc.score_frozen(u_t)
         f_translate, w = translation_gate(u_t, u_hr, d_t, grad=a.gate_grad)  # Eq. 8
-        l_f = feature_loss(f_translate, u_real, a.lf_distance)  # Eq. 9
+        l_f = feature_loss(f_translate, u_real, a.lf_distance, a.lf_reduction)  # Eq. 9
         if self.lr.head is not None and a.beta > 0:
             # one head call for both (the head normalises its class centres once)
             logits = self.lr.head(torch.cat([u_real, f_translate]))

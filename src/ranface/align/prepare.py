@@ -199,6 +199,27 @@ def _read_csv(path: str) -> List[Dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+def prepared_failures(folder: str) -> Dict[str, str]:
+    """Faces that ``prepare`` could not produce in ``folder``: {output path relative to
+    the folder: reason}, read from its ``failures.csv`` (empty when the folder was not made
+    by ``prepare``). Consumers use it to tell "no face was detected in this photo" (a
+    known, counted loss) from "this file is missing" (an error)."""
+    path = os.path.join(folder, "failures.csv")
+    if not os.path.isfile(path):
+        return {}
+    ext = "jpg"
+    try:
+        with open(os.path.join(folder, "summary.json"), encoding="utf-8") as fh:
+            ext = str(json.load(fh).get("image_format") or ext)
+    except (OSError, ValueError):
+        pass
+    try:
+        rows = _read_csv(path)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(path, f"unreadable failures list ({exc})") from None
+    return {_out_name(r.get("source") or "", None, ext): r.get("reason") or "" for r in rows if r.get("source")}
+
+
 def run_prepare(cfg: PrepareConfig) -> Dict[str, Any]:
     if cfg.mode not in ("one", "all"):
         raise ConfigError(f"prepare.mode must be 'one' or 'all', got {cfg.mode!r}")
@@ -272,7 +293,7 @@ def run_prepare(cfg: PrepareConfig) -> Dict[str, Any]:
     summary: Dict[str, Any] = {
         "input": cfg.input, "out": cfg.out, "photos": len(rels), "faces_written": len(rows),
         "failures": len(fails), "filtered_out": filtered, "lr_select": cfg.lr_select or None,
-        "mode": cfg.mode, "template": cfg.template, "size": list(cfg.size),
+        "mode": cfg.mode, "template": cfg.template, "size": list(cfg.size), "image_format": cfg.image_format,
         "chunks_reused": done_before, "elapsed_s": round(elapsed, 2),
         "photos_per_s": round(n_photos_now / elapsed, 2) if elapsed > 0 and n_photos_now else None,
     }

@@ -37,6 +37,7 @@ __all__ = [
     "roc_auc",
     "best_accuracy_threshold",
     "kfold_verification_accuracy",
+    "paired_bootstrap_difference",
     "KFoldResult",
     "match_ranks",
     "cmc",
@@ -423,6 +424,7 @@ class KFoldResult(TypedDict):
     std: float
     fold_accuracies: np.ndarray
     thresholds: np.ndarray
+    correct: np.ndarray  # per pair: the decision at its fold's threshold was right
 
 
 def _contiguous_folds(n: int, n_folds: int) -> np.ndarray:
@@ -455,15 +457,62 @@ def kfold_verification_accuracy(scores, issame, n_folds: int = 10,
     ids = np.unique(fold_ids)
     if ids.size < 2:
         raise ValueError("need at least two folds")
+    correct = np.zeros(s.size, bool)
     accs, thrs = [], []
     for f in ids:
         test = fold_ids == f
         t, _ = best_accuracy_threshold(s[~test], same[~test])
-        accs.append(float(np.mean((s[test] > t) == same[test])))
+        correct[test] = (s[test] > t) == same[test]
+        accs.append(float(np.mean(correct[test])))
         thrs.append(t)
     acc = np.array(accs)
     return KFoldResult(mean=float(acc.mean()), std=float(acc.std()),
-                       fold_accuracies=acc, thresholds=np.array(thrs))
+                       fold_accuracies=acc, thresholds=np.array(thrs), correct=correct)
+
+
+class PairedDifference(TypedDict):
+    diff: float
+    lo: float
+    hi: float
+    n: int
+    n_boot: int
+    level: float
+
+
+def paired_bootstrap_difference(correct_a, correct_b, folds=None, n_boot: int = 2000, level: float = 0.95,
+                                seed: int = 0) -> PairedDifference:
+    """Accuracy of A minus accuracy of B on the same pairs, with a percentile bootstrap
+    interval over pairs (Efron & Tibshirani 1993, ch. 13).
+
+    ``correct_a`` / ``correct_b``: each pair's k-fold decision was right (the ``correct``
+    of :func:`kfold_verification_accuracy`), for the same pairs in the same order. Each
+    replicate resamples pairs with replacement -- within each fold when ``folds`` is given,
+    so every replicate keeps the folds' sizes -- and takes the mean of ``a - b`` over the
+    resample: the pairing removes the variance the two models share (the hard pairs are
+    hard for both). ``diff`` is the mean fold accuracy difference (as the k-fold accuracy
+    is a mean of equal-sized folds, the plain mean over pairs when folds are equal).
+    """
+    a = np.asarray(correct_a, dtype=np.float64).ravel()
+    b = np.asarray(correct_b, dtype=np.float64).ravel()
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"correct_a and correct_b must be non-empty and equal in length, got {a.size} and {b.size}")
+    if not 0 < level < 1 or n_boot < 1:
+        raise ValueError(f"need 0 < level < 1 and n_boot >= 1, got {level}, {n_boot}")
+    d = a - b
+    fold_ids = np.zeros(d.size, np.int64) if folds is None else np.asarray(folds).ravel()
+    if fold_ids.shape != d.shape:
+        raise ValueError(f"folds: expected {d.size} fold ids, got {fold_ids.size}")
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(fold_ids == f) for f in np.unique(fold_ids)]
+    reps = np.zeros(n_boot)
+    for idx in groups:  # mean of fold means, each fold resampled within itself
+        draw = rng.integers(0, idx.size, size=(n_boot, idx.size))
+        reps += d[idx][draw].mean(axis=1)
+    reps /= len(groups)
+    point = float(np.mean([d[idx].mean() for idx in groups]))
+    lo, hi = np.quantile(reps, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return PairedDifference(diff=point, lo=float(lo), hi=float(hi), n=int(d.size), n_boot=int(n_boot),
+                            level=float(level))
 
 
 # ------------------------------------------------------------------ identification

@@ -28,6 +28,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
+from ...config import path_field
 from ...errors import ConfigError, ProtocolError
 from ...io_utils import atomic_write_text
 from ..features import SkipLog, embed_images
@@ -55,8 +56,9 @@ class Pair:
 
 @dataclass
 class PairsOptions:
-    pairs: str = "pairs.txt"  # relative to the root, or absolute
-    images: str = "auto"  # image folder; auto: <root>/images if it exists, else <root>
+    # default relative to the root; a value the user gives is a path from the current directory
+    pairs: str = path_field("pairs.txt")
+    images: str = path_field("auto", keywords=("auto",))  # auto: <root>/images if it exists, else <root>
     ext: str = "jpg"  # jpg | png (the file extension the images have)
     flip: bool = True  # flip-sum embeddings
     probe_sizes: List[int] = field(default_factory=lambda: [32, 24, 16, 12, 8])
@@ -170,6 +172,7 @@ def _metrics(s: np.ndarray, same: np.ndarray, folds: np.ndarray, fars: Sequence[
     fpr, tpr, _ = roc_curve_points(gen, imp, max_points=200)
     m = {"acc": k["mean"], "acc_std": k["std"],
          "fold_acc": [float(v) for v in k["fold_accuracies"]],
+         "correct": "".join("1" if c else "0" for c in k["correct"]),  # per scored pair: paired tests
          "tar": operating_points(tar_at_far(gen, imp, fars)),
          "auc": roc_auc(gen, imp), "pairs": int(s.size)}
     return m, {"fpr": fpr, "tpr": tpr}
@@ -188,7 +191,8 @@ class PairsProtocol(Protocol):
                 else root
         else:
             images = o.images if os.path.isabs(o.images) else os.path.join(root, o.images)
-        return pairs, images
+        # absolute: callers (require, messages) must not join them onto the root again
+        return os.path.abspath(pairs), os.path.abspath(images)
 
     def validate_root(self, root: str, options: Any = None) -> None:
         o = options or PairsOptions()
@@ -221,6 +225,13 @@ class PairsProtocol(Protocol):
                     first_line[rel] = p.line
         rels = list(uniq)
         missing = [r for r in rels if not os.path.isfile(os.path.join(images, r))]
+        # Photos in which `prepare` found no face are a known, counted loss (their pairs are
+        # dropped and named in the result); any other missing image is an error.
+        from ...align.prepare import prepared_failures
+
+        failed = prepared_failures(images) if missing else {}
+        undetected = {r: failed[r] for r in missing if r in failed}
+        missing = [r for r in missing if r not in undetected]
         if missing and ctx.on_error != "skip":
             r = missing[0]
             more = f"; {len(missing)} of its images are missing in all" if len(missing) > 1 else ""
@@ -241,6 +252,15 @@ class PairsProtocol(Protocol):
         need_lr[i2] = True
         gone = np.zeros(len(rels), bool)
         gone[[uniq[r] for r in missing]] = True
+        undet = np.zeros(len(rels), bool)
+        undet[[uniq[r] for r in undetected]] = True
+        gone |= undet
+        lost = undet[i1] | undet[i2]
+        dropped = {"reason": "no face detected by prepare (failures.csv of the image folder)",
+                   "pairs": int(lost.sum()), "matched": int((lost & same).sum()),
+                   "mismatched": int((lost & ~same).sum()),
+                   "per_fold": {str(int(f)): int((lost & (folds == f)).sum()) for f in np.unique(folds)},
+                   "images": [{"image": r, "reason": why} for r, why in sorted(undetected.items())]}
         variants: Dict[str, Any] = {FULL: None}
         wanted: Dict[str, np.ndarray] = {FULL: ~gone}
         for s in sizes:
@@ -253,11 +273,12 @@ class PairsProtocol(Protocol):
                              desc="pairs")
         ok = feats.ok & ~gone
         valid = ok[i1] & ok[i2]
-        n_bad = int((~valid).sum())
+        n_bad = int((~valid).sum()) - dropped["pairs"]
         if not valid.any():
             raise ProtocolError(pairs_file, "no pair could be scored (all images unreadable)")
         if (~same[valid]).sum() == 0 or same[valid].sum() == 0:
             raise ProtocolError(pairs_file, "need matched and mismatched pairs to score")
+        lines = np.array([p.line for p in pairs])[valid]
         i1, i2, same, folds = i1[valid], i2[valid], same[valid], folds[valid]
         if np.unique(folds).size < 2:
             # One fold in the file (pairsDevTrain style): 10 folds by position in each class.
@@ -266,6 +287,7 @@ class PairsProtocol(Protocol):
                 idx = np.flatnonzero(same == cls)
                 folds[idx] = np.arange(idx.size) % 10
 
+        n_folds = int(np.unique(folds).size)
         metrics: Dict[str, Any] = {}
         curves: Dict[str, Any] = {}
         full = feats[FULL]
@@ -285,14 +307,20 @@ class PairsProtocol(Protocol):
             accs = [metrics[mode][str(s)]["acc"] for s in sizes]
             stds = [metrics[mode][str(s)]["acc_std"] for s in sizes]
             curves[f"acc-vs-pixels/{mode}"] = curve(
-                sizes, accs, "probe width (px)", "10-fold accuracy", y_err=stds, markers=True,
+                sizes, accs, "probe width (px)", f"{n_folds}-fold accuracy", y_err=stds, markers=True,
                 hline=metrics[FULL]["acc"], compare=True)
         result["metrics"] = {"sizes": sizes, "modes": list(o.modes),
                              "fars": [far_label(f) for f in o.fars],
                              "degraded_image": "second of each pair (hr-lr); both (lr-lr)",
+                             "folds": n_folds, "fold_ids": sorted(int(f) for f in np.unique(folds)),
                              **metrics}
+        # which pair each character of a "correct" string is (pairs.txt line numbers)
+        result["scored_pairs"] = {"lines": [int(v) for v in lines], "folds": [int(v) for v in folds],
+                                  "same": "".join("1" if v else "0" for v in same)}
+        result["dropped"] = dropped
         result["curves"] = curves
         result["counts"] = {"scored": int(valid.sum()), "skipped": n_bad,
+                            "dropped_undetected": dropped["pairs"], "folds": n_folds,
                             "pairs": len(pairs), "images": len(rels),
                             "images_embedded": int(ok.sum()),
                             "images_skipped": int(len(rels) - ok.sum()),
@@ -315,17 +343,21 @@ class PairsProtocol(Protocol):
 
         rows = [row("full", lambda md: m[FULL])]
         rows += [row(str(s), lambda md, s=s: m[md][str(s)]) for s in m["sizes"]]
+        k = m.get("folds", 10)
         note = ("\nhr-lr: the second image of each pair is shrunk to the probe width and "
                 "resized back; lr-lr: both images. full: both at full resolution. "
-                "Accuracy: 10-fold mean ± std (%).\n")
+                f"Accuracy: {k}-fold mean ± std (%), threshold chosen on the other fold"
+                f"{'s' if k > 2 else ''}.\n")
+        note += dropped_note(result)
         return md_table(head, rows) + note
 
     def plots(self, result: Dict[str, Any], out_dir: str) -> List[str]:
         c = result["curves"]
         modes = result["metrics"]["modes"]
         acc = {md: c[f"acc-vs-pixels/{md}"] for md in modes}
+        k = result["metrics"].get("folds", 10)
         out = [plot_curves(acc, os.path.join(out_dir, "accuracy_vs_pixels.png"),
-                           "10-fold accuracy vs probe width (dashed: full resolution)")]
+                           f"{k}-fold accuracy vs probe width (dashed: full resolution)")]
         panels = {}
         for md in modes:
             series = {"full": c[f"roc/{FULL}"]}
@@ -342,6 +374,18 @@ class PairsProtocol(Protocol):
                 r = m[md][str(s)]
                 row[f"{md} {s}px acc"] = fmt_pct(r["acc"], r["acc_std"])
         return row
+
+
+def dropped_note(result: Dict[str, Any], max_named: int = 8) -> str:
+    """One Markdown paragraph on the pairs dropped because prepare found no face."""
+    d = result.get("dropped") or {}
+    if not d.get("pairs"):
+        return ""
+    per = ", ".join(f"fold {f}: {n}" for f, n in sorted(d["per_fold"].items(), key=lambda t: int(t[0])))
+    names = [x["image"] for x in d["images"]]
+    shown = ", ".join(names[:max_named]) + (f" and {len(names) - max_named} more" if len(names) > max_named else "")
+    return (f"\nDropped {d['pairs']} pairs ({d['matched']} matched, {d['mismatched']} mismatched; {per}): "
+            f"prepare detected no face in {len(names)} of their photos ({shown}).\n")
 
 
 def _first_per_fold(pairs: List[Pair], n: int) -> List[Pair]:

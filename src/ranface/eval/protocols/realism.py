@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
+from ...config import path_field
 from ...errors import ConfigError, ProtocolError
 from ..features import SkipLog, embed_images, list_image_files
 from ..report import md_table
@@ -30,9 +31,9 @@ from . import EvalContext, Protocol, base_result, register_protocol
 
 @dataclass
 class RealismOptions:
-    synth: str = ""  # folder of synthesized LR faces (any depth)
-    real: str = ""  # folder of real LR faces (any depth)
-    hr: str = ""  # optional: the HR faces the synth folder was made from (same relative paths)
+    synth: str = path_field()  # folder of synthesized LR faces (any depth)
+    real: str = path_field()  # folder of real LR faces (any depth)
+    hr: str = path_field()  # optional: the HR faces the synth folder was made from (same relative paths)
     max_images: int = 2000  # per set (seeded subsample); 0: all
     seed: int = 0
     label: str = ""  # name of the degrader in the report
