@@ -2,35 +2,65 @@
 import json
 import math
 import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 
 from conftest import require_shared
-from ranface.cli import main
 
 SECTIONS = ("## Verification accuracy, HR-vs-LR", "## Realism of synthesized LR faces", "## LR-vs-LR", "## TAR@FAR", "## Accuracy vs probe pixels",
             "## ROC curves", "## Synthesized faces", "## Translation gate W", "## Stages", "## Models")
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
-def test_quick_demo_end_to_end(tmp_path, capsys):
+def test_readme_main_command_quick_profile_from_repo_root():
+    """The README's main command exactly as a user types it, from the repository root,
+    with its default relative output folder (runs/demo-quick): issue 11 found it crashing
+    on a relative path that every absolute-path test missed."""
     require_shared("lfw-gray", "pairs.txt")
-    out = str(tmp_path / "demo")
-    assert main(["demo", "--profile", "quick", "--out", out, "--set", "progress=false"]) == 0
-    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    report = open(res["report"]).read()
-    for s in SECTIONS:
-        assert s in report, s
-    html = open(os.path.join(out, "report", "report.html")).read()
-    assert html.count("data:image/png;base64") >= 4
-    summary = json.load(open(os.path.join(out, "report", "summary.json")))
-    assert set(summary) >= {"HR", "LR (mrgan)", "MR (mrgan)", "LR (bicubic)", "MR (bicubic)",
-                            "MR (mrgan, no translator)"}
-    for label, row in summary.items():
-        assert all(math.isfinite(v) for v in row.values()), label
-    # a wrong weight import or alignment shows here
-    assert summary["HR"]["full"] > 0.90
-    # rerun: every stage reused
-    assert main(["demo", "--profile", "quick", "--out", out, "--set", "progress=false"]) == 0
-    assert "running" not in capsys.readouterr().out.replace("[demo] report", "")
+    out = os.path.join(REPO, "runs", "demo-quick")
+    aside = out + ".before-test"
+    if os.path.exists(out):  # a user's earlier run: keep it, but do not reuse its stages
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(out, aside)
+    try:
+        cmd = ["bash", "scripts/run_main.sh", "--profile", "quick", "--set", "progress=false"]
+        p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr[-3000:]
+        res = json.loads(p.stdout.strip().splitlines()[-1])
+        report_path = os.path.join(REPO, res["report"]) if not os.path.isabs(res["report"]) else res["report"]
+        assert os.path.realpath(report_path) == os.path.realpath(os.path.join(out, "report", "report.md"))
+        report = open(report_path).read()
+        for s in SECTIONS:
+            assert s in report, s
+        html = open(os.path.join(out, "report", "report.html")).read()
+        assert html.count("data:image/png;base64") >= 4
+        summary = json.load(open(os.path.join(out, "report", "summary.json")))
+        assert set(summary) >= {"HR", "LR (mrgan)", "MR (mrgan)", "LR (bicubic)", "MR (bicubic)",
+                                "MR (mrgan, no translator)"}
+        for label, row in summary.items():
+            assert all(math.isfinite(v) for v in row.values()), label
+        # a wrong weight import or alignment shows here
+        assert summary["HR"]["full"] > 0.90
+        # paired differences against HR, with intervals that contain their point estimate
+        diffs = json.load(open(os.path.join(out, "report", "paired_vs_hr.json")))
+        assert set(diffs) >= {"LR (mrgan)", "MR (mrgan)"}
+        for label, rec in diffs.items():
+            for k, d in rec.items():
+                assert d["lo"] <= d["diff"] <= d["hi"], (label, k)
+        # rerun (the module directly, the venv is set up): every stage reused
+        py = os.path.join(REPO, os.environ.get("RANFACE_VENV", ".venv"), "bin", "python")
+        p = subprocess.run([py if os.path.exists(py) else sys.executable, "-m", "ranface", "demo", "--profile",
+                            "quick", "--set", "progress=false"], cwd=REPO, capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert "running" not in p.stdout.replace("[demo] report", "")
+    finally:
+        if os.path.exists(aside):
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(aside, out)

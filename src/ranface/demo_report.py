@@ -12,10 +12,11 @@ import html
 import io
 import json
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .eval.protocols.pairs import dropped_note
 from .eval.report import md_table, plot_curves, plot_panels
 from .io_utils import atomic_write_bytes, atomic_write_text
 
@@ -57,6 +58,42 @@ def tar_table(results: Mapping[str, Dict[str, Any]], mode: str = "hr-lr") -> str
 
         rows.append([label] + [t(m["full"], f) for f in fars] + [t(m[mode][str(s)], f) for s in sizes for f in fars])
     return md_table(head, rows)
+
+
+def paired_table(results: Mapping[str, Dict[str, Any]], baseline: str = "HR", mode: str = "hr-lr",
+                 n_boot: int = 2000, seed: int = 0) -> Tuple[str, Dict[str, Dict[str, Any]]]:
+    """Each model minus ``baseline`` on the same pairs (accuracy points) with a 95% paired
+    bootstrap interval over pairs, resampled within each fold
+    (:func:`ranface.eval.metrics.paired_bootstrap_difference`)."""
+    from .eval.metrics import paired_bootstrap_difference
+
+    if baseline not in results:
+        return "", {}
+    base = results[baseline]
+    sizes = base["metrics"]["sizes"]
+    keys = [("full", lambda m: m["full"])] + [(f"{s} px", lambda m, s=s: m[mode][str(s)]) for s in sizes]
+    lines_b = base.get("scored_pairs", {}).get("lines")
+    head = ["model"] + [k for k, _ in keys]
+    rows, out = [], {}
+    for label, r in results.items():
+        if label == baseline:
+            continue
+        if lines_b is None or r.get("scored_pairs", {}).get("lines") != lines_b:
+            continue  # not the same scored pairs: no paired comparison
+        folds = r["scored_pairs"]["folds"]
+        cells, rec = [label], {}
+        for k, pick in keys:
+            ca = [c == "1" for c in pick(r["metrics"])["correct"]]
+            cb = [c == "1" for c in pick(base["metrics"])["correct"]]
+            d = paired_bootstrap_difference(ca, cb, folds=folds, n_boot=n_boot, seed=seed)
+            rec[k] = d
+            sig = "" if d["lo"] <= 0 <= d["hi"] else " *"
+            cells.append(f"{100 * d['diff']:+.2f} [{100 * d['lo']:+.2f}, {100 * d['hi']:+.2f}]{sig}")
+        rows.append(cells)
+        out[label] = rec
+    if not rows:
+        return "", {}
+    return md_table(head, rows), out
 
 
 def face_grid(out: str, path: str, n: int = 6, seed: int = 0) -> Optional[str]:
@@ -174,7 +211,7 @@ def write_report(cfg: Any, out: str, stages: Any, models: Mapping[str, str],
             from .eval.report import curve
 
             series[label] = curve(sizes, [m[mode][str(s)]["acc"] for s in sizes], "probe width (px)",
-                                  "10-fold accuracy", markers=True)
+                                  f"{m.get('folds', 10)}-fold accuracy", markers=True)
         figs[f"acc_{mode}.png"] = plot_curves(series, os.path.join(rep, f"acc_{mode}.png"),
                                               f"accuracy vs probe width ({mode})")
     roc_size = str(min(sizes, key=lambda s: abs(s - 16)))
@@ -188,6 +225,7 @@ def write_report(cfg: Any, out: str, stages: Any, models: Mapping[str, str],
     if w:
         figs["gate_w.png"] = w
 
+    n_folds = next(iter(results.values()))["metrics"].get("folds", 10)
     split = stages.records.get("split", {}).get("result", {})
     pool = stages.records.get("lr_pool", {}).get("result", {})
     md = [f"# ranface demo report (profile `{cfg.profile}`)", "",
@@ -199,9 +237,11 @@ def write_report(cfg: Any, out: str, stages: Any, models: Mapping[str, str],
           f"(eye-to-mouth 10..30 px, median {pool.get('eye_mouth_px', {}).get('median')})",
           f"- total time {total_s / 60:.1f} min", "",
           "## Verification accuracy, HR-vs-LR (Table 2 shape)", "",
-          "10-fold accuracy (%) on the held-out pairs; the second image of each pair shrunk to the probe "
+          f"{n_folds}-fold accuracy (%) on the held-out pairs (threshold of each fold chosen on the "
+          "other folds); the second image of each pair shrunk to the probe "
           "width and resized back (bicubic, antialiased).", "",
-          results_table(results, "hr-lr"),
+          results_table(results, "hr-lr"), dropped_note(next(iter(results.values()))),
+          *_paired_section(results),
           "## LR-vs-LR (both images degraded)", "", results_table(results, "lr-lr"),
           "## TAR@FAR, HR-vs-LR", "", tar_table(results, "hr-lr"),
           "## Accuracy vs probe pixels", "", "![acc_hr-lr.png](acc_hr-lr.png)", "",
@@ -234,8 +274,21 @@ def write_report(cfg: Any, out: str, stages: Any, models: Mapping[str, str],
     summary = {label: {"full": r["metrics"]["full"]["acc"],
                        **{f"hr-lr {s}": r["metrics"]["hr-lr"][str(s)]["acc"] for s in sizes}}
                for label, r in results.items()}
+    _, diffs = paired_table(results)
+    atomic_write_text(os.path.join(rep, "paired_vs_hr.json"), json.dumps(diffs, indent=1))
     atomic_write_text(os.path.join(rep, "summary.json"), json.dumps(summary, indent=1))
     return os.path.join(rep, "report.md")
+
+
+def _paired_section(results: Mapping[str, Dict[str, Any]]) -> List[str]:
+    table, _ = paired_table(results)
+    if not table:
+        return []
+    return ["## Difference from the HR model (paired, HR-vs-LR)", "",
+            "Accuracy points of each model minus the HR model on the same held-out pairs, with a 95% "
+            "paired bootstrap interval over pairs (2,000 resamples within each fold); * marks an "
+            "interval that excludes 0. A difference whose interval contains 0 is inside the noise.", "",
+            table, ""]
 
 
 def _plain(cfg: Any) -> Dict[str, Any]:
