@@ -64,8 +64,8 @@ def test_head_init_from_class_centres():
 
     head = create_head("arcface", 3, 3)
     before = head.weight.data[2].clone()
-    n = init_head_from_centres(head, Feat(), DS(), FaceTransform((0,) * 3, (1,) * 3), torch.device("cpu"))
-    assert n == 3
+    n, check = init_head_from_centres(head, Feat(), DS(), FaceTransform((0,) * 3, (1,) * 3), torch.device("cpu"))
+    assert n == 3 and check["images"] == 3
     def unit(v):
         v = torch.as_tensor(v, dtype=torch.float64)
         return v / v.norm()
@@ -73,3 +73,27 @@ def test_head_init_from_class_centres():
     assert torch.allclose(head.weight.data[0].double(), want0, atol=1e-6)
     assert torch.allclose(head.weight.data[1].double(), unit([250, 5, 5]), atol=1e-6)
     assert torch.equal(head.weight.data[2], before)  # a class with no faces keeps its init
+
+
+def test_start_check_flags_a_head_that_cannot_be_satisfied(capsys):
+    """Features whose other classes are nearly as close as their own: with ArcFace
+    m = 0.5 no face ranks its class first (loss above log C); m = 0.05 is fine."""
+    import math
+
+    import pytest
+
+    from ranface.models import create_head
+    from ranface.train.recognition import start_check
+
+    torch.manual_seed(0)
+    centres = torch.nn.functional.normalize(torch.ones(4, 8) + 0.15 * torch.randn(4, 8), dim=1)
+    y = torch.arange(4).repeat(5)
+    f = centres[y] + 0.01 * torch.randn(20, 8)
+    for m, ok in ((0.5, False), (0.05, True)):
+        head = create_head("arcface", 8, 4, s=64.0, m=m)
+        head.weight.data.copy_(centres)
+        c = start_check(head, f, y)
+        assert c["log_classes"] == pytest.approx(math.log(4))
+        assert c["cosine_acc"] == 1.0  # without the margin every face is right
+        assert c["satisfiable"] is ok, (m, c)
+        assert ("WARNING" in capsys.readouterr().out) is (not ok)

@@ -329,7 +329,7 @@ def run_adaption(cfg: TrainConfig) -> Dict[str, Any]:
         head_src = _init_head_from_run(head, backbone, cfg.model.init)
         init_info.update(head=head_src is not None, head_source=head_src)
     if cfg.model.head_init == "centres" and not init_info.get("head"):
-        init_info["head_centres_from"] = init_head_from_centres(
+        init_info["head_centres_from"], init_info["start_check"] = init_head_from_centres(
             head, backbone, hr_ds, stage_transforms(cfg, spec), torch.device("cpu"))
     lr = load_lr_stream(a.lr_model, ctx.device, cfg.model.backbone, emb, num_classes,
                         need_head=a.beta > 0, channels_last=cfg.run.channels_last)

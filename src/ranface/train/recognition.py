@@ -80,7 +80,8 @@ def load_init(backbone: nn.Module, head: Optional[nn.Module], spec: str) -> Dict
 
 @torch.no_grad()
 def init_head_from_centres(head: nn.Module, backbone: nn.Module, dataset: Any, transform: FaceTransform,
-                           device: torch.device, batch_size: int = 64) -> int:
+                           device: torch.device, batch_size: int = 64, check_images: int = 1024
+                           ) -> Tuple[int, Dict[str, Any]]:
     """Set each class vector W_j of a margin head to the mean L2-normalised embedding of
     class j (backbone in eval mode, no flip). Fine-tuning a pretrained backbone with a
     random head sends large, meaningless gradients into it for the first steps; with the
@@ -97,12 +98,17 @@ def init_head_from_centres(head: nn.Module, backbone: nn.Module, dataset: Any, t
     xs: list = []
     ys: list = []
     n = 0
+    kept_f: list = []  # a sample of the embeddings for the start-of-training check
+    kept_y: list = []
 
     def flush() -> None:
         nonlocal n
         if xs:
             f = F.normalize(backbone(torch.stack(xs).to(device)).float(), dim=1).cpu().double()
             sums.index_add_(0, torch.tensor(ys), f)
+            if sum(len(k) for k in kept_f) < check_images:
+                kept_f.append(f.float())
+                kept_y.append(torch.tensor(ys))
             n += len(xs)
             xs.clear()
             ys.clear()
@@ -123,7 +129,37 @@ def init_head_from_centres(head: nn.Module, backbone: nn.Module, dataset: Any, t
     have = sums.norm(dim=1) > 0
     w = head.weight.data
     w[have] = F.normalize(sums[have], dim=1).to(w.dtype).to(w.device)
-    return n
+    check = start_check(head, torch.cat(kept_f), torch.cat(kept_y)) if kept_f else {}
+    return n, check
+
+
+@torch.no_grad()
+def start_check(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> Dict[str, Any]:
+    """What the margin head makes of the initial features, before the first step.
+
+    Returns the cross-entropy and top-1 accuracy of the margin logits (what training
+    optimises and logs) and of the plain cosine logits, beside log(classes), the loss of
+    a uniform guess. Margin accuracy 0 with a loss above log(C) means the head cannot be
+    satisfied from here: the true class is ranked below others for every face once the
+    margin is applied (issue 11: ArcFace m = 0.5 on the pretrained ResNet-29). A warning is
+    printed then; the numbers go into the run's summary.
+    """
+    dev = next(head.parameters()).device
+    f, y = features.to(dev), labels.to(dev)
+    logits = head(f, y)
+    cos = F.linear(F.normalize(f, dim=1), F.normalize(head.weight, dim=1))
+    out = {"images": int(len(y)), "log_classes": float(np.log(head.weight.shape[0])),
+           "loss": float(F.cross_entropy(logits, y)), "acc": float((logits.argmax(1) == y).float().mean()),
+           "cosine_acc": float((cos.argmax(1) == y).float().mean()),
+           "true_cosine_mean": float(cos.gather(1, y[:, None]).mean())}
+    out["satisfiable"] = not (out["acc"] == 0.0 and out["loss"] > out["log_classes"])
+    msg = (f"[train] start check on {out['images']} faces: loss {out['loss']:.2f} (log C = {out['log_classes']:.2f}), "
+           f"margin accuracy {out['acc']:.3f}, cosine accuracy {out['cosine_acc']:.3f}")
+    if not out["satisfiable"]:
+        msg += ("; WARNING: with this margin no face ranks its own class first, training accuracy will stay "
+                "near 0 (lower model.margin for fine-tuning a pretrained backbone)")
+    print(msg, flush=True)
+    return out
 
 
 class ClassificationLoss:
@@ -219,7 +255,7 @@ def run_recognition(cfg: TrainConfig) -> Dict[str, Any]:
     if cfg.model.head_init not in ("random", "centres"):
         raise ConfigError(f"model.head_init must be random or centres, got {cfg.model.head_init!r}")
     if cfg.model.head_init == "centres" and not init_info.get("head"):
-        init_info["head_centres_from"] = init_head_from_centres(
+        init_info["head_centres_from"], init_info["start_check"] = init_head_from_centres(
             head, backbone, dataset, stage_transforms(cfg, spec), ctx.device)
     if cfg.run.channels_last:
         backbone.to(memory_format=torch.channels_last)
