@@ -141,11 +141,14 @@ def test_discriminator_frozen_scoring():
     d = FeatureDiscriminator(8, hidden=16)
     x = torch.randn(4, 8, requires_grad=True)
     s = d.score_frozen(x)
+    d.eval()  # (train mode would advance spectral norm's power iteration first)
     assert s.shape == (4, 1) and torch.allclose(s, d(x))
+    d.train()
     s.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert all(p.grad is None for p in d.parameters())
     # no batch statistics: a sample's score does not depend on its batch mates
+    d.eval()
     assert torch.allclose(d(x[:1]), d(x)[:1])
 
 
@@ -364,3 +367,22 @@ def test_lr_model_of_other_size_is_refused(tmp_path):
     assert "32-d" in str(e.value) and "64-d" in str(e.value)
     with pytest.raises(ConfigError, match="same architecture"):
         load_lr_stream(path, torch.device("cpu"), "iresnet18", 32, 3)
+
+
+def test_spectral_norm_discriminator_is_lipschitz():
+    """|D(a) - D(b)| <= ||a - b|| (up to the power iteration's estimate) after training
+    steps have settled the spectral estimate; without it D is free to exceed that."""
+    torch.manual_seed(0)
+    d = FeatureDiscriminator(16, hidden=32)
+    for _ in range(30):  # power iterations
+        d(torch.randn(8, 16))
+    d.eval()
+    a, b = torch.randn(64, 16), torch.randn(64, 16)
+    ratio = (d(a) - d(b)).abs().squeeze(1) / (a - b).norm(dim=1)
+    assert ratio.max() <= 1.05
+    plain = FeatureDiscriminator(16, hidden=32, spectral_norm=False)
+    with torch.no_grad():
+        for m in plain.net:
+            if isinstance(m, nn.Linear):
+                m.weight.mul_(20)
+    assert ((plain(a) - plain(b)).abs().squeeze(1) / (a - b).norm(dim=1)).max() > 1.05

@@ -165,6 +165,7 @@ class AdaptConfig:
     translator: bool = True  # False: the "no translator" ablation (f_HR used directly)
     translator_hidden: int = 0  # 0: the embedding size
     disc_hidden: int = 256
+    disc_spectral_norm: bool = True  # 1-Lipschitz D: it cannot simply win (see adapt/discriminator.py)
     disc_lr: float = 2e-4
     disc_betas: List[float] = field(default_factory=lambda: [0.5, 0.999])
     feature_g_every: int = 4

@@ -27,17 +27,21 @@ class FeatureDiscriminator(nn.Module):
     ``hidden``: width of the two hidden layers (LeakyReLU 0.2, as GAN discriminators use).
     """
 
-    def __init__(self, embedding_size: int, hidden: int = 256, depth: int = 2):
+    def __init__(self, embedding_size: int, hidden: int = 256, depth: int = 2, spectral_norm: bool = True):
         super().__init__()
         if embedding_size < 1 or hidden < 1 or depth < 1:
             raise ConfigError(f"feature discriminator needs positive sizes, got embedding_size="
                               f"{embedding_size}, adapt.disc_hidden={hidden}")
         layers: List[nn.Module] = []
         width = embedding_size
+        # Spectral normalisation (Miyato et al. 2018) makes D 1-Lipschitz: |D(a) - D(b)| <=
+        # ||a - b|| for unit features, so D cannot saturate (issue 11 saw d_real 0.99 against
+        # d_translated 0.008, W stuck at 0.5) unless the two feature sets really lie far apart.
+        wrap = nn.utils.parametrizations.spectral_norm if spectral_norm else (lambda m: m)
         for _ in range(depth):
-            layers += [nn.Linear(width, hidden), nn.LeakyReLU(0.2)]
+            layers += [wrap(nn.Linear(width, hidden)), nn.LeakyReLU(0.2)]
             width = hidden
-        layers.append(nn.Linear(width, 1))
+        layers.append(wrap(nn.Linear(width, 1)))
         self.net = nn.Sequential(*layers)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -50,7 +54,23 @@ class FeatureDiscriminator(nn.Module):
         x = features
         for layer in self.net:  # the same layers on detached weights
             if isinstance(layer, nn.Linear):
-                x = F.linear(x, layer.weight.detach(), layer.bias.detach())
+                # (with spectral norm, .weight is the normalised weight; reading it in eval
+                # mode does not advance the power iteration)
+                x = F.linear(x, self._weight(layer).detach(), layer.bias.detach())
             else:
                 x = layer(x)
         return x
+
+    @staticmethod
+    def _weight(layer: nn.Linear) -> torch.Tensor:
+        from torch.nn.utils import parametrize
+
+        if parametrize.is_parametrized(layer, "weight"):
+            with parametrize.cached():
+                was = layer.training
+                layer.eval()  # no power-iteration update outside D's own phase
+                try:
+                    return layer.weight
+                finally:
+                    layer.train(was)
+        return layer.weight

@@ -334,7 +334,7 @@ def run_adaption(cfg: TrainConfig) -> Dict[str, Any]:
     lr = load_lr_stream(a.lr_model, ctx.device, cfg.model.backbone, emb, num_classes,
                         need_head=a.beta > 0, channels_last=cfg.run.channels_last)
     translator = Translator(emb, a.translator_hidden) if a.translator else None
-    disc = FeatureDiscriminator(emb, a.disc_hidden)
+    disc = FeatureDiscriminator(emb, a.disc_hidden, spectral_norm=a.disc_spectral_norm)
 
     for m in (backbone, head, translator, disc):
         if m is not None:
