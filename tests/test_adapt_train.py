@@ -84,6 +84,17 @@ def test_w_statistics_logged(stages):
     assert [r["recog/g_on"] for r in rows] == [1, 0, 0, 0]
     gate = summary["gate"]
     assert gate["w_mean_first"] == rows[0]["recog/w_mean"] and len(gate["trajectory"]) == 4
+    # the four Eq. 10 terms' gradient shares at f_HR: a distribution; L_feature^G has none
+    # on the steps where it is weighted by 0 (g_on = 0)
+    for r in rows:
+        shares = [r[f"recog/grad_share/{k}"] for k in ("l_c_hr", "l_feature_g", "l_p", "l_f")]
+        assert all(0.0 <= v <= 1.0 for v in shares) and sum(shares) == pytest.approx(1.0, abs=1e-4)
+        assert r["recog/grad_share/l_c_hr"] > 0 and r["recog/grad_share/l_f"] > 0
+        if r["recog/g_on"] == 0:
+            assert r["recog/grad_share/l_feature_g"] == 0.0
+    trace = summary["adaption_trace"]
+    assert trace["first"]["step"] == 1 and trace["last"]["step"] == 4
+    assert {"l_f", "grad_share/l_f", "d_real", "w_mean"} <= set(trace["last"])
 
 
 def test_lr_model_frozen_on_disk_and_in_memory(stages):

@@ -92,12 +92,13 @@ def run_cli(argv: List[str], capsys) -> Tuple[int, str]:
 
 
 def params(ck: dict, modules) -> Dict[str, torch.Tensor]:
-    """Trainable parameters (not BN running statistics, which a forward pass updates
-    even when the step is skipped) of the checkpointed modules."""
+    """Trainable parameters (not BN running statistics or spectral norm's power-iteration
+    vectors _u/_v, which a forward pass updates even when the step is skipped) of the
+    checkpointed modules."""
     out = {}
     for m in modules:
         for k, v in ck["modules"][m].items():
-            if "running_" not in k and "num_batches_tracked" not in k:
+            if "running_" not in k and "num_batches_tracked" not in k and not k.endswith(("._u", "._v")):
                 out[f"{m}.{k}"] = v
     return out
 

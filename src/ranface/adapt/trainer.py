@@ -260,13 +260,32 @@ class AdaptionLoss:
         g_on = float(self.d_iterations() % a.feature_g_every == 0)
         loss = total_loss(l_c_hr, g_on * l_g, l_p, l_f, a.alpha, a.beta, a.gamma)  # Eq. 10
 
+        shares = _grad_shares({"l_c_hr": l_c_hr, "l_feature_g": a.alpha * g_on * l_g, "l_p": a.beta * l_p,
+                               "l_f": a.gamma * l_f}, f_hr) if a.log_grad_share else {}
         ctx.cache[REAL_KEY] = u_real.detach()
         ctx.cache[TRANSLATED_KEY] = u_t.detach()
         w = w.detach()
         stats = {"l_c_hr": l_c_hr.detach(), "l_feature_g": l_g.detach(), "l_p": l_p.detach(),
                  "l_f": l_f.detach(), "g_on": g_on, "w_mean": w.mean(), "w_std": w.std(unbiased=False),
-                 "d_translated": d_t.detach().mean(), **cls_stats}
+                 "d_translated": d_t.detach().mean(), **shares, **cls_stats}
         return loss, stats
+
+
+def _grad_shares(terms: Dict[str, torch.Tensor], f_hr: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Each weighted term of Eq. 10 -- its share of the summed gradient norms at f_HR,
+    ||d(w_k L_k)/d f_HR|| / sum_j ||d(w_j L_j)/d f_HR||: which term actually moves the
+    MR embedding (issue 11: gamma L_f ~ 0.5 against L_c^HR ~ 12.7). Taken at the
+    embedding, not the backbone's weights: four small backward passes through the heads,
+    none through the backbone, and no parameter's .grad is touched (DDP hooks stay quiet)."""
+    norms = {}
+    for k, t in terms.items():
+        if not t.requires_grad:
+            norms[k] = torch.zeros((), device=f_hr.device)
+            continue
+        (g,) = torch.autograd.grad(t, f_hr, retain_graph=True, allow_unused=True)
+        norms[k] = torch.zeros((), device=f_hr.device) if g is None else g.detach().norm()
+    total = sum(norms.values()) + 1e-12
+    return {f"grad_share/{k}": v / total for k, v in norms.items()}
 
 
 class DiscriminatorLoss:
@@ -303,6 +322,20 @@ def _gate_trajectory(run_dir: str, max_points: int = 100) -> Dict[str, Any]:
     return {"w_mean_first": rows[0]["recog/w_mean"], "w_mean_last": rows[-1]["recog/w_mean"],
             "w_std_last": rows[-1]["recog/w_std"],
             "trajectory": [[r["step"], r["recog/w_mean"], r["recog/w_std"]] for r in picked]}
+
+
+def _adaption_trace(run_dir: str) -> Dict[str, Any]:
+    """The four terms of Eq. 10, their gradient shares, and D's scores (d_real,
+    d_translated) and W at the first and the last logged step (from metrics.jsonl)."""
+    from ..train.stats import read_metrics
+
+    rows = read_metrics(run_dir, "train")
+    keys = ("recog/l_c_hr", "recog/l_feature_g", "recog/l_p", "recog/l_f", "recog/grad_share/l_c_hr",
+            "recog/grad_share/l_feature_g", "recog/grad_share/l_p", "recog/grad_share/l_f", "recog/w_mean",
+            "recog/d_translated", "feat_D/d_real", "feat_D/d_translated")
+    pick = lambda r: {"step": r.get("step"), **{k.split("/", 1)[1]: r[k] for k in keys if k in r}}  # noqa: E731
+    rows = [r for r in rows if "recog/l_f" in r]
+    return {"first": pick(rows[0]), "last": pick(rows[-1])} if rows else {}
 
 
 def run_adaption(cfg: TrainConfig) -> Dict[str, Any]:
@@ -389,6 +422,7 @@ def run_adaption(cfg: TrainConfig) -> Dict[str, Any]:
     resumed = trainer.resume(cfg.run.resume)
     result = trainer.fit()
     summary = {"stage": "mr", "run_dir": ctx.run_dir, "resumed": resumed, "num_classes": num_classes,
+               "adaption_trace": _adaption_trace(ctx.run_dir) if ctx.dist.is_main else {},
                "num_images": len(hr_ds), "backbone": cfg.model.backbone, "precision": ctx.precision,
                "world_size": ctx.dist.world_size, "translator": a.translator,
                "lr_model": lr.info.get("source"), "lr_head": lr.info.get("head_source"),
