@@ -94,7 +94,9 @@ def test_w_statistics_logged(stages):
             assert r["recog/grad_share/l_feature_g"] == 0.0
     trace = summary["adaption_trace"]
     assert trace["first"]["step"] == 1 and trace["last"]["step"] == 4
-    assert {"l_f", "grad_share/l_f", "d_real", "w_mean"} <= set(trace["last"])
+    assert {"recog/l_f", "recog/grad_share/l_f", "feat_D/d_real", "feat_D/d_translated",
+            "recog/w_mean"} <= set(trace["last"])
+    assert trace["last"]["recog/l_f"] == rows[-1]["recog/l_f"]
 
 
 def test_lr_model_frozen_on_disk_and_in_memory(stages):

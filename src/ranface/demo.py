@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .config import default_data_root
+from .config import AdaptConfig, default_data_root
 from .errors import ConfigError, RanfaceError
 from .io_utils import atomic_write_text
 
@@ -370,7 +370,7 @@ def run_demo(cfg: DemoConfig) -> Dict[str, Any]:
         variants = [(f"mr_{deg}", True)] + ([(f"mr_{deg}_notrans", False)] if cfg.no_translator and deg == "mrgan" else [])
         for name, trans in variants:
             r = st.run(name, {"steps": cfg.mr_steps, "lr": cfg.lr, "b": cfg.batch_size, "t": trans, "m": cfg.margin,
-                                 "lf": "sample-l2", **split},
+                                 "adapt": dataclasses.asdict(AdaptConfig()), **split},
                        lambda name=name, trans=trans, lr_dir=lr_dir, lr_run=r["run_dir"]: stage_recognition(
                            cfg, out, name, "mr", faces_train, hr_model, cfg.mr_steps, lr_train=lr_dir,
                            lr_model=lr_run, translator=trans))

@@ -226,6 +226,7 @@ def write_report(cfg: Any, out: str, stages: Any, models: Mapping[str, str],
         figs["gate_w.png"] = w
 
     n_folds = next(iter(results.values()))["metrics"].get("folds", 10)
+    paired_md, diffs = paired_table(results)
     split = stages.records.get("split", {}).get("result", {})
     pool = stages.records.get("lr_pool", {}).get("result", {})
     md = [f"# ranface demo report (profile `{cfg.profile}`)", "",
@@ -241,7 +242,7 @@ def write_report(cfg: Any, out: str, stages: Any, models: Mapping[str, str],
           "other folds); the second image of each pair shrunk to the probe "
           "width and resized back (bicubic, antialiased).", "",
           results_table(results, "hr-lr"), dropped_note(next(iter(results.values()))),
-          *_paired_section(results),
+          *_paired_section(paired_md),
           "## LR-vs-LR (both images degraded)", "", results_table(results, "lr-lr"),
           "## TAR@FAR, HR-vs-LR", "", tar_table(results, "hr-lr"),
           "## Accuracy vs probe pixels", "", "![acc_hr-lr.png](acc_hr-lr.png)", "",
@@ -274,14 +275,12 @@ def write_report(cfg: Any, out: str, stages: Any, models: Mapping[str, str],
     summary = {label: {"full": r["metrics"]["full"]["acc"],
                        **{f"hr-lr {s}": r["metrics"]["hr-lr"][str(s)]["acc"] for s in sizes}}
                for label, r in results.items()}
-    _, diffs = paired_table(results)
     atomic_write_text(os.path.join(rep, "paired_vs_hr.json"), json.dumps(diffs, indent=1))
     atomic_write_text(os.path.join(rep, "summary.json"), json.dumps(summary, indent=1))
     return os.path.join(rep, "report.md")
 
 
-def _paired_section(results: Mapping[str, Dict[str, Any]]) -> List[str]:
-    table, _ = paired_table(results)
+def _paired_section(table: str) -> List[str]:
     if not table:
         return []
     return ["## Difference from the HR model (paired, HR-vs-LR)", "",

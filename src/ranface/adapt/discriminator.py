@@ -66,11 +66,10 @@ class FeatureDiscriminator(nn.Module):
         from torch.nn.utils import parametrize
 
         if parametrize.is_parametrized(layer, "weight"):
-            with parametrize.cached():
-                was = layer.training
-                layer.eval()  # no power-iteration update outside D's own phase
-                try:
-                    return layer.weight
-                finally:
-                    layer.train(was)
+            was = layer.training
+            layer.eval()  # no power-iteration update outside D's own phase
+            try:
+                return layer.weight
+            finally:
+                layer.train(was)
         return layer.weight

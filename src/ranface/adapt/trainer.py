@@ -333,7 +333,7 @@ def _adaption_trace(run_dir: str) -> Dict[str, Any]:
     keys = ("recog/l_c_hr", "recog/l_feature_g", "recog/l_p", "recog/l_f", "recog/grad_share/l_c_hr",
             "recog/grad_share/l_feature_g", "recog/grad_share/l_p", "recog/grad_share/l_f", "recog/w_mean",
             "recog/d_translated", "feat_D/d_real", "feat_D/d_translated")
-    pick = lambda r: {"step": r.get("step"), **{k.split("/", 1)[1]: r[k] for k in keys if k in r}}  # noqa: E731
+    pick = lambda r: {"step": r.get("step"), **{k: r[k] for k in keys if k in r}}  # noqa: E731
     rows = [r for r in rows if "recog/l_f" in r]
     return {"first": pick(rows[0]), "last": pick(rows[-1])} if rows else {}
 
