@@ -354,6 +354,17 @@ def test_missing_inputs_one_error_naming_the_stages(tmp_path):
         run_adaption(cfg)
 
 
+def test_twin_prob_out_of_range_is_one_config_error(tmp_path):
+    from ranface.adapt.trainer import check_inputs
+
+    cfg = load_config(TrainConfig, None, ["stage=mr", "model.init=x", f"data.lr_train={tmp_path}",
+                                          f"adapt.lr_model={tmp_path}", "adapt.twin_prob=1.5"])
+    with pytest.raises(ConfigError, match=r"adapt.twin_prob must be a probability in \[0, 1\], got 1.5"):
+        check_inputs(cfg)
+    cfg.adapt.twin_prob = 0.5
+    check_inputs(cfg)
+
+
 def test_lr_model_of_other_size_is_refused(tmp_path):
     from ranface.inference import model_package
     from ranface.models import create_backbone

@@ -123,6 +123,20 @@ def test_exact_resume_mr(stages):
             assert torch.equal(a[mod][k], b[mod][k]), (mod, k)
 
 
+def test_twin_prob_changes_training_and_resumes_exactly(stages):
+    """adapt.twin_prob: the top stream also sees LR twins (a different run from the same
+    seed), and the per-sample coin is part of the exact resume."""
+    out, mr, _ = stages
+    run_adaption(cfg("mr", out, "twin_straight", 4, *mr, "adapt.twin_prob=0.5"))
+    run_adaption(cfg("mr", out, "twin_half", 2, *mr, "adapt.twin_prob=0.5"))
+    run_adaption(cfg("mr", out, "twin_half", 4, *mr, "adapt.twin_prob=0.5", "run.resume=auto"))
+    path = lambda name: os.path.join(out, name, "checkpoints", "ckpt-00000004.pt")  # noqa: E731
+    a, b = load_checkpoint(path("twin_straight"))["modules"], load_checkpoint(path("twin_half"))["modules"]
+    assert all(torch.equal(a["backbone"][k], b["backbone"][k]) for k in a["backbone"])
+    plain = load_checkpoint(path("straight"))["modules"]
+    assert any(not torch.equal(a["backbone"][k], plain["backbone"][k]) for k in a["backbone"])
+
+
 def test_no_translator_ablation_via_cli(stages):
     out, mr, _ = stages
     args = ["train", "--stage", "mr"]

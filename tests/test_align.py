@@ -156,6 +156,23 @@ def test_eye_mouth_distance():
     assert eye_mouth_distance(ARCFACE_112) == pytest.approx(40.68, abs=0.01)
 
 
+def test_lr_band_widths_round_trip():
+    from ranface.align.select import LR_BAND, band_to_widths, eye_mouth_fraction, widths_to_band
+
+    # hand-computed: ArcFace eyes at y 51.6, mouth at y 92.3 -> 40.68 / 112; dlib 59.3 / 150
+    assert eye_mouth_fraction("arcface") == pytest.approx(40.68 / 112, abs=1e-4)
+    assert eye_mouth_fraction("dlib") == pytest.approx(59.30 / 150, abs=1e-3)
+    assert LR_BAND == (10.0, 30.0)
+    assert band_to_widths(LR_BAND, "dlib") == (25, 76)  # 10 / 0.3954, 30 / 0.3954
+    assert band_to_widths(LR_BAND, "arcface") == (28, 83)
+    lo, hi = widths_to_band((25, 76), "dlib")
+    assert lo == pytest.approx(9.88, abs=0.01) and hi == pytest.approx(30.05, abs=0.01)
+    with pytest.raises(ValueError, match="band"):
+        band_to_widths((30, 10))
+    with pytest.raises(ValueError, match="template"):
+        eye_mouth_fraction("nope")
+
+
 def test_lr_select_inclusive_bounds():
     d = [9.999, 10.0, 20.0, 30.0, 30.001, float("nan")]
     np.testing.assert_array_equal(lr_select(d), [False, True, True, True, False, False])

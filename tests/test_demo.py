@@ -10,7 +10,9 @@ import pytest
 
 from conftest import require_shared
 
-SECTIONS = ("## Verification accuracy, HR-vs-LR", "## Realism of synthesized LR faces", "## LR-vs-LR", "## TAR@FAR", "## Accuracy vs probe pixels",
+SECTIONS = ("## Verification accuracy, HR-vs-LR", "## Targets of the main job", "## Difference from the HR model",
+            "## The LR band", "## Start of training", "## Adaption terms (Eq. 10)",
+            "## Realism of synthesized LR faces", "## TAR@FAR", "## Accuracy vs probe pixels",
             "## ROC curves", "## Synthesized faces", "## Translation gate W", "## Stages", "## Models")
 
 
@@ -42,18 +44,28 @@ def test_readme_main_command_quick_profile_from_repo_root():
         html = open(os.path.join(out, "report", "report.html")).read()
         assert html.count("data:image/png;base64") >= 4
         summary = json.load(open(os.path.join(out, "report", "summary.json")))
-        assert set(summary) >= {"HR", "LR (mrgan)", "MR (mrgan)", "LR (bicubic)", "MR (bicubic)",
-                                "MR (mrgan, no translator)"}
+        assert set(summary) == {"HR", "LR (bicubic)", "MR (bicubic)", "MR (bicubic, no translator)", "LR (mrgan)"}
         for label, row in summary.items():
             assert all(math.isfinite(v) for v in row.values()), label
         # a wrong weight import or alignment shows here
         assert summary["HR"]["full"] > 0.90
         # paired differences against HR, with intervals that contain their point estimate
         diffs = json.load(open(os.path.join(out, "report", "paired_vs_hr.json")))
-        assert set(diffs) >= {"LR (mrgan)", "MR (mrgan)"}
+        assert set(diffs) >= {"LR (bicubic)", "MR (bicubic)", "LR (mrgan)"}
         for label, rec in diffs.items():
             for k, d in rec.items():
                 assert d["lo"] <= d["diff"] <= d["hi"], (label, k)
+        # every target of the main job is judged for both MR models, with its interval
+        targets = json.load(open(os.path.join(out, "report", "targets.json")))
+        assert {t["model"] for t in targets} == {"MR (bicubic)", "MR (bicubic, no translator)"}
+        assert len(targets) == 12 and all(t["lo"] <= t["diff"] <= t["hi"] for t in targets)
+        assert all(t["status"].startswith(("met", "missed")) for t in targets)
+        # the twins recorded their band; the report compares it with the real pool's
+        manifest = json.load(open(os.path.join(out, "lr_bicubic", "synth_manifest.json")))
+        assert manifest["degrader_info"]["band"]["widths_px"] == [8, 32]
+        assert "real LR pool" in report and "twins: bicubic" in report and "twins: mrgan" in report
+        # the MR stage's adaption trace: D's scores at the first and last step
+        assert "d_real" in report and "| mr_bicubic |" in report
         # rerun (the module directly, the venv is set up): every stage reused
         py = os.path.join(REPO, os.environ.get("RANFACE_VENV", ".venv"), "bin", "python")
         p = subprocess.run([py if os.path.exists(py) else sys.executable, "-m", "ranface", "demo", "--profile",

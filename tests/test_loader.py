@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from ranface.data.loader import AugmentedView, FaceTransform
@@ -40,6 +41,31 @@ def test_paired_view_applies_the_same_flip():
         flips.add(bool(hr[0, 0, 0] == 200))
         assert y == i % 2
     assert flips == {True, False}
+
+
+def test_paired_view_twin_prob_gives_the_top_stream_lr_twins():
+    class DS:
+        def __init__(self, v):
+            self.v = v
+
+        def __len__(self):
+            return 400
+
+        def __getitem__(self, i):
+            return np.full((4, 4, 3), self.v, np.uint8), 0
+
+    tf = FaceTransform((0,) * 3, (1,) * 3, hflip=False)
+    never = AugmentedView(DS(200), tf, seed=3, pair=DS(100))
+    assert all(never[(0, i)][0][0, 0, 0] == 200 for i in range(50))
+    always = AugmentedView(DS(200), tf, seed=3, pair=DS(100), twin_prob=1.0)
+    assert all(always[(0, i)][0][0, 0, 0] == 100 for i in range(50))
+    half = AugmentedView(DS(200), tf, seed=3, pair=DS(100), twin_prob=0.5)
+    picks = [bool(half[(1, i)][0][0, 0, 0] == 100) for i in range(400)]
+    assert 150 < sum(picks) < 250  # binomial(400, 0.5): outside this in < 1e-4 of seeds
+    assert picks == [bool(half[(1, i)][0][0, 0, 0] == 100) for i in range(400)]  # pure function of the key
+    assert all(half[(1, i)][1][0, 0, 0] == 100 for i in range(20))  # the LR stream always gets the twin
+    with pytest.raises(ValueError, match="twin_prob"):
+        AugmentedView(DS(200), tf, seed=3, pair=DS(100), twin_prob=1.5)
 
 
 def test_head_init_from_class_centres():

@@ -77,6 +77,22 @@ def test_registry_lists_and_validates():
         register_degrader("bicubic")(Flaky)
 
 
+def test_bicubic_band_option_sets_widths_and_is_recorded(hr, tmp_path):
+    d = create_degrader("bicubic", {"eye_mouth_range": [10, 30], "template": "dlib"})
+    assert d.size_range == (25, 76)
+    assert d.info()["band"] == {"widths_px": [25, 76], "eye_mouth_px": [9.88, 30.05], "template": "dlib"}
+    assert create_degrader("bicubic", {"size_range": [8, 32]}).info()["band"]["eye_mouth_px"] == [2.91, 11.62]
+    for bad in ([30, 10], [0, 5], "10:30", [10]):
+        with pytest.raises(ConfigError, match="eye_mouth_range"):
+            create_degrader("bicubic", {"eye_mouth_range": bad})
+    with pytest.raises(ConfigError, match="template"):
+        create_degrader("bicubic", {"template": "nope"})
+    out = tmp_path / "lr"
+    synthesize(cfg(hr, out, options={"eye_mouth_range": [3, 4], "template": "arcface"}, num_workers=1))
+    m = json.load(open(out / MANIFEST_NAME))
+    assert m["degrader_info"]["band"]["widths_px"] == [8, 11]  # 3 / 0.3633, 4 / 0.3633
+
+
 def test_bicubic_folder_twin_preserves_labels_and_layout(hr, tmp_path):
     out = tmp_path / "lr"
     s = synthesize(cfg(hr, out, options={"size_range": [6, 10]}, seed=3, num_workers=1))

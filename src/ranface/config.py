@@ -173,6 +173,10 @@ class AdaptConfig:
     lf_distance: str = "l2"  # l2 | l1 : the norm in L_f (Eq. 9)
     lf_reduction: str = "sample"  # sample: mean over the batch of the per-sample norm (Eq. 9) | element
     lr_blur: bool = False  # random Gaussian blur on the LR twins as in the LR stage
+    # probability that a top-stream face is replaced by its synthesized LR twin (§3.4: "add
+    # generated target samples to balance the multi-resolution representations"); 0 = the
+    # top stream sees HR faces only, Fig. 4 read literally (docs/decisions.md, issue 11)
+    twin_prob: float = 0.0
     log_grad_share: bool = True  # log each Eq. 10 term's share of the gradient at f_HR
 
 

@@ -28,9 +28,10 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .config import AdaptConfig, default_data_root
 from .errors import ConfigError, RanfaceError
@@ -40,13 +41,14 @@ PROFILES: Dict[str, Dict[str, Any]] = {
     # CI-sized: one held-out fold, 100+100 of its pairs; a few dozen training identities.
     "quick": dict(test_folds=[9], pairs_per_fold=100, train_ids=40, train_images_per_id=4,
                   lr_pool_upscales=[1.0, 2.0], gan_steps=20, gan_batch=8, gan_profile="small",
-                  lr_steps=16, mr_steps=16, batch_size=16, probe_sizes=[16, 8],
-                  lr_pool_limit=14),
-    # 2-core laptop: two held-out folds (1,200 pairs), a few hundred training identities.
+                  lr_steps=16, mr_steps=16, batch_size=16, probe_sizes=[16, 12],
+                  lr_pool_limit=14, mr_twin_prob=0.5, eval_modes=["hr-lr"]),
+    # 2-core laptop, <= 40 min: two held-out folds (1,200 pairs), 200 training identities;
+    # steps chosen from learning curves (docs/results.md, issue 11)
     "default": dict(test_folds=[8, 9], pairs_per_fold=0, train_ids=200, train_images_per_id=6,
-                    lr_pool_upscales=[1.0, 2.0, 3.0], gan_steps=200, gan_batch=16,
-                    gan_profile="small", lr_steps=60, mr_steps=60, batch_size=32,
-                    probe_sizes=[32, 24, 16, 12, 8], lr_pool_limit=0),
+                    lr_pool_upscales=[1.0, 2.0], gan_steps=200, gan_batch=16,
+                    gan_profile="small", lr_steps=150, mr_steps=150, batch_size=32,
+                    probe_sizes=[16, 12, 8], lr_pool_limit=0, mr_twin_prob=0.5, eval_modes=["hr-lr"]),
 }
 
 
@@ -72,9 +74,20 @@ class DemoConfig:
     gan_steps: Optional[int] = None
     gan_batch: Optional[int] = None
     gan_profile: str = ""
-    degraders: List[str] = field(default_factory=lambda: ["mrgan", "bicubic"])
-    bicubic_sizes: List[int] = field(default_factory=lambda: [8, 32])
-    no_translator: bool = True
+    # the first is the main chain (LR, MR and the no-translator ablation); docs/decisions.md
+    degraders: List[str] = field(default_factory=lambda: ["bicubic", "mrgan"])
+    bicubic_sizes: List[int] = field(default_factory=lambda: [8, 32])  # widths, when bicubic_band is empty
+    # eye-to-mouth band (px) of the bicubic twins; non-empty replaces bicubic_sizes (one band
+    # definition: ranface.align.select; docs/decisions.md "The LR band")
+    bicubic_band: List[float] = field(default_factory=list)
+    gan_scales: List[float] = field(default_factory=list)  # MR-GAN x_r1..x_r3 factors; [] = the profile's
+    # probability that an MR top-stream face is its LR twin (adapt.twin_prob; docs/decisions.md)
+    mr_twin_prob: Optional[float] = None
+    eval_modes: List[str] = field(default_factory=list)  # of the pairs protocol: hr-lr, lr-lr
+    no_translator: bool = True  # the "no translator" ablation (§4.3) of the main degrader's MR model
+    # degraders that get an MR model; [] = the main one only (degraders[0]); every degrader
+    # gets its LR model (Table 1's LR rows) and its realism row
+    mr_degraders: List[str] = field(default_factory=list)
     lr_steps: Optional[int] = None
     mr_steps: Optional[int] = None
     batch_size: Optional[int] = None
@@ -99,7 +112,18 @@ def resolve(cfg: DemoConfig) -> DemoConfig:
             values[k] = v
     if not values["data_root"]:
         values["data_root"] = default_data_root()
-    return DemoConfig(**values)
+    out = DemoConfig(**values)
+    if not out.degraders:
+        raise ConfigError("degraders must name at least one LR synthesis method (the first is the main chain)")
+    extra = [d for d in out.mr_degraders if d not in out.degraders]
+    if extra:
+        raise ConfigError(f"mr_degraders {extra} are not in degraders {out.degraders}")
+    if not 0.0 <= float(out.mr_twin_prob or 0.0) <= 1.0:
+        raise ConfigError(f"mr_twin_prob must be a probability in [0, 1], got {out.mr_twin_prob}")
+    bad = [m for m in out.eval_modes if m not in ("hr-lr", "lr-lr")]
+    if bad or not out.eval_modes:
+        raise ConfigError(f"eval_modes must be a non-empty list of hr-lr, lr-lr; got {out.eval_modes}")
+    return out
 
 
 # ------------------------------------------------------------------------- stage cache
@@ -114,7 +138,12 @@ class Stages:
         self.times: Dict[str, float] = {}
         self.records: Dict[str, Dict[str, Any]] = {}
 
-    def run(self, name: str, settings: Dict[str, Any], fn: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
+    def run(self, name: str, settings: Dict[str, Any], fn: Callable[[], Dict[str, Any]],
+            outputs: Sequence[str] = ()) -> Dict[str, Any]:
+        """Run ``fn`` unless it finished with the same settings. ``outputs``: the folders the
+        stage writes; when it last started with other settings they are removed first, so a
+        training run never resumes from another configuration's checkpoints (an interrupted
+        stage with the same settings resumes from them)."""
         key = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
         path = os.path.join(self.dir, f"{name}.json")
         if os.path.exists(path):
@@ -125,6 +154,12 @@ class Stages:
                 self.times[name] = rec.get("elapsed_s", 0.0)
                 print(f"[demo] {name}: reused (finished earlier)", flush=True)
                 return rec["result"]
+        started = os.path.join(self.dir, f"{name}.started")
+        before = open(started, encoding="utf-8").read().strip() if os.path.exists(started) else None
+        if before != key and (before is not None or os.path.exists(path)):
+            for out in outputs:
+                shutil.rmtree(out, ignore_errors=True)
+        atomic_write_text(started, key)
         print(f"[demo] {name}: running", flush=True)
         t0 = time.time()
         result = fn()
@@ -134,6 +169,11 @@ class Stages:
         self.times[name] = rec["elapsed_s"]
         print(f"[demo] {name}: done in {rec['elapsed_s']:.0f} s", flush=True)
         return result
+
+    def key(self, name: str) -> str:
+        """The settings key a finished stage ran with: later stages that consume its output
+        include it in their own settings, so they rerun when it reran with new settings."""
+        return self.records[name]["key"]
 
 
 # ------------------------------------------------------------------------- stages
@@ -229,7 +269,7 @@ def stage_recognition(cfg: DemoConfig, out: str, name: str, stage: str, data: st
         "run": _run_cfg(os.path.join(out, "models"), name, cfg),
     }
     if stage == "mr":
-        d["adapt"] = {"lr_model": lr_model, "translator": translator}
+        d["adapt"] = {"lr_model": lr_model, "translator": translator, "twin_prob": float(cfg.mr_twin_prob or 0.0)}
     tc = from_dict(TrainConfig, d)
     if stage == "mr":
         from .adapt.trainer import run_adaption
@@ -239,8 +279,24 @@ def stage_recognition(cfg: DemoConfig, out: str, name: str, stage: str, data: st
         from .train.recognition import run_recognition
 
         summary = run_recognition(tc)
-    keep = ("run_dir", "steps", "elapsed_s", "counters", "gate", "num_classes", "num_images")
-    return {k: summary[k] for k in keep if k in summary}
+    keep = ("run_dir", "steps", "elapsed_s", "counters", "gate", "num_classes", "num_images", "start_check",
+            "adaption_trace")
+    out = {k: summary[k] for k in keep if k in summary}
+    out["final_acc"] = _final_train_acc(summary.get("run_dir", ""))
+    return out
+
+
+def _final_train_acc(run_dir: str) -> Optional[float]:
+    """Training accuracy (margin logits) at the last logged step of a recognition run."""
+    from .train.stats import read_metrics
+
+    rows = [r for r in read_metrics(run_dir, "train") if "recog/acc" in r] if run_dir else []
+    return float(rows[-1]["recog/acc"]) if rows else None
+
+
+def _run_dir(out: str, name: str) -> str:
+    """Where a demo training stage's run lives (``_run_cfg``: out/models/<name>)."""
+    return os.path.join(out, "models", name)
 
 
 def stage_gan(cfg: DemoConfig, out: str, faces: str, pool: str) -> Dict[str, Any]:
@@ -251,6 +307,8 @@ def stage_gan(cfg: DemoConfig, out: str, faces: str, pool: str) -> Dict[str, Any
     gen, disc = profile_configs(cfg.gan_profile)
     # regions of the local generator / discriminators follow the demo's alignment template
     gen = dataclasses.replace(gen, template=cfg.template)
+    if cfg.gan_scales:
+        gen = dataclasses.replace(gen, scales=list(cfg.gan_scales))
     disc = dataclasses.replace(disc, template=cfg.template)
     d = {"data": {"hr": faces, "lr_pool": pool, "face_size": cfg.face_size, "batch_size": cfg.gan_batch,
                   "num_workers": 1},
@@ -274,7 +332,9 @@ def stage_synth(cfg: DemoConfig, out: str, faces: str, degrader: str, gan_dir: s
     if degrader == "mrgan":
         opts = {"checkpoint": os.path.join(gan_dir, "generator.pt")}
     elif degrader == "bicubic":
-        opts = {"size_range": list(cfg.bicubic_sizes)}
+        opts = ({"eye_mouth_range": list(cfg.bicubic_band)} if cfg.bicubic_band
+                else {"size_range": list(cfg.bicubic_sizes)})
+        opts["template"] = cfg.template
     sc = from_dict(SynthConfig, {"input": faces, "output": os.path.join(out, f"lr_{degrader}"),
                                  "degrader": degrader, "options": opts, "seed": cfg.seed,
                                  "num_workers": 1, "progress": cfg.progress, "batch_size": 32})
@@ -290,7 +350,7 @@ def stage_eval(cfg: DemoConfig, out: str, name: str, model: str, faces: str) -> 
     m, info = load_model(model)
     ctx = EvalContext(model=m, info=info, batch_size=64, progress=cfg.progress)
     opts = PairsOptions(pairs=os.path.join(out, "test_pairs.txt"), images=faces,
-                        probe_sizes=list(cfg.probe_sizes), modes=["hr-lr", "lr-lr"], flip=False)
+                        probe_sizes=list(cfg.probe_sizes), modes=list(cfg.eval_modes), flip=False)
     res = evaluate("pairs", ctx, out, opts, out_dir=os.path.join(out, "eval", name))
     return {"result": os.path.join(out, "eval", name, "result.json"), "metrics": res["metrics"]}
 
@@ -337,14 +397,17 @@ def run_demo(cfg: DemoConfig) -> Dict[str, Any]:
     faces_train = os.path.join(out, "faces_train")
     lr_pool = os.path.join(out, "lr_pool")
     st.run("faces_test", {**common, **split}, lambda: _prepare(
-        cfg, os.path.join(out, "test_photos.txt"), faces_test, root=lfw_images, policy="center"))
+        cfg, os.path.join(out, "test_photos.txt"), faces_test, root=lfw_images, policy="center"),
+        outputs=[faces_test])
     st.run("faces_train", {**common, **split}, lambda: _prepare(
-        cfg, os.path.join(out, "train_photos.txt"), faces_train, root=lfw_images, policy="center"))
+        cfg, os.path.join(out, "train_photos.txt"), faces_train, root=lfw_images, policy="center"),
+        outputs=[faces_train])
     pool = st.run("lr_pool", {**common, "up": cfg.lr_pool_upscales, "limit": cfg.lr_pool_limit,
                               "grey": cfg.grey_lr_pool},
                   lambda: _prepare(cfg, os.path.join(cfg.data_root, "crowd-photos", "images"), lr_pool,
                                    mode="all", lr_select="10:30", upscales=list(cfg.lr_pool_upscales),
-                                   max_outside=0.1, limit=cfg.lr_pool_limit or 0, grey=cfg.grey_lr_pool))
+                                   max_outside=0.1, limit=cfg.lr_pool_limit or 0, grey=cfg.grey_lr_pool),
+                  outputs=[lr_pool])
     if pool.get("faces_written", 0) < (cfg.gan_batch or 1):
         raise RanfaceError(f"{lr_pool}: only {pool.get('faces_written')} real LR faces found; MR-GAN needs "
                            f"at least one batch ({cfg.gan_batch})")
@@ -352,43 +415,59 @@ def run_demo(cfg: DemoConfig) -> Dict[str, Any]:
     hr_model = faceapi
     if cfg.hr_finetune_steps > 0:
         r = st.run("hr", {"steps": cfg.hr_finetune_steps, "lr": cfg.lr, "b": cfg.batch_size, **split},
-                   lambda: stage_recognition(cfg, out, "hr", "hr", faces_train, faceapi, cfg.hr_finetune_steps))
+                   lambda: stage_recognition(cfg, out, "hr", "hr", faces_train, faceapi, cfg.hr_finetune_steps),
+                   outputs=[_run_dir(out, "hr")])
         hr_model = r["run_dir"]
 
-    gan = st.run("gan", {"steps": cfg.gan_steps, "b": cfg.gan_batch, "p": cfg.gan_profile, **pool, **split},
-                 lambda: stage_gan(cfg, out, faces_train, lr_pool))
+    gan = st.run("gan", {"steps": cfg.gan_steps, "b": cfg.gan_batch, "p": cfg.gan_profile, "sc": cfg.gan_scales,
+                         **pool, **split},
+                 lambda: stage_gan(cfg, out, faces_train, lr_pool), outputs=[_run_dir(out, "gan")])
     models: Dict[str, str] = {"HR": hr_model}
+    model_keys: Dict[str, str] = {"HR": st.key("hr") if cfg.hr_finetune_steps > 0 else hr_model}
     for deg in cfg.degraders:
-        st.run(f"synth_{deg}", {"gan": gan.get("steps"), "sizes": cfg.bicubic_sizes, **split},
-               lambda deg=deg: stage_synth(cfg, out, faces_train, deg, gan["run_dir"]))
+        st.run(f"synth_{deg}", {"gan": st.key("gan"), "sizes": cfg.bicubic_sizes, "band": cfg.bicubic_band,
+                                "tpl": cfg.template, **split},
+               lambda deg=deg: stage_synth(cfg, out, faces_train, deg, gan["run_dir"]),
+               outputs=[os.path.join(out, f"lr_{deg}")])
         lr_dir = os.path.join(out, f"lr_{deg}")
-        r = st.run(f"lr_{deg}", {"steps": cfg.lr_steps, "lr": cfg.lr, "b": cfg.batch_size, "hr": hr_model, "m": cfg.margin,
-                                    **split},
+        r = st.run(f"lr_{deg}", {"steps": cfg.lr_steps, "lr": cfg.lr, "b": cfg.batch_size, "hr": hr_model,
+                                 "m": cfg.margin, "twin": st.key(f"synth_{deg}"), **split},
                    lambda deg=deg, lr_dir=lr_dir: stage_recognition(cfg, out, f"lr_{deg}", "lr", lr_dir, hr_model,
-                                                                    cfg.lr_steps))
-        models[f"LR ({deg})"] = r["run_dir"]
-        variants = [(f"mr_{deg}", True)] + ([(f"mr_{deg}_notrans", False)] if cfg.no_translator and deg == "mrgan" else [])
+                                                                    cfg.lr_steps),
+                   outputs=[_run_dir(out, f"lr_{deg}")])
+        models[f"LR ({deg})"] = lr_run = r["run_dir"]
+        model_keys[f"LR ({deg})"] = st.key(f"lr_{deg}")
+        main = deg == cfg.degraders[0]
+        variants = ([(f"mr_{deg}", True)] if main or deg in cfg.mr_degraders else []) + \
+            ([(f"mr_{deg}_notrans", False)] if cfg.no_translator and main else [])
         for name, trans in variants:
             r = st.run(name, {"steps": cfg.mr_steps, "lr": cfg.lr, "b": cfg.batch_size, "t": trans, "m": cfg.margin,
-                                 "adapt": dataclasses.asdict(AdaptConfig()), **split},
-                       lambda name=name, trans=trans, lr_dir=lr_dir, lr_run=r["run_dir"]: stage_recognition(
+                              "twin_prob": cfg.mr_twin_prob, "lr_stage": st.key(f"lr_{deg}"),
+                              "adapt": dataclasses.asdict(AdaptConfig()), **split},
+                       lambda name=name, trans=trans, lr_dir=lr_dir, lr_run=lr_run: stage_recognition(
                            cfg, out, name, "mr", faces_train, hr_model, cfg.mr_steps, lr_train=lr_dir,
-                           lr_model=lr_run, translator=trans))
+                           lr_model=lr_run, translator=trans),
+                       outputs=[_run_dir(out, name)])
             label = f"MR ({deg})" if trans else f"MR ({deg}, no translator)"
             models[label] = r["run_dir"]
+            model_keys[label] = st.key(name)
     # realism of each synthesis method against the real LR pool (expert = the HR model)
     realism: List[Dict[str, Any]] = []
     for deg in list(dict.fromkeys(list(cfg.degraders) + ["random-degrade"])):
         if deg not in cfg.degraders:  # the extra comparison method, synthesized for realism only
-            st.run(f"synth_{deg}", {"gan": gan.get("steps"), **split},
-                   lambda deg=deg: stage_synth(cfg, out, faces_train, deg, gan["run_dir"]))
-        realism.append(st.run(f"realism_{deg}", {"model": hr_model, "gan": gan.get("steps"), **split, **pool},
-                              lambda deg=deg: stage_realism(cfg, out, deg, hr_model)))
+            st.run(f"synth_{deg}", {"gan": st.key("gan"), **split},
+                   lambda deg=deg: stage_synth(cfg, out, faces_train, deg, gan["run_dir"]),
+                   outputs=[os.path.join(out, f"lr_{deg}")])
+        realism.append(st.run(f"realism_{deg}", {"model": hr_model, "gan": st.key("gan"), "synth": st.key(f"synth_{deg}"), **split, **pool},
+                              lambda deg=deg: stage_realism(cfg, out, deg, hr_model),
+                              outputs=[os.path.join(out, "eval", f"realism_{deg}")]))
     evals: Dict[str, Dict[str, Any]] = {}
     for label, path in models.items():
         slug = label.lower().replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
-        evals[label] = st.run(f"eval_{slug}", {"model": path, "sizes": cfg.probe_sizes, "flip": False, **split},
-                              lambda label=label, path=path, slug=slug: stage_eval(cfg, out, slug, path, faces_test))
+        evals[label] = st.run(f"eval_{slug}", {"model": path, "trained": model_keys[label], "sizes": cfg.probe_sizes,
+                                               "flip": False, "modes": cfg.eval_modes, **split},
+                              lambda label=label, path=path, slug=slug: stage_eval(cfg, out, slug, path, faces_test),
+                              outputs=[os.path.join(out, "eval", slug)])
     from .demo_report import write_report
 
     report = write_report(cfg, out, st, models, evals, total_s=time.time() - t_start,

@@ -147,6 +147,175 @@ def gate_curve(models: Mapping[str, str], path: str) -> Optional[str]:
     return plot_curves(series, path, "translation gate W over MR training (error bars: std)")
 
 
+# the targets of the main job (issue 11, item 8): (name, compared model, key, bound in accuracy points)
+TARGETS: Tuple[Tuple[str, str, str, float], ...] = (
+    ("MR >= HR + 3 at 16 px", "HR", "16", 3.0),
+    ("MR >= HR + 5 at 12 px", "HR", "12", 5.0),
+    ("MR >= HR - 0.5 at full resolution", "HR", "full", -0.5),
+    ("MR >= LR at full resolution", "LR", "full", 0.0),
+    ("MR >= LR - 1 at 16 px", "LR", "16", -1.0),
+    ("MR >= LR - 1 at 12 px", "LR", "12", -1.0),
+)
+
+
+def _correct(r: Dict[str, Any], key: str, mode: str = "hr-lr") -> Optional[List[bool]]:
+    m = r["metrics"]
+    d = m["full"] if key == "full" else m.get(mode, {}).get(key)
+    return None if d is None or "correct" not in d else [c == "1" for c in d["correct"]]
+
+
+def targets_table(results: Mapping[str, Dict[str, Any]], mr: str, lr: str, hr: str = "HR",
+                  n_boot: int = 2000, seed: int = 0) -> Tuple[str, List[Dict[str, Any]]]:
+    """Each target of :data:`TARGETS` for model ``mr``: the paired difference (points) with
+    its 95% bootstrap interval, and whether the point estimate meets the bound ("met") and
+    whether the whole interval does ("met, interval clear")."""
+    from .eval.metrics import paired_bootstrap_difference
+
+    if mr not in results:
+        return "", []
+    recs: List[Dict[str, Any]] = []
+    for name, other, key, bound in TARGETS:
+        ref = {"HR": hr, "LR": lr}[other]
+        if ref not in results:
+            continue
+        a, b = _correct(results[mr], key), _correct(results[ref], key)
+        same_pairs = results[mr].get("scored_pairs", {}).get("lines") == results[ref].get("scored_pairs", {}).get("lines")
+        if a is None or b is None or not same_pairs:
+            continue
+        d = paired_bootstrap_difference(a, b, folds=results[mr]["scored_pairs"]["folds"], n_boot=n_boot, seed=seed)
+        diff, lo, hi = 100 * d["diff"], 100 * d["lo"], 100 * d["hi"]
+        status = ("met, interval clear" if lo >= bound else "met") if diff >= bound else \
+            ("missed, interval reaches it" if hi >= bound else "missed")
+        recs.append({"target": name, "model": mr, "reference": ref, "key": key, "bound": bound,
+                     "diff": diff, "lo": lo, "hi": hi, "status": status})
+    return _targets_md(recs), recs
+
+
+def _targets_md(recs: Sequence[Mapping[str, Any]]) -> str:
+    if not recs:
+        return ""
+    rows = [[r["target"], f"{r['model']} - {r['reference']}", f"{r['diff']:+.2f} [{r['lo']:+.2f}, {r['hi']:+.2f}]",
+             f"{r['bound']:+.1f}", r["status"]] for r in recs]
+    return md_table(["target", "difference", "points [95% CI]", "bound", "status"], rows)
+
+
+def pool_eye_mouth(out: str) -> List[float]:
+    """Eye-to-mouth distances (original px) of the real LR pool, from prepare's manifest."""
+    import csv
+
+    path = os.path.join(out, "lr_pool", "manifest.csv")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8", newline="") as fh:
+        return [float(r["eye_mouth_px"]) for r in csv.DictReader(fh) if r.get("eye_mouth_px")]
+
+
+def twin_bands(out: str, degraders: Sequence[str]) -> Dict[str, Dict[str, Any]]:
+    """The band each synthesized twin recorded (``synth_manifest.json`` degrader_info.band)."""
+    bands = {}
+    for deg in degraders:
+        path = os.path.join(out, f"lr_{deg}", "synth_manifest.json")
+        if os.path.exists(path):
+            band = (_load(path).get("degrader_info") or {}).get("band")
+            if band:
+                bands[deg] = band
+    return bands
+
+
+def band_section(out: str, degraders: Sequence[str], probe_sizes: Sequence[int], template: str,
+                 path: str) -> Tuple[List[str], Optional[str]]:
+    """Markdown lines and a histogram: the real pool's eye-to-mouth distances beside the band
+    of every synthesized twin and the probes' eye-to-mouth distances (one band definition:
+    :mod:`ranface.align.select`)."""
+    from .align.select import LR_BAND, eye_mouth_fraction
+
+    d = np.asarray(pool_eye_mouth(out))
+    bands = twin_bands(out, degraders)
+    if d.size == 0 and not bands:
+        return [], None
+    r = eye_mouth_fraction(template)
+    rows = []
+    if d.size:
+        q = np.percentile(d, [5, 50, 95])
+        rows.append(["real LR pool", f"{d.size} faces", f"{d.min():.1f} .. {d.max():.1f} (5/50/95%: "
+                     f"{q[0]:.1f} / {q[1]:.1f} / {q[2]:.1f})"])
+    for deg, b in bands.items():
+        w, e = b.get("widths_px", []), b.get("eye_mouth_px", [])
+        rows.append([f"twins: {deg}", f"widths {w[0]}..{w[1]} px" if len(w) == 2 else "",
+                     f"{e[0]:.1f} .. {e[1]:.1f}" + (f" ({b['source']})" if b.get("source") else "")])
+    for s in probe_sizes:
+        rows.append([f"probe {s} px", f"width {s} px", f"{s * r:.1f}"])
+    lines = ["## The LR band: real pool, synthesized twins, probes", "",
+             f"Eye-midpoint to mouth-centre distance in pixels (paper §4.1 selects real LR faces at "
+             f"{LR_BAND[0]:.0f}..{LR_BAND[1]:.0f} px); a face aligned to the `{template}` template and "
+             f"shrunk to w px has {r:.3f} w px.", "",
+             md_table(["source", "size", "eye-to-mouth px"], rows), ""]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - matplotlib is a pinned dependency
+        return lines, None
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    if d.size:
+        ax.hist(d, bins=np.arange(0, max(40.0, float(d.max()) + 2), 1.0), color="0.6", label="real LR pool")
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:purple"]
+    for k, (deg, b) in enumerate(bands.items()):
+        e = b.get("eye_mouth_px", [])
+        if len(e) == 2:
+            lo, hi = e if e[1] > e[0] else (e[0] - 0.25, e[1] + 0.25)
+            ax.axvspan(lo, hi, alpha=0.18, color=colors[k % 4], label=f"twins: {deg}")
+    for s in probe_sizes:
+        ax.axvline(s * r, color="k", ls=":", lw=1)
+    ax.set_xlabel("eye-to-mouth distance (px); dotted: probes")
+    ax.set_ylabel("faces")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return lines + ["![band.png](band.png)", ""], path
+
+
+def training_section(stages: Any) -> List[str]:
+    """Start-of-training check of each LR/MR stage and, for MR, the Eq. 10 terms, their
+    gradient shares at f_HR and D's scores at the first and last logged step."""
+    rows, trace_rows = [], []
+    for name, rec in stages.records.items():
+        res = rec.get("result", {}) if isinstance(rec, Mapping) else {}
+        sc = res.get("start_check") or {}
+        if sc:
+            rows.append([name, f"{sc.get('loss', float('nan')):.2f}", f"{sc.get('log_classes', float('nan')):.2f}",
+                         f"{sc.get('acc', float('nan')):.3f}", f"{sc.get('cosine_acc', float('nan')):.3f}",
+                         f"{res.get('final_acc', float('nan')):.3f}" if res.get("final_acc") is not None else "n/a"])
+        tr = res.get("adaption_trace") or {}
+        for when in ("first", "last"):
+            t = tr.get(when)
+            if t:
+                g = lambda k: t.get(k)  # noqa: E731
+                fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+                trace_rows.append([name, str(t.get("step")), fmt(g("recog/l_c_hr")), fmt(g("recog/l_feature_g")),
+                                   fmt(g("recog/l_p")), fmt(g("recog/l_f")),
+                                   " / ".join(fmt(g(f"recog/grad_share/{k}")) for k in ("l_c_hr", "l_feature_g", "l_p", "l_f")),
+                                   fmt(g("feat_D/d_real")), fmt(g("feat_D/d_translated")), fmt(g("recog/w_mean"))])
+    out: List[str] = []
+    if rows:
+        out += ["## Start of training (margin head vs log C)", "",
+                "Loss and top-1 accuracy of the margin logits on the initial features, before the first "
+                "step, beside log(classes); final: training accuracy at the last logged step.", "",
+                md_table(["stage", "loss", "log C", "margin acc", "cosine acc", "final train acc"], rows), ""]
+    if trace_rows:
+        out += ["## Adaption terms (Eq. 10) and the feature discriminator", "",
+                "Unweighted terms; gradient share of each weighted term at f_HR "
+                "(L_c^HR / alpha L_feature^G / beta L_p / gamma L_f); D's mean score on f_LR^Real and on "
+                "T_LR(f_HR); mean gate W (Eq. 8).", "",
+                md_table(["stage", "step", "L_c^HR", "L_feature^G", "L_p", "L_f", "grad shares", "d_real",
+                          "d_translated", "W"], trace_rows), ""]
+    return out
+
+
 def _img_tag(path: str) -> str:
     with open(path, "rb") as fh:
         data = base64.b64encode(fh.read()).decode()
@@ -204,7 +373,8 @@ def write_report(cfg: Any, out: str, stages: Any, models: Mapping[str, str],
     rep = os.path.join(out, "report")
     os.makedirs(rep, exist_ok=True)
     sizes = next(iter(results.values()))["metrics"]["sizes"]
-    for mode in ("hr-lr", "lr-lr"):
+    modes = [m for m in ("hr-lr", "lr-lr") if m in next(iter(results.values()))["metrics"].get("modes", ["hr-lr"])]
+    for mode in modes:
         series = {}
         for label, r in results.items():
             m = r["metrics"]
@@ -227,6 +397,15 @@ def write_report(cfg: Any, out: str, stages: Any, models: Mapping[str, str],
 
     n_folds = next(iter(results.values()))["metrics"].get("folds", 10)
     paired_md, diffs = paired_table(results)
+    target_recs: List[Dict[str, Any]] = []
+    for deg in cfg.degraders:  # every MR model against HR and against its own LR teacher
+        for mr in (f"MR ({deg})", f"MR ({deg}, no translator)"):
+            target_recs += targets_table(results, mr, f"LR ({deg})")[1]
+    targets_md = _targets_md(target_recs)
+    band_md, band_fig = band_section(out, list(cfg.degraders), list(cfg.probe_sizes), cfg.template,
+                                     os.path.join(rep, "band.png"))
+    if band_fig:
+        figs["band.png"] = band_fig
     split = stages.records.get("split", {}).get("result", {})
     pool = stages.records.get("lr_pool", {}).get("result", {})
     md = [f"# ranface demo report (profile `{cfg.profile}`)", "",
@@ -236,21 +415,24 @@ def write_report(cfg: Any, out: str, stages: Any, models: Mapping[str, str],
           f"disjoint from them, {split.get('train_photos')} photos",
           f"- real LR pool: {pool.get('faces_written')} faces from the crowd photos "
           f"(eye-to-mouth 10..30 px, median {pool.get('eye_mouth_px', {}).get('median')})",
-          f"- total time {total_s / 60:.1f} min", "",
+          f"- total time {total_s / 60:.1f} min; {n_folds} held-out folds (not 10-fold: the threshold of "
+          f"each fold is chosen on the other {n_folds - 1})", "",
+          *_targets_section(targets_md),
           "## Verification accuracy, HR-vs-LR (Table 2 shape)", "",
           f"{n_folds}-fold accuracy (%) on the held-out pairs (threshold of each fold chosen on the "
           "other folds); the second image of each pair shrunk to the probe "
           "width and resized back (bicubic, antialiased).", "",
           results_table(results, "hr-lr"), dropped_note(next(iter(results.values()))),
           *_paired_section(paired_md),
-          "## LR-vs-LR (both images degraded)", "", results_table(results, "lr-lr"),
+          *band_md, *training_section(stages),
+          *(["## LR-vs-LR (both images degraded)", "", results_table(results, "lr-lr")] if "lr-lr" in modes else []),
           "## TAR@FAR, HR-vs-LR", "", tar_table(results, "hr-lr"),
-          "## Accuracy vs probe pixels", "", "![acc_hr-lr.png](acc_hr-lr.png)", "",
-          "![acc_lr-lr.png](acc_lr-lr.png)", "",
+          "## Accuracy vs probe pixels", "", *[f"![acc_{m}.png](acc_{m}.png)\n" for m in modes],
           "## ROC curves", "", "![roc.png](roc.png)", ""]
     if "faces.png" in figs:
         md += ["## Synthesized faces (Fig. 5 shape)", "",
-               "Columns: HR training face | bicubic (random 8..32 px) | MR-GAN | a real LR face from the pool.", "",
+               "Columns: HR training face | bicubic twin | MR-GAN twin | a real LR face from the pool "
+               "(bands: see the LR band section).", "",
                "![faces.png](faces.png)", ""]
     if "gate_w.png" in figs:
         md += ["## Translation gate W (Eq. 8)", "", "![gate_w.png](gate_w.png)", ""]
@@ -276,8 +458,19 @@ def write_report(cfg: Any, out: str, stages: Any, models: Mapping[str, str],
                        **{f"hr-lr {s}": r["metrics"]["hr-lr"][str(s)]["acc"] for s in sizes}}
                for label, r in results.items()}
     atomic_write_text(os.path.join(rep, "paired_vs_hr.json"), json.dumps(diffs, indent=1))
+    atomic_write_text(os.path.join(rep, "targets.json"), json.dumps(target_recs, indent=1))
     atomic_write_text(os.path.join(rep, "summary.json"), json.dumps(summary, indent=1))
     return os.path.join(rep, "report.md")
+
+
+def _targets_section(table: str) -> List[str]:
+    if not table:
+        return []
+    return ["## Targets of the main job", "",
+            "Each MR model against the HR model and against its own LR model (HR-vs-LR accuracy points, "
+            "paired over the same held-out pairs, 95% bootstrap interval). \"met\" compares the point estimate with the "
+            "bound; \"interval clear\" means the whole interval is on the right side of it.", "",
+            table, ""]
 
 
 def _paired_section(table: str) -> List[str]:

@@ -89,6 +89,8 @@ def check_inputs(cfg: TrainConfig) -> None:
     for k in ("alpha", "beta", "gamma", "disc_lr"):
         if getattr(a, k) < 0:
             raise ConfigError(f"adapt.{k} must be >= 0, got {getattr(a, k)}")
+    if not 0.0 <= a.twin_prob <= 1.0:
+        raise ConfigError(f"adapt.twin_prob must be a probability in [0, 1], got {a.twin_prob}")
 
 
 def open_paired(cfg: TrainConfig, input_size: Optional[Tuple[int, int]]) -> Tuple[Any, Any]:
@@ -406,7 +408,8 @@ def run_adaption(cfg: TrainConfig) -> Dict[str, Any]:
         lr_extra = RandomGaussianBlur()
     lr_tf = FaceTransform(spec.mean, spec.std, hflip=cfg.data.hflip, extra=lr_extra,
                           size=input_resize(cfg, spec))
-    view = AugmentedView(hr_ds, hr_tf, seed=cfg.run.seed, pair=lr_ds, pair_transform=lr_tf)
+    view = AugmentedView(hr_ds, hr_tf, seed=cfg.run.seed, pair=lr_ds, pair_transform=lr_tf,
+                         twin_prob=a.twin_prob)
     loader, sampler = build_train_loader(view, cfg.data.batch_size, cfg.data.num_workers,
                                          ctx.dist.world_size, ctx.dist.rank, cfg.run.seed,
                                          drop_last=cfg.data.drop_last, pin_memory=ctx.device.type == "cuda")

@@ -70,3 +70,38 @@ def choose_face(boxes: np.ndarray, scores: np.ndarray, image_shape: Tuple[int, .
     h, w = image_shape[:2]
     centres = (b[:, :2] + b[:, 2:]) / 2
     return int(np.argmin(np.linalg.norm(centres - np.array([w / 2, h / 2]), axis=1)))
+
+
+# --------------------------------------------------------------------------- the LR band
+# One definition of "the low-resolution band", used by `prepare --lr-select`, the bicubic
+# twins (degrader option eye_mouth_range), MR-GAN's lowest stream and the demo report.
+
+LR_BAND = (10.0, 30.0)  # paper §4.1: eye-midpoint to mouth-centre distance, original pixels
+
+
+def eye_mouth_fraction(template: str = "arcface") -> float:
+    """Eye-to-mouth distance of an aligned face as a fraction of its (square) width:
+    0.363 for the ArcFace 112 template, 0.395 for the dlib 150 one. A face aligned with
+    this template and shrunk to ``w`` px wide has an eye-to-mouth distance of
+    ``w * eye_mouth_fraction(template)`` px."""
+    from .templates import TEMPLATES
+
+    if template not in TEMPLATES:
+        raise ValueError(f"template must be one of {sorted(TEMPLATES)}, got {template!r}")
+    pts, base = TEMPLATES[template]
+    return float(eye_mouth_distance(pts)) / base
+
+
+def band_to_widths(band: Sequence[float], template: str = "arcface") -> Tuple[int, int]:
+    """Face widths (px, rounded, >= 1) whose eye-to-mouth distances span ``band`` = (lo, hi)."""
+    lo, hi = (float(v) for v in band)
+    if not 0 < lo <= hi:
+        raise ValueError(f"band must be (low, high) pixels with 0 < low <= high, got {list(band)}")
+    r = eye_mouth_fraction(template)
+    return max(1, int(round(lo / r))), max(1, int(round(hi / r)))
+
+
+def widths_to_band(widths: Sequence[float], template: str = "arcface") -> Tuple[float, float]:
+    """Eye-to-mouth distances (px) of faces shrunk to the widths ``(lo, hi)``."""
+    r = eye_mouth_fraction(template)
+    return float(widths[0]) * r, float(widths[1]) * r

@@ -79,15 +79,24 @@ class FaceTransform:
 class AugmentedView(Dataset):
     """Indexed by the sampler's ``(epoch, index)``; returns ``(tensor, label)`` or the base
     dataset's ``Skipped`` marker. With ``pair`` set, also returns the LR twin of the same
-    index: ``(hr_tensor, lr_tensor, label)`` (the same flip is applied to both)."""
+    index: ``(hr_tensor, lr_tensor, label)`` (the same flip is applied to both).
+
+    ``twin_prob`` (MR stage, ``adapt.twin_prob``): with this probability per sample the
+    first tensor is the LR twin as well, so the top stream also sees synthesized LR faces;
+    the coin is a pure function of (seed, epoch, index) like every other augmentation.
+    """
 
     def __init__(self, base: Dataset, transform: FaceTransform, seed: int,
-                 pair: Optional[Dataset] = None, pair_transform: Optional[FaceTransform] = None):
+                 pair: Optional[Dataset] = None, pair_transform: Optional[FaceTransform] = None,
+                 twin_prob: float = 0.0):
+        if not 0.0 <= twin_prob <= 1.0:
+            raise ValueError(f"twin_prob {twin_prob} is not in [0, 1]")
         self.base = base
         self.transform = transform
         self.seed = seed
         self.pair = pair
         self.pair_transform = pair_transform or transform
+        self.twin_prob = float(twin_prob)
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
@@ -108,6 +117,8 @@ class AugmentedView(Dataset):
         lr_arr, _ = twin
         hr = self.transform(arr, sample_generator(self.seed, epoch, index))
         lr = self.pair_transform(lr_arr, sample_generator(self.seed, epoch, index))
+        if self.twin_prob > 0 and sample_generator(self.seed, epoch, index, stream=1).random() < self.twin_prob:
+            hr = lr
         return hr, lr, label
 
 

@@ -112,19 +112,48 @@ def _size_range(name: str, v: Any) -> Tuple[int, int]:
 @register_degrader("bicubic")
 class BicubicDegrader(Degrader):
     """Table 1's "Down-Sampling": face shrunk to S px wide, S ~ U{size_range} per image,
-    bicubic both ways (antialiased shrink), back at the input size."""
+    bicubic both ways (antialiased shrink), back at the input size.
 
-    defaults = {"size_range": [12, 32], "down": "bicubic", "up": "bicubic"}
+    ``eye_mouth_range`` [lo, hi] (px), when set, replaces ``size_range``: the widths whose
+    eye-to-mouth distances span that band for faces aligned with ``template``
+    (:func:`ranface.align.select.band_to_widths`; the paper's real LR band is 10..30 px).
+    The band actually produced (widths and eye-to-mouth px) is in :meth:`info`, so the
+    twin's ``synth_manifest.json`` records it.
+    """
+
+    defaults = {"size_range": [12, 32], "eye_mouth_range": None, "template": "arcface",
+                "down": "bicubic", "up": "bicubic"}
 
     def __init__(self, options: Mapping[str, Any]):
+        from ..align.select import band_to_widths
+        from ..align.templates import TEMPLATES
         from ..degrade import KERNELS
 
         super().__init__(options)
-        self.size_range = _size_range(self.name, self.options["size_range"])
+        if self.options["template"] not in TEMPLATES:
+            raise ConfigError(f"degrader {self.name}: template must be one of {sorted(TEMPLATES)}, "
+                              f"got {self.options['template']!r}")
+        band = self.options["eye_mouth_range"]
+        if band is not None:
+            if (not isinstance(band, (list, tuple)) or len(band) != 2
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in band)
+                    or not 0 < band[0] <= band[1]):
+                raise ConfigError(f"degrader {self.name}: eye_mouth_range must be [low, high] pixels "
+                                  f"with 0 < low <= high, got {band!r}")
+            self.size_range = band_to_widths(band, self.options["template"])
+        else:
+            self.size_range = _size_range(self.name, self.options["size_range"])
         for key in ("down", "up"):
             if self.options[key] not in KERNELS:
                 raise ConfigError(f"degrader {self.name}: {key} must be one of {list(KERNELS)}, "
                                   f"got {self.options[key]!r}")
+
+    def info(self) -> Dict[str, Any]:
+        from ..align.select import widths_to_band
+
+        e2m = widths_to_band(self.size_range, self.options["template"])
+        return {"band": {"widths_px": list(self.size_range), "eye_mouth_px": [round(v, 2) for v in e2m],
+                         "template": self.options["template"]}}
 
     def __call__(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         from ..degrade import down_up
@@ -180,8 +209,19 @@ class MRGANDegrader(Degrader):
         return self
 
     def info(self) -> Dict[str, Any]:
-        return {"checkpoint_step": self._info.get("step"), "face_size": self.face_size,
-                "generator": self._info.get("generator")}
+        from ..align.select import widths_to_band
+
+        gen = self._info.get("generator") or {}
+        out = {"checkpoint_step": self._info.get("step"), "face_size": self.face_size, "generator": gen}
+        scales = gen.get("scales") if isinstance(gen, Mapping) else None
+        if scales:
+            # the lowest stream x_r3 (Eq. 1, 4) sets the resolution G's faces are pulled to
+            w = max(1, round(self.face_size * float(scales[-1])))
+            tpl = gen.get("template", "arcface")
+            e2m = widths_to_band((w, w), tpl)
+            out["band"] = {"widths_px": [w, w], "eye_mouth_px": [round(v, 2) for v in e2m], "template": tpl,
+                           "source": "x_r3 (generator.scales[-1])"}
+        return out
 
     @torch.no_grad()
     def __call__(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

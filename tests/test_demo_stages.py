@@ -1,0 +1,116 @@
+"""The demo's stage cache and its report helpers, without training anything."""
+import json
+import os
+
+import pytest
+
+from ranface.demo import DemoConfig, Stages, resolve
+from ranface.demo_report import TARGETS, band_section, targets_table
+
+
+def test_stage_reused_with_same_settings_and_rerun_clean_with_new_ones(tmp_path, capsys):
+    out = tmp_path / "work"
+    calls = []
+
+    def work(tag):
+        def fn():
+            out.mkdir(exist_ok=True)
+            (out / f"{tag}.txt").write_text(tag)
+            calls.append(tag)
+            return {"tag": tag}
+        return fn
+
+    st = Stages(str(tmp_path))
+    assert st.run("train", {"steps": 1}, work("a"), outputs=[str(out)]) == {"tag": "a"}
+    key_a = st.key("train")
+    assert Stages(str(tmp_path)).run("train", {"steps": 1}, work("b"), outputs=[str(out)]) == {"tag": "a"}
+    assert calls == ["a"] and "reused" in capsys.readouterr().out
+    # new settings: the old outputs (a checkpoint of another configuration) are removed first
+    st2 = Stages(str(tmp_path))
+    assert st2.run("train", {"steps": 2}, work("c"), outputs=[str(out)]) == {"tag": "c"}
+    assert sorted(os.listdir(out)) == ["c.txt"] and st2.key("train") != key_a
+
+
+def test_interrupted_stage_keeps_its_outputs_when_resumed_with_same_settings(tmp_path):
+    out = tmp_path / "run"
+    st = Stages(str(tmp_path))
+
+    def crash():
+        out.mkdir()
+        (out / "ckpt-0001.pt").write_text("x")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        st.run("train", {"steps": 5}, crash, outputs=[str(out)])
+    seen = []
+    st.run("train", {"steps": 5}, lambda: seen.append(sorted(os.listdir(out))) or {}, outputs=[str(out)])
+    assert seen == [["ckpt-0001.pt"]]  # resumed, not wiped
+    # the same interrupted stage restarted with other settings starts clean
+    with pytest.raises(KeyboardInterrupt):
+        Stages(str(tmp_path)).run("other", {"v": 1}, lambda: (_ for _ in ()).throw(KeyboardInterrupt),
+                                  outputs=[str(out)])
+    Stages(str(tmp_path)).run("train", {"steps": 6}, lambda: seen.append(os.path.exists(out)) or {},
+                              outputs=[str(out)])
+    assert seen[-1] is False
+
+
+def _result(correct_full, correct_16, folds):
+    def d(c):
+        return {"acc": sum(x == "1" for x in c) / len(c), "acc_std": 0.0, "correct": c}
+    return {"metrics": {"full": d(correct_full), "hr-lr": {"16": d(correct_16)}, "sizes": [16]},
+            "scored_pairs": {"lines": list(range(len(folds))), "folds": folds}}
+
+
+def test_targets_table_hand_computed():
+    folds = [0] * 100 + [1] * 100
+    hr = _result("1" * 200, "1" * 100 + "0" * 100, folds)  # HR: full 100 %, 16 px 50 %
+    mr = _result("1" * 199 + "0", "1" * 180 + "0" * 20, folds)  # MR: full 99.5 %, 16 px 90 %
+    lr = _result("1" * 198 + "00", "1" * 190 + "0" * 10, folds)  # LR: full 99 %, 16 px 95 %
+    md, recs = targets_table({"HR": hr, "MR (x)": mr, "LR (x)": lr}, "MR (x)", "LR (x)", n_boot=200)
+    by = {r["target"]: r for r in recs}
+    assert set(by) == {"MR >= HR + 3 at 16 px", "MR >= HR - 0.5 at full resolution", "MR >= LR at full resolution",
+                       "MR >= LR - 1 at 16 px"}  # no 12-px result: its targets are left out
+    assert by["MR >= HR + 3 at 16 px"]["diff"] == pytest.approx(40.0)  # MR 90 % - HR 50 %
+    assert by["MR >= HR + 3 at 16 px"]["status"] == "met, interval clear"
+    assert by["MR >= HR - 0.5 at full resolution"]["diff"] == pytest.approx(-0.5)
+    assert by["MR >= HR - 0.5 at full resolution"]["status"].startswith("met")
+    assert by["MR >= LR at full resolution"]["diff"] == pytest.approx(0.5)
+    assert by["MR >= LR - 1 at 16 px"]["diff"] == pytest.approx(-5.0)
+    assert by["MR >= LR - 1 at 16 px"]["status"].startswith("missed")
+    assert all(r["lo"] <= r["diff"] <= r["hi"] for r in recs)
+    assert "MR >= HR + 3 at 16 px" in md and len(TARGETS) == 6
+
+
+def test_band_section_reads_pool_manifest_and_twin_manifests(tmp_path):
+    pool = tmp_path / "lr_pool"
+    pool.mkdir()
+    rows = ["file,eye_mouth_px"] + [f"f{i}.jpg,{v}" for i, v in enumerate([10.0, 12.0, 16.0, 29.0])]
+    (pool / "manifest.csv").write_text("\n".join(rows) + "\n")
+    twin = tmp_path / "lr_bicubic"
+    twin.mkdir()
+    (twin / "synth_manifest.json").write_text(json.dumps(
+        {"degrader_info": {"band": {"widths_px": [25, 76], "eye_mouth_px": [9.88, 30.05], "template": "dlib"}}}))
+    lines, fig = band_section(str(tmp_path), ["bicubic", "mrgan"], [16, 12], "dlib", str(tmp_path / "band.png"))
+    text = "\n".join(lines)
+    assert "4 faces" in text and "10.0 .. 29.0" in text and "9.9 .. 30.1" in text
+    assert "| probe 16 px | width 16 px | 6.3 |" in text  # 16 * 0.3954
+    assert fig and os.path.getsize(fig) > 1000
+
+
+def test_demo_profiles_resolve_and_validate():
+    for name in ("quick", "default"):
+        cfg = resolve(DemoConfig(profile=name, data_root="/nonexistent"))
+        assert cfg.lr_steps and cfg.mr_steps and cfg.probe_sizes
+        assert 0.0 <= cfg.mr_twin_prob <= 1.0
+
+
+@pytest.mark.parametrize("over,match", [({"degraders": []}, "at least one"),
+                                        ({"mr_degraders": ["nope"]}, "not in degraders"),
+                                        ({"mr_twin_prob": 1.5}, "probability"),
+                                        ({"eval_modes": ["x"]}, "eval_modes"),
+                                        ({"profile": "huge"}, "profile")])
+def test_demo_config_errors(over, match):
+    from ranface.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        resolve(DemoConfig(**{"data_root": "/nonexistent", **over}))
