@@ -47,7 +47,7 @@ PROFILES: Dict[str, Dict[str, Any]] = {
     # steps chosen from learning curves (docs/results.md, issue 11)
     "default": dict(test_folds=[8, 9], pairs_per_fold=0, train_ids=200, train_images_per_id=6,
                     lr_pool_upscales=[1.0, 2.0], gan_steps=200, gan_batch=16,
-                    gan_profile="small", lr_steps=150, mr_steps=150, batch_size=32,
+                    gan_profile="small", lr_steps=120, mr_steps=120, batch_size=32,
                     probe_sizes=[16, 12, 8], lr_pool_limit=0, mr_twin_prob=0.5, eval_modes=["hr-lr"]),
 }
 

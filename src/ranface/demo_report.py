@@ -415,8 +415,9 @@ def write_report(cfg: Any, out: str, stages: Any, models: Mapping[str, str],
           f"disjoint from them, {split.get('train_photos')} photos",
           f"- real LR pool: {pool.get('faces_written')} faces from the crowd photos "
           f"(eye-to-mouth 10..30 px, median {pool.get('eye_mouth_px', {}).get('median')})",
-          f"- total time {total_s / 60:.1f} min; {n_folds} held-out folds (not 10-fold: the threshold of "
-          f"each fold is chosen on the other {n_folds - 1})", "",
+          f"- total time {total_s / 60:.1f} min; accuracies are {n_folds}-fold over the held-out pairs (each "
+          f"fold's threshold chosen on the other {n_folds - 1}; with one held-out LFW fold the pairs are split "
+          "into 10 pseudo-folds)", "",
           *_targets_section(targets_md),
           "## Verification accuracy, HR-vs-LR (Table 2 shape)", "",
           f"{n_folds}-fold accuracy (%) on the held-out pairs (threshold of each fold chosen on the "
