@@ -5,7 +5,7 @@ import os
 import pytest
 
 from ranface.demo import DemoConfig, Stages, resolve
-from ranface.demo_report import TARGETS, band_section, targets_table
+from ranface.demo_report import TARGETS, band_section, target_status, targets_table
 
 
 def test_stage_reused_with_same_settings_and_rerun_clean_with_new_ones(tmp_path, capsys):
@@ -79,6 +79,11 @@ def test_targets_table_hand_computed():
     assert by["MR >= LR - 1 at 16 px"]["status"].startswith("missed")
     assert all(r["lo"] <= r["diff"] <= r["hi"] for r in recs)
     assert "MR >= HR + 3 at 16 px" in md and len(TARGETS) == 6
+    # a difference equal to its bound meets it, whatever the rounding of the fold means
+    assert target_status(-0.5000000001, -1.0, 0.1, -0.5) == "met"
+    assert target_status(3.2, 3.0, 5.0, 3.0) == "met, interval clear"
+    assert target_status(-0.51, -1.0, 0.1, -0.5) == "missed, interval reaches it"
+    assert target_status(1.0, -1.0, 2.9, 3.0) == "missed"
 
 
 def test_band_section_reads_pool_manifest_and_twin_manifests(tmp_path):

@@ -246,3 +246,27 @@ def test_input_output_errors(hr, tmp_path):
     (foreign / "000.png").write_bytes(b"someone else's file")
     with pytest.raises(ConfigError, match="holds outputs but no synth_manifest.json"):
         synthesize(cfg(hr, tmp_path / "foreign"))
+
+
+def test_readme_synthesize_lines_verbatim_from_a_relative_cwd(hr, tmp_path, monkeypatch):
+    """Each `ranface synthesize ... -d bicubic` line of the README, exactly as written, run
+    from a working directory holding work/faces (relative paths, default outputs)."""
+    import shlex
+    import shutil
+
+    from ranface.cli import main
+
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+    lines = [ln.strip() for ln in readme.splitlines() if ln.strip().startswith("ranface synthesize")
+             and "-d bicubic" in ln]
+    assert len(lines) == 2  # plain bicubic and the eye-to-mouth band
+    shutil.copytree(hr, tmp_path / "work" / "faces")
+    monkeypatch.chdir(tmp_path)
+    for ln in lines:
+        argv = shlex.split(ln)
+        assert argv[0] == "ranface"
+        assert main(argv[1:] + ["--set", "progress=false"]) == 0, ln
+        out = tmp_path / argv[3]
+        assert tree(out) == tree(tmp_path / "work" / "faces")
+    band = json.load(open(tmp_path / "work" / "faces_lr_band" / MANIFEST_NAME))["degrader_info"]["band"]
+    assert band["eye_mouth_px"][0] >= 9.5 and band["eye_mouth_px"][1] <= 30.5  # the real band, not below it

@@ -43,12 +43,13 @@ PROFILES: Dict[str, Dict[str, Any]] = {
                   lr_pool_upscales=[1.0, 2.0], gan_steps=20, gan_batch=8, gan_profile="small",
                   lr_steps=16, mr_steps=16, batch_size=16, probe_sizes=[16, 12],
                   lr_pool_limit=14, mr_twin_prob=0.5, eval_modes=["hr-lr"]),
-    # 2-core laptop, <= 40 min: two held-out folds (1,200 pairs), 200 training identities;
-    # steps chosen from learning curves (docs/results.md, issue 11)
+    # 2-core laptop, <= 40 min (about 20 measured): two held-out folds (1,200 pairs), 200
+    # training identities; steps chosen from learning curves (docs/results.md, issue 11)
     "default": dict(test_folds=[8, 9], pairs_per_fold=0, train_ids=200, train_images_per_id=6,
                     lr_pool_upscales=[1.0, 2.0], gan_steps=200, gan_batch=16,
                     gan_profile="small", lr_steps=120, mr_steps=120, batch_size=32,
-                    probe_sizes=[16, 12, 8], lr_pool_limit=0, mr_twin_prob=0.5, eval_modes=["hr-lr"]),
+                    probe_sizes=[24, 16, 12, 8], lr_pool_limit=0, mr_twin_prob=0.5,
+                    eval_modes=["hr-lr", "lr-lr"], mr_degraders=["mrgan"]),
 }
 
 
@@ -85,8 +86,8 @@ class DemoConfig:
     mr_twin_prob: Optional[float] = None
     eval_modes: List[str] = field(default_factory=list)  # of the pairs protocol: hr-lr, lr-lr
     no_translator: bool = True  # the "no translator" ablation (§4.3) of the main degrader's MR model
-    # degraders that get an MR model; [] = the main one only (degraders[0]); every degrader
-    # gets its LR model (Table 1's LR rows) and its realism row
+    # degraders that get an MR model besides the main one (degraders[0]); [] = the profile's;
+    # every degrader gets its LR model (Table 1's LR rows) and its realism row
     mr_degraders: List[str] = field(default_factory=list)
     lr_steps: Optional[int] = None
     mr_steps: Optional[int] = None
