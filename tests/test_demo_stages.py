@@ -119,3 +119,10 @@ def test_demo_config_errors(over, match):
 
     with pytest.raises(ConfigError, match=match):
         resolve(DemoConfig(**{"data_root": "/nonexistent", **over}))
+
+
+def test_stage_keys_differ_by_name_for_equal_settings(tmp_path):
+    st = Stages(str(tmp_path))
+    st.run("synth_bicubic", {"v": 1}, lambda: {})
+    st.run("synth_mrgan", {"v": 1}, lambda: {})
+    assert st.key("synth_bicubic") != st.key("synth_mrgan")

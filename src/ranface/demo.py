@@ -145,7 +145,9 @@ class Stages:
         stage writes; when it last started with other settings they are removed first, so a
         training run never resumes from another configuration's checkpoints (an interrupted
         stage with the same settings resumes from them)."""
-        key = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+        # the name is part of the key: two stages with equal settings (the twins of two
+        # degraders) must not hand their consumers the same key
+        key = hashlib.sha1(json.dumps({"stage": name, **settings}, sort_keys=True, default=str).encode()).hexdigest()
         path = os.path.join(self.dir, f"{name}.json")
         if os.path.exists(path):
             with open(path, encoding="utf-8") as fh:
