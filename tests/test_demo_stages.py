@@ -102,11 +102,15 @@ def test_band_section_reads_pool_manifest_and_twin_manifests(tmp_path):
     assert fig and os.path.getsize(fig) > 1000
 
 
-def test_demo_profiles_resolve_and_validate():
+def test_demo_profiles_cover_the_targets():
+    """Both profiles evaluate the probe sizes the targets are stated at, HR-vs-LR, and train
+    the MR model with LR twins in the top stream (the measured recipe)."""
     for name in ("quick", "default"):
         cfg = resolve(DemoConfig(profile=name, data_root="/nonexistent"))
-        assert cfg.lr_steps and cfg.mr_steps and cfg.probe_sizes
-        assert 0.0 <= cfg.mr_twin_prob <= 1.0
+        assert {16, 12} <= set(cfg.probe_sizes) and "hr-lr" in cfg.eval_modes
+        assert cfg.mr_twin_prob == 0.5 and cfg.degraders[0] == "bicubic"
+    # an explicit setting wins over the profile
+    assert resolve(DemoConfig(profile="default", data_root="/x", mr_twin_prob=0.0)).mr_twin_prob == 0.0
 
 
 @pytest.mark.parametrize("over,match", [({"degraders": []}, "at least one"),

@@ -104,3 +104,15 @@ def test_empty_input(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["prepare", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     assert "no photos" in capsys.readouterr().err
+
+
+def test_prepared_eye_mouth_reads_the_manifest(tmp_path):
+    from ranface.align.prepare import prepared_eye_mouth
+    from ranface.errors import DataError
+
+    assert prepared_eye_mouth(str(tmp_path)) == []
+    (tmp_path / "manifest.csv").write_text("file,eye_mouth_px\na.jpg,12.50\nb.jpg,\nc.jpg,29.98\n")
+    assert prepared_eye_mouth(str(tmp_path)) == [12.5, 29.98]
+    (tmp_path / "manifest.csv").write_text("file,eye_mouth_px\na.jpg,twelve\n")
+    with pytest.raises(DataError, match="manifest.csv: unreadable manifest"):
+        prepared_eye_mouth(str(tmp_path))

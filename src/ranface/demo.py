@@ -81,7 +81,6 @@ class DemoConfig:
     # eye-to-mouth band (px) of the bicubic twins; non-empty replaces bicubic_sizes (one band
     # definition: ranface.align.select; docs/decisions.md "The LR band")
     bicubic_band: List[float] = field(default_factory=list)
-    gan_scales: List[float] = field(default_factory=list)  # MR-GAN x_r1..x_r3 factors; [] = the profile's
     # probability that an MR top-stream face is its LR twin (adapt.twin_prob; docs/decisions.md)
     mr_twin_prob: Optional[float] = None
     eval_modes: List[str] = field(default_factory=list)  # of the pairs protocol: hr-lr, lr-lr
@@ -121,9 +120,10 @@ def resolve(cfg: DemoConfig) -> DemoConfig:
         raise ConfigError(f"mr_degraders {extra} are not in degraders {out.degraders}")
     if not 0.0 <= float(out.mr_twin_prob or 0.0) <= 1.0:
         raise ConfigError(f"mr_twin_prob must be a probability in [0, 1], got {out.mr_twin_prob}")
-    bad = [m for m in out.eval_modes if m not in ("hr-lr", "lr-lr")]
-    if bad or not out.eval_modes:
-        raise ConfigError(f"eval_modes must be a non-empty list of hr-lr, lr-lr; got {out.eval_modes}")
+    from .eval.protocols.pairs import MODES
+
+    if not out.eval_modes or any(m not in MODES for m in out.eval_modes):
+        raise ConfigError(f"eval_modes must be a non-empty list of {', '.join(MODES)}; got {out.eval_modes}")
     return out
 
 
@@ -310,8 +310,6 @@ def stage_gan(cfg: DemoConfig, out: str, faces: str, pool: str) -> Dict[str, Any
     gen, disc = profile_configs(cfg.gan_profile)
     # regions of the local generator / discriminators follow the demo's alignment template
     gen = dataclasses.replace(gen, template=cfg.template)
-    if cfg.gan_scales:
-        gen = dataclasses.replace(gen, scales=list(cfg.gan_scales))
     disc = dataclasses.replace(disc, template=cfg.template)
     d = {"data": {"hr": faces, "lr_pool": pool, "face_size": cfg.face_size, "batch_size": cfg.gan_batch,
                   "num_workers": 1},
@@ -375,6 +373,8 @@ def stage_realism(cfg: DemoConfig, out: str, degrader: str, expert: str) -> Dict
 
 
 def run_demo(cfg: DemoConfig) -> Dict[str, Any]:
+    from .align.select import LR_BAND
+
     cfg = resolve(cfg)
     # one absolute base for every path the stages hand each other: a relative --out must
     # never be joined onto a protocol root that is itself under it (issue 11)
@@ -408,7 +408,7 @@ def run_demo(cfg: DemoConfig) -> Dict[str, Any]:
     pool = st.run("lr_pool", {**common, "up": cfg.lr_pool_upscales, "limit": cfg.lr_pool_limit,
                               "grey": cfg.grey_lr_pool},
                   lambda: _prepare(cfg, os.path.join(cfg.data_root, "crowd-photos", "images"), lr_pool,
-                                   mode="all", lr_select="10:30", upscales=list(cfg.lr_pool_upscales),
+                                   mode="all", lr_select=f"{LR_BAND[0]:g}:{LR_BAND[1]:g}", upscales=list(cfg.lr_pool_upscales),
                                    max_outside=0.1, limit=cfg.lr_pool_limit or 0, grey=cfg.grey_lr_pool),
                   outputs=[lr_pool])
     if pool.get("faces_written", 0) < (cfg.gan_batch or 1):
@@ -422,8 +422,7 @@ def run_demo(cfg: DemoConfig) -> Dict[str, Any]:
                    outputs=[_run_dir(out, "hr")])
         hr_model = r["run_dir"]
 
-    gan = st.run("gan", {"steps": cfg.gan_steps, "b": cfg.gan_batch, "p": cfg.gan_profile, "sc": cfg.gan_scales,
-                         **pool, **split},
+    gan = st.run("gan", {"steps": cfg.gan_steps, "b": cfg.gan_batch, "p": cfg.gan_profile, **pool, **split},
                  lambda: stage_gan(cfg, out, faces_train, lr_pool), outputs=[_run_dir(out, "gan")])
     models: Dict[str, str] = {"HR": hr_model}
     model_keys: Dict[str, str] = {"HR": st.key("hr") if cfg.hr_finetune_steps > 0 else hr_model}

@@ -60,40 +60,51 @@ def tar_table(results: Mapping[str, Dict[str, Any]], mode: str = "hr-lr") -> str
     return md_table(head, rows)
 
 
+def _correct(r: Mapping[str, Any], key: str, mode: str = "hr-lr") -> Optional[List[bool]]:
+    """Each scored pair's k-fold decision of result ``r`` at ``key`` ("full" or a probe size)."""
+    m = r["metrics"]
+    d = m["full"] if key == "full" else m.get(mode, {}).get(key)
+    return None if d is None or "correct" not in d else [c == "1" for c in d["correct"]]
+
+
+def paired_difference(a: Mapping[str, Any], b: Mapping[str, Any], key: str, mode: str = "hr-lr",
+                      n_boot: int = 2000, seed: int = 0) -> Optional[Dict[str, Any]]:
+    """Accuracy of result ``a`` minus result ``b`` at ``key``, with the 95% paired bootstrap
+    interval (:func:`ranface.eval.metrics.paired_bootstrap_difference`); None when the two
+    did not score the same pairs or lack per-pair decisions."""
+    from .eval.metrics import paired_bootstrap_difference
+
+    lines = a.get("scored_pairs", {}).get("lines")
+    ca, cb = _correct(a, key, mode), _correct(b, key, mode)
+    if lines is None or lines != b.get("scored_pairs", {}).get("lines") or ca is None or cb is None:
+        return None
+    return paired_bootstrap_difference(ca, cb, folds=a["scored_pairs"]["folds"], n_boot=n_boot, seed=seed)
+
+
 def paired_table(results: Mapping[str, Dict[str, Any]], baseline: str = "HR", mode: str = "hr-lr",
                  n_boot: int = 2000, seed: int = 0) -> Tuple[str, Dict[str, Dict[str, Any]]]:
     """Each model minus ``baseline`` on the same pairs (accuracy points) with a 95% paired
-    bootstrap interval over pairs, resampled within each fold
-    (:func:`ranface.eval.metrics.paired_bootstrap_difference`)."""
-    from .eval.metrics import paired_bootstrap_difference
-
+    bootstrap interval over pairs, resampled within each fold (:func:`paired_difference`)."""
     if baseline not in results:
         return "", {}
     base = results[baseline]
-    sizes = base["metrics"]["sizes"]
-    keys = [("full", lambda m: m["full"])] + [(f"{s} px", lambda m, s=s: m[mode][str(s)]) for s in sizes]
-    lines_b = base.get("scored_pairs", {}).get("lines")
-    head = ["model"] + [k for k, _ in keys]
+    keys = ["full"] + [str(s) for s in base["metrics"]["sizes"]]
     rows, out = [], {}
     for label, r in results.items():
         if label == baseline:
             continue
-        if lines_b is None or r.get("scored_pairs", {}).get("lines") != lines_b:
+        rec = {("full" if k == "full" else f"{k} px"): paired_difference(r, base, k, mode, n_boot, seed) for k in keys}
+        if any(d is None for d in rec.values()):
             continue  # not the same scored pairs: no paired comparison
-        folds = r["scored_pairs"]["folds"]
-        cells, rec = [label], {}
-        for k, pick in keys:
-            ca = [c == "1" for c in pick(r["metrics"])["correct"]]
-            cb = [c == "1" for c in pick(base["metrics"])["correct"]]
-            d = paired_bootstrap_difference(ca, cb, folds=folds, n_boot=n_boot, seed=seed)
-            rec[k] = d
+        cells = [label]
+        for d in rec.values():
             sig = "" if d["lo"] <= 0 <= d["hi"] else " *"
             cells.append(f"{100 * d['diff']:+.2f} [{100 * d['lo']:+.2f}, {100 * d['hi']:+.2f}]{sig}")
         rows.append(cells)
         out[label] = rec
     if not rows:
         return "", {}
-    return md_table(head, rows), out
+    return md_table(["model"] + [("full" if k == "full" else f"{k} px") for k in keys], rows), out
 
 
 def face_grid(out: str, path: str, n: int = 6, seed: int = 0) -> Optional[str]:
@@ -158,10 +169,6 @@ TARGETS: Tuple[Tuple[str, str, str, float], ...] = (
 )
 
 
-def _correct(r: Dict[str, Any], key: str, mode: str = "hr-lr") -> Optional[List[bool]]:
-    m = r["metrics"]
-    d = m["full"] if key == "full" else m.get(mode, {}).get(key)
-    return None if d is None or "correct" not in d else [c == "1" for c in d["correct"]]
 
 
 def targets_table(results: Mapping[str, Dict[str, Any]], mr: str, lr: str, hr: str = "HR",
@@ -169,20 +176,14 @@ def targets_table(results: Mapping[str, Dict[str, Any]], mr: str, lr: str, hr: s
     """Each target of :data:`TARGETS` for model ``mr``: the paired difference (points) with
     its 95% bootstrap interval, and whether the point estimate meets the bound ("met") and
     whether the whole interval does ("met, interval clear")."""
-    from .eval.metrics import paired_bootstrap_difference
-
     if mr not in results:
         return "", []
     recs: List[Dict[str, Any]] = []
     for name, other, key, bound in TARGETS:
         ref = {"HR": hr, "LR": lr}[other]
-        if ref not in results:
+        d = paired_difference(results[mr], results[ref], key, n_boot=n_boot, seed=seed) if ref in results else None
+        if d is None:
             continue
-        a, b = _correct(results[mr], key), _correct(results[ref], key)
-        same_pairs = results[mr].get("scored_pairs", {}).get("lines") == results[ref].get("scored_pairs", {}).get("lines")
-        if a is None or b is None or not same_pairs:
-            continue
-        d = paired_bootstrap_difference(a, b, folds=results[mr]["scored_pairs"]["folds"], n_boot=n_boot, seed=seed)
         diff, lo, hi = 100 * d["diff"], 100 * d["lo"], 100 * d["hi"]
         status = target_status(diff, lo, hi, bound)
         recs.append({"target": name, "model": mr, "reference": ref, "key": key, "bound": bound,
@@ -208,26 +209,16 @@ def _targets_md(recs: Sequence[Mapping[str, Any]]) -> str:
     return md_table(["target", "difference", "points [95% CI]", "bound", "status"], rows)
 
 
-def pool_eye_mouth(out: str) -> List[float]:
-    """Eye-to-mouth distances (original px) of the real LR pool, from prepare's manifest."""
-    import csv
-
-    path = os.path.join(out, "lr_pool", "manifest.csv")
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8", newline="") as fh:
-        return [float(r["eye_mouth_px"]) for r in csv.DictReader(fh) if r.get("eye_mouth_px")]
-
-
 def twin_bands(out: str, degraders: Sequence[str]) -> Dict[str, Dict[str, Any]]:
     """The band each synthesized twin recorded (``synth_manifest.json`` degrader_info.band)."""
+    from .gan.degraders import MANIFEST_NAME, read_synth_manifest
+
     bands = {}
     for deg in degraders:
-        path = os.path.join(out, f"lr_{deg}", "synth_manifest.json")
-        if os.path.exists(path):
-            band = (_load(path).get("degrader_info") or {}).get("band")
-            if band:
-                bands[deg] = band
+        band = ((read_synth_manifest(os.path.join(out, f"lr_{deg}", MANIFEST_NAME)) or {})
+                .get("degrader_info") or {}).get("band")
+        if band:
+            bands[deg] = band
     return bands
 
 
@@ -236,9 +227,10 @@ def band_section(out: str, degraders: Sequence[str], probe_sizes: Sequence[int],
     """Markdown lines and a histogram: the real pool's eye-to-mouth distances beside the band
     of every synthesized twin and the probes' eye-to-mouth distances (one band definition:
     :mod:`ranface.align.select`)."""
+    from .align.prepare import prepared_eye_mouth
     from .align.select import LR_BAND, eye_mouth_fraction
 
-    d = np.asarray(pool_eye_mouth(out))
+    d = np.asarray(prepared_eye_mouth(os.path.join(out, "lr_pool")))
     bands = twin_bands(out, degraders)
     if d.size == 0 and not bands:
         return [], None
@@ -299,16 +291,12 @@ def training_section(stages: Any) -> List[str]:
             rows.append([name, f"{sc.get('loss', float('nan')):.2f}", f"{sc.get('log_classes', float('nan')):.2f}",
                          f"{sc.get('acc', float('nan')):.3f}", f"{sc.get('cosine_acc', float('nan')):.3f}",
                          f"{res.get('final_acc', float('nan')):.3f}" if res.get("final_acc") is not None else "n/a"])
-        tr = res.get("adaption_trace") or {}
-        for when in ("first", "last"):
-            t = tr.get(when)
-            if t:
-                g = lambda k: t.get(k)  # noqa: E731
-                fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-                trace_rows.append([name, str(t.get("step")), fmt(g("recog/l_c_hr")), fmt(g("recog/l_feature_g")),
-                                   fmt(g("recog/l_p")), fmt(g("recog/l_f")),
-                                   " / ".join(fmt(g(f"recog/grad_share/{k}")) for k in ("l_c_hr", "l_feature_g", "l_p", "l_f")),
-                                   fmt(g("feat_D/d_real")), fmt(g("feat_D/d_translated")), fmt(g("recog/w_mean"))])
+        for t in (res.get("adaption_trace") or {}).values():  # first and last logged step
+            cell = lambda k: "n/a" if t.get(k) is None else f"{t[k]:.3f}"  # noqa: E731
+            trace_rows.append([name, str(t.get("step"))]
+                              + [cell(f"recog/{k}") for k in ("l_c_hr", "l_feature_g", "l_p", "l_f")]
+                              + [" / ".join(cell(f"recog/grad_share/{k}") for k in ("l_c_hr", "l_feature_g", "l_p", "l_f"))]
+                              + [cell(k) for k in ("feat_D/d_real", "feat_D/d_translated", "recog/w_mean")])
     out: List[str] = []
     if rows:
         out += ["## Start of training (margin head vs log C)", "",
@@ -423,7 +411,7 @@ def write_report(cfg: Any, out: str, stages: Any, models: Mapping[str, str],
           f"{split.get('test_photos')} photos); training: {split.get('train_identities')} identities "
           f"disjoint from them, {split.get('train_photos')} photos",
           f"- real LR pool: {pool.get('faces_written')} faces from the crowd photos "
-          f"(eye-to-mouth 10..30 px, median {pool.get('eye_mouth_px', {}).get('median')})",
+          f"(eye-to-mouth {pool.get('lr_select')} px, median {pool.get('eye_mouth_px', {}).get('median')})",
           f"- total time {total_s / 60:.1f} min; accuracies are {n_folds}-fold over the held-out pairs (each "
           f"fold's threshold chosen on the other {n_folds - 1}; with one held-out LFW fold the pairs are split "
           "into 10 pseudo-folds)", "",

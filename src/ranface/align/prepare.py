@@ -199,6 +199,19 @@ def _read_csv(path: str) -> List[Dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+def prepared_eye_mouth(folder: str) -> List[float]:
+    """Eye-to-mouth distances (original px) of the faces ``prepare`` wrote to ``folder``,
+    read from its ``manifest.csv`` (empty when there is none)."""
+    path = os.path.join(folder, "manifest.csv")
+    if not os.path.isfile(path):
+        return []
+    try:
+        rows = _read_csv(path)
+        return [float(r["eye_mouth_px"]) for r in rows if r.get("eye_mouth_px")]
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:
+        raise DataError(path, f"unreadable manifest ({exc})") from None
+
+
 def prepared_failures(folder: str) -> Dict[str, str]:
     """Faces that ``prepare`` could not produce in ``folder``: {output path relative to
     the folder: reason}, read from its ``failures.csv`` (empty when the folder was not made

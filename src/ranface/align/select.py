@@ -73,8 +73,9 @@ def choose_face(boxes: np.ndarray, scores: np.ndarray, image_shape: Tuple[int, .
 
 
 # --------------------------------------------------------------------------- the LR band
-# One definition of "the low-resolution band", used by `prepare --lr-select`, the bicubic
-# twins (degrader option eye_mouth_range), MR-GAN's lowest stream and the demo report.
+# One definition of "the low-resolution band" and of the width <-> eye-to-mouth map: the
+# demo selects its real LR pool with LR_BAND; the bicubic degrader's eye_mouth_range, the
+# band each twin records (MR-GAN: its lowest stream x_r3) and the demo report use the map.
 
 LR_BAND = (10.0, 30.0)  # paper §4.1: eye-midpoint to mouth-centre distance, original pixels
 

@@ -396,7 +396,7 @@ def synthesize(cfg: Any, degrader: Optional[Degrader] = None,
                 "batch_size": int(cfg.batch_size), "format": fmt, "num_images": job.count,
                 "input": os.path.abspath(cfg.input), "degrader_info": degrader.info()}
     mpath = os.path.join(cfg.output, MANIFEST_NAME)
-    previous = _read_manifest(mpath)
+    previous = read_synth_manifest(mpath)
     if previous is not None and not cfg.overwrite:
         before = _manifest_key(previous)
         now = _manifest_key(json.loads(json.dumps(manifest, default=str)))
@@ -428,7 +428,8 @@ def synthesize(cfg: Any, degrader: Optional[Degrader] = None,
     return summary
 
 
-def _read_manifest(path: str) -> Optional[Dict[str, Any]]:
+def read_synth_manifest(path: str) -> Optional[Dict[str, Any]]:
+    """``synth_manifest.json`` of a synthesized twin (None when absent)."""
     if not os.path.exists(path):
         return None
     try:
