@@ -245,3 +245,23 @@ def test_random_gaussian_blur_probability_and_seed():
     assert torch.equal(a, blur(x, generator=1)) and not torch.equal(a, blur(x, generator=2))
     changed = ((a - x).abs().flatten(1).amax(1) > 1e-6).sum().item()
     assert 16 <= changed <= 48  # about half of 64
+
+
+def test_second_order_degradation_is_seeded_and_ends_at_the_drawn_width():
+    from ranface.degrade import SecondOrderConfig, SecondOrderDegradation, down_up
+
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    deg = SecondOrderDegradation(SecondOrderConfig(size_range=(6, 10)))
+    a, b = deg(x, 3), deg(x, 3)
+    assert torch.equal(a, b) and not torch.equal(a, deg(x, 4))
+    assert a.shape == x.shape and float(a.min()) >= -1 and float(a.max()) <= 1
+    # the widths are the first draws: recordable without degrading
+    w = deg.widths(4, torch.Generator().manual_seed(3))
+    assert all(6 <= int(v) <= 10 for v in w)
+    # with every step off except the two resizes, the face is a down-up at the final width
+    plain = SecondOrderDegradation(SecondOrderConfig(size_range=(8, 8), first_ratio=(1.0, 1.0),
+                                                     blur_p=(0, 0), noise_p=(0, 0), jpeg_p=(0, 0),
+                                                     down_kernels=("bicubic",), up_kernels=("bicubic",)))
+    assert torch.allclose(plain(x, 0), down_up(x, 8), atol=1e-5)
+    with pytest.raises(ConfigError, match="blur_p"):
+        SecondOrderConfig(blur_p=(1.5, 0.0))

@@ -208,3 +208,71 @@ def test_region_boxes_hold_their_landmarks(template, size):
     assert inside(pts[2], boxes["nose"])
     assert inside(pts[3], boxes["mouth"]) and inside(pts[4], boxes["mouth"])
     assert all(0 <= v <= size for b in boxes.values() for v in b)
+
+
+# ------------------------------------------------------------ issue 12: levels, seamless merge
+def test_z_selects_a_level_that_sets_x_r3_and_is_coded_into_g():
+    from ranface.gan.generator import level_code, sample_widths
+
+    G = tiny_G(level_widths=[6, 16])
+    assert G.levels == (6, 16)
+    x, z = faces(3), torch.randn(3, 4)
+    w = torch.tensor([6, 11, 16])
+    with torch.no_grad():
+        out = G(x, z, widths=w)
+    # x_r3 of each face is that face shrunk to its own width; x_r2 / x_r1 keep the scale ratios
+    for i, s in enumerate(w.tolist()):
+        assert torch.allclose(out.x_r3[i:i + 1], down_up(x[i:i + 1], s), atol=1e-6)
+        assert torch.allclose(out.x_r2[i:i + 1], down_up(x[i:i + 1], min(32, 2 * s)), atol=1e-6)
+    assert torch.equal(out.widths, w)
+    # the level is an input of G: same z, other level -> other face
+    with torch.no_grad():
+        other = G(x, z, widths=torch.tensor([16, 11, 6])).fake
+    assert not torch.allclose(out.fake[0], other[0]) and torch.allclose(out.fake[1], other[1])
+    assert torch.allclose(level_code(torch.tensor([6, 16]), 6, 16).view(-1), torch.tensor([-1.0, 1.0]))
+    # log-uniform widths stay in range, reach both ends, and come from the generator alone
+    a = sample_widths(4000, 6, 16, torch.Generator().manual_seed(0))
+    assert int(a.min()) == 6 and int(a.max()) == 16
+    assert torch.equal(a, sample_widths(4000, 6, 16, torch.Generator().manual_seed(0)))
+    # as many faces below the geometric middle (~9.8 px) as above it
+    assert abs(float((a < 10).float().mean()) - 0.5) < 0.1
+
+
+def test_level_band_is_the_shared_eye_to_mouth_band():
+    from ranface.align.select import band_to_widths
+
+    G = tiny_G(size=112, level_band=[10.0, 30.0], template="dlib")
+    assert G.levels == band_to_widths((10.0, 30.0), "dlib")
+
+
+def test_feathered_masks_fade_to_zero_at_the_box_border():
+    from ranface.gan.regions import box_mask, feather_mask
+
+    box = (8, 8, 24, 20)
+    m = feather_mask(box, (32, 32), 0.25)[0, 0]
+    assert float(m[14, 16]) == pytest.approx(1.0) and float(m[:, :8].abs().max()) == 0.0
+    assert float(m[8, 16]) < 0.1 and float(m[19, 16]) < 0.1  # edge rows of the box almost 0
+    assert torch.all(m[8:14, 16].diff() >= 0)  # monotone ramp towards the interior
+    assert torch.equal(feather_mask(box, (32, 32), 0.0), box_mask(box, (32, 32)))
+
+
+def test_seamless_merge_inputs_have_no_step_at_the_region_borders():
+    """Feathered: every merge input is continuous across a box border (the patch channel
+    equals G_g outside the box and stays close to it on the box's outer pixels).
+    Hard boxes: the patch channel jumps from 0 to the patch there (the seam)."""
+    def border(G):
+        g = torch.Generator().manual_seed(0)
+        G_g = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+        x0, y0, x1, y1 = G.boxes["eyes"]
+        local = {r: torch.rand(2, 3, b[3] - b[1], b[2] - b[0], generator=g) * 2 - 1 for r, b in G.boxes.items()}
+        inp = G.merge_inputs(G_g, local)
+        eyes, mask = inp[:, 3:6], inp[:, 12:13]
+        rows = slice(y0 + 2, y1 - 2)
+        outside = (eyes[..., rows, x0 - 1] - G_g[..., rows, x0 - 1]).abs().max()
+        edge = (eyes[..., rows, x0] - G_g[..., rows, x0]).abs().max()
+        return float(outside), float(edge), float(mask[..., rows, x0].max())
+
+    out_s, edge_s, m_s = border(tiny_G(feather=0.25))
+    assert out_s == 0.0 and edge_s < 0.3 and m_s < 0.15  # at 32 px the ramp is ~2 px wide
+    out_h, edge_h, m_h = border(tiny_G(feather=0.0))
+    assert out_h > 0.5 and m_h == 1.0  # zero canvas outside: a step of the patch's size

@@ -17,7 +17,7 @@ from ranface.data.recordio import RecordReader, write_insightface_rec
 from ranface.degrade import down_up
 from ranface.errors import CheckpointError, ConfigError, DataError
 from ranface.gan.config import GeneratorConfig, SynthConfig
-from ranface.gan.degraders import (MANIFEST_NAME, Degrader, batch_generator, create_degrader,
+from ranface.gan.degraders import (LEVELS_NAME, MANIFEST_NAME, Degrader, batch_generator, create_degrader,
                                    list_degraders, register_degrader, synthesize)
 from ranface.gan.generator import MRGenerator, generator_package
 from ranface.train.checkpoint import save_checkpoint
@@ -60,7 +60,7 @@ def hr(tmp_path):
 
 def tree(root):
     return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs
-                  if f != MANIFEST_NAME and not f.startswith("."))
+                  if f not in (MANIFEST_NAME, LEVELS_NAME) and not f.startswith("."))
 
 
 def test_registry_lists_and_validates():
@@ -98,6 +98,9 @@ def test_bicubic_folder_twin_preserves_labels_and_layout(hr, tmp_path):
     s = synthesize(cfg(hr, out, options={"size_range": [6, 10]}, seed=3, num_workers=1))
     assert s["status"] == "complete" and s["counts"]["written"] == 9 and s["faces_per_s"] > 0
     assert tree(out) == tree(hr)
+    # every face's level (the width it was shrunk to) is recorded, inside the size range
+    rows = [ln.split("\t") for ln in (out / LEVELS_NAME).read_text().splitlines()[1:]]
+    assert sorted(r[0] for r in rows) == tree(hr) and all(6 <= int(r[1]) <= 10 for r in rows)
     a, b = ImageFolderDataset(hr), ImageFolderDataset(str(out))
     assert a.classes == b.classes and list(a.labels) == list(b.labels)
     PairedDataset(a, b)  # the LR twin pairs with its HR set
@@ -270,3 +273,36 @@ def test_readme_synthesize_lines_verbatim_from_a_relative_cwd(hr, tmp_path, monk
         assert tree(out) == tree(tmp_path / "work" / "faces")
     band = json.load(open(tmp_path / "work" / "faces_lr_band" / MANIFEST_NAME))["degrader_info"]["band"]
     assert band["eye_mouth_px"][0] >= 9.5 and band["eye_mouth_px"][1] <= 30.5  # the real band, not below it
+
+
+def test_mrgan_with_levels_records_each_face_width_and_refuses_untrained_levels(hr, tmp_path):
+    torch.manual_seed(0)
+    G = MRGenerator(GeneratorConfig(base_width=4, num_stages=1, blocks_per_stage=1, z_dim=4, local_width=4,
+                                    fuse_width=8, level_widths=[6, 20]), face_size=32)
+    gen = str(tmp_path / "generator.pt")
+    save_checkpoint(gen, generator_package(G, step=3))
+    out = tmp_path / "lr"
+    s = synthesize(cfg(hr, out, "mrgan", options={"checkpoint": gen, "level_widths": [8, 12]}))
+    assert s["degrader_info"]["band"]["widths_px"] == [8, 12]
+    assert s["degrader_info"]["band"]["trained_widths_px"] == [6, 20]
+    rows = [ln.split("\t") for ln in (out / LEVELS_NAME).read_text().splitlines()[1:]]
+    assert sorted(r[0] for r in rows) == tree(hr) and all(8 <= int(r[1]) <= 12 for r in rows)
+    # the recorded width is the one G used: re-run the first batch by hand
+    deg = create_degrader("mrgan", {"checkpoint": gen, "level_widths": [8, 12]})
+    n = min(3, s["batch_size"])
+    assert deg.levels(n, batch_generator(s["seed"], 0)).tolist() == [int(r[1]) for r in sorted(rows)[:n]]
+    with pytest.raises(ConfigError, match="outside the levels"):
+        create_degrader("mrgan", {"checkpoint": gen, "level_widths": [4, 12]})
+    (tmp_path / "fixed").mkdir()
+    with pytest.raises(ConfigError, match="outside the levels"):
+        create_degrader("mrgan", {"checkpoint": _generator_file(tmp_path / "fixed"), "level_widths": [8, 12]})
+
+
+def test_second_order_degrader_is_registered_and_records_levels(hr, tmp_path):
+    out = tmp_path / "lr"
+    s = synthesize(cfg(hr, out, "second-order", options={"size_range": [6, 10]}))
+    assert s["status"] == "complete" and tree(out) == tree(hr)
+    rows = [ln.split("\t") for ln in (out / LEVELS_NAME).read_text().splitlines()[1:]]
+    assert len(rows) == 9 and all(6 <= int(r[1]) <= 10 for r in rows)
+    with pytest.raises(ConfigError, match="second-order"):
+        create_degrader("second-order", {"jpeg_quality": [0, 200]})

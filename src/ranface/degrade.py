@@ -36,6 +36,8 @@ __all__ = [
     "DegradeParams",
     "RandomDegradation",
     "RandomGaussianBlur",
+    "SecondOrderConfig",
+    "SecondOrderDegradation",
 ]
 
 KERNELS = ("bicubic", "bilinear", "area", "nearest")
@@ -378,3 +380,102 @@ class RandomGaussianBlur:
         sigma = lo + (hi - lo) * torch.rand(n, generator=g)
         on = torch.rand(n, generator=g) < self.p
         return back(gaussian_blur(t, torch.where(on, sigma, torch.zeros(n))))
+
+
+# --------------------------------------------------------------------- second order
+@dataclass
+class SecondOrderConfig:
+    """:class:`SecondOrderDegradation`, the blind super-resolution habit (Real-ESRGAN,
+    Wang et al. 2021: "high-order degradation"), sized for faces seen at 112 px.
+
+    Two passes of blur -> resize -> noise -> JPEG, each pass's four operations in a random
+    order. The first pass shrinks the face to ``first_ratio`` x the final width (a camera's
+    own optics, sensor and encoder), the second to the final width ``size_range`` (the
+    re-encoding and rescaling of a video pipeline); the face is then enlarged back with a
+    random kernel. Blur sigmas are in pixels at the resolution where the blur acts; noise
+    sigma is a fraction of the range; each operation is on with its probability ``*_p``.
+    """
+
+    size_range: Tuple[int, int] = (8, 32)  # final width (px)
+    first_ratio: Tuple[float, float] = (1.0, 2.5)  # first pass width / final width
+    blur_p: Tuple[float, float] = (1.0, 0.8)  # per pass
+    blur_sigma: Tuple[float, float] = (0.2, 2.0)
+    noise_p: Tuple[float, float] = (0.6, 0.5)
+    noise_sigma: Tuple[float, float] = (1.0 / 255.0, 12.0 / 255.0)
+    jpeg_p: Tuple[float, float] = (0.8, 0.8)
+    jpeg_quality: Tuple[int, int] = (30, 95)
+    down_kernels: Tuple[str, ...] = ("bicubic", "bilinear", "area")
+    up_kernels: Tuple[str, ...] = ("bicubic", "bilinear")
+
+    def __post_init__(self) -> None:
+        for name in ("blur_p", "noise_p", "jpeg_p"):
+            v = getattr(self, name)
+            if len(v) != 2 or not all(0.0 <= float(p) <= 1.0 for p in v):
+                raise ConfigError(f"second-order.{name}: expected two probabilities in [0, 1] "
+                                  f"(first, second pass), got {list(v)}")
+        for name in ("size_range", "first_ratio", "blur_sigma", "noise_sigma", "jpeg_quality"):
+            v = getattr(self, name)
+            if len(v) != 2 or not 0 <= v[0] <= v[1]:
+                raise ConfigError(f"second-order.{name}: expected [low, high] with 0 <= low <= high, "
+                                  f"got {list(v)}")
+        if self.size_range[0] < 1 or self.first_ratio[0] < 1.0:
+            raise ConfigError("second-order: size_range must be >= 1 px and first_ratio >= 1")
+        if not 1 <= self.jpeg_quality[0] <= self.jpeg_quality[1] <= 100:
+            raise ConfigError(f"second-order.jpeg_quality: must lie in 1..100, got {list(self.jpeg_quality)}")
+        for name in ("down_kernels", "up_kernels"):
+            bad = [k for k in getattr(self, name) if k not in KERNELS]
+            if not getattr(self, name) or bad:
+                raise ConfigError(f"second-order.{name}: unknown kernels {bad} (choose from {list(KERNELS)})")
+
+
+class SecondOrderDegradation:
+    """Two random blur / resize / noise / JPEG passes (see :class:`SecondOrderConfig`).
+
+    ``widths(n, g)`` draws the final width of each face (the first draws of ``g``, so the
+    level of each face can be recorded); ``__call__`` then draws each face's parameters
+    from the same generator, in a fixed order: the same seed gives the same faces.
+    """
+
+    OPS = ("blur", "resize", "noise", "jpeg")
+
+    def __init__(self, config: Optional[SecondOrderConfig] = None,
+                 value_range: Optional[Tuple[float, float]] = DEFAULT_RANGE):
+        self.config = config or SecondOrderConfig()
+        self.value_range = value_range
+
+    def widths(self, n: int, generator: GeneratorLike = None) -> torch.Tensor:
+        lo, hi = self.config.size_range
+        return torch.randint(int(lo), int(hi) + 1, (n,), generator=_generator(generator))
+
+    def __call__(self, x: Image, generator: GeneratorLike = None) -> Image:
+        t, vr, back = _to_batch(x, self.value_range)
+        g = _generator(generator)
+        finals = self.widths(t.shape[0], g).tolist()
+        out = torch.empty_like(t)
+        for i, w in enumerate(finals):
+            out[i] = self._one(t[i:i + 1], int(w), g, vr)[0]
+        return back(out)
+
+    def _one(self, t: torch.Tensor, final: int, g: Optional[torch.Generator],
+             vr: Optional[Tuple[float, float]]) -> torch.Tensor:
+        c = self.config
+        h, w = t.shape[-2:]
+        first = min(w, max(final, int(round(final * _uniform(g, *c.first_ratio)))))
+        for p, width in enumerate((first, final)):
+            order = torch.randperm(4, generator=g).tolist()
+            on = torch.rand(3, generator=g).tolist()
+            sigma, noise = _uniform(g, *c.blur_sigma), _uniform(g, *c.noise_sigma)
+            quality = _randint(g, *c.jpeg_quality)
+            down = c.down_kernels[_randint(g, 0, len(c.down_kernels) - 1)]
+            for k in order:
+                op = self.OPS[k]
+                if op == "blur" and on[0] < c.blur_p[p]:
+                    t = gaussian_blur(t, sigma)
+                elif op == "resize" and width < t.shape[-1]:
+                    t = _clamp(_resize(t, _lr_shape(h, w, width), down), vr)
+                elif op == "noise" and on[1] < c.noise_p[p]:
+                    t = gaussian_noise(t, noise, g, vr)
+                elif op == "jpeg" and on[2] < c.jpeg_p[p] and min(t.shape[-2:]) >= 8:
+                    t = jpeg(t, quality, vr)
+        up = c.up_kernels[_randint(g, 0, len(c.up_kernels) - 1)]
+        return _clamp(_resize(t, (h, w), up), vr)

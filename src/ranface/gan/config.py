@@ -50,6 +50,15 @@ class GeneratorConfig:
     local_width: int = 32
     fuse_width: int = 32  # hidden channels of the two 1x1 convolutions that output G(x)
     template: str = "arcface"  # alignment of the faces (arcface | dlib): places the regions
+    # z selects a degradation level (abstract, §3.2): the width x_r3 is shrunk to, drawn per
+    # face log-uniformly in [lo, hi] px; x_r1 / x_r2 keep the ratios of ``scales``. Either
+    # widths or an eye-to-mouth band (px, align.select.band_to_widths with ``template``);
+    # both empty: the fixed ``scales`` (one level).
+    level_widths: List[int] = field(default_factory=list)
+    level_band: List[float] = field(default_factory=list)
+    # G_l's patches fade into G_g over this fraction of a region's shorter side before the
+    # two 1x1 convolutions (a seamless merge); 0: hard-edged boxes
+    feather: float = 0.25
 
 
 @dataclass
@@ -68,8 +77,10 @@ class GanLossConfig:
     """Eq. 6 weights (lambda_1..4 = 2, 20, 20, 0.4, paper §4.2) and the loss details the
     paper leaves open.
 
-    ``pixel_every``: the pixel critic (l3 L_pixel) is applied every 5 generator
-    iterations (§4.2). ``center_size``: Eq. 5's 85x82 centre patch as [width, height] at
+    ``pixel_every`` and ``pixel_schedule``: two readings of §4.2's "pixel-critic is employed
+    at every 5 generator iterations": ``g_every`` applies l3 L_pixel on every
+    ``pixel_every``-th G update (D and G updated every step); ``d_ratio`` applies L_pixel on
+    every G update and updates G once per ``pixel_every`` D updates (WGAN's n_critic). ``center_size``: Eq. 5's 85x82 centre patch as [width, height] at
     a 112 face, scaled with the face size. ``perceptual_normalize``: L2-normalise expert
     embeddings before Eq. 2's L1 distance. ``perceptual_stages``: indices into the
     expert's ``forward_stages()`` whose feature maps are added to Eq. 2 (empty: the
@@ -81,6 +92,7 @@ class GanLossConfig:
     lambda_pix: float = 20.0
     lambda_att: float = 0.4
     pixel_every: int = 5
+    pixel_schedule: str = "g_every"  # g_every | d_ratio (docs/decisions.md, issue 12)
     center_size: List[int] = field(default_factory=lambda: [85, 82])
     perceptual_normalize: bool = True
     perceptual_stages: List[int] = field(default_factory=list)
@@ -182,6 +194,18 @@ def validate_gan_config(cfg: GanConfig) -> None:
                    ("loss.pixel_every", lo.pixel_every), ("data.batch_size", cfg.data.batch_size)):
         if v < 1:
             raise ConfigError(f"{key} must be >= 1, got {v}")
+    if lo.pixel_schedule not in ("g_every", "d_ratio"):
+        raise ConfigError(f"loss.pixel_schedule must be g_every or d_ratio, got {lo.pixel_schedule!r}")
+    if g.level_widths and g.level_band:
+        raise ConfigError("generator.level_widths and generator.level_band are alternatives; set one")
+    if g.level_widths and (len(g.level_widths) != 2 or not 1 <= g.level_widths[0] <= g.level_widths[1] <= s):
+        raise ConfigError(f"generator.level_widths: expected [low, high] px with 1 <= low <= high <= "
+                          f"data.face_size ({s}), got {list(g.level_widths)}")
+    if g.level_band and (len(g.level_band) != 2 or not 0 < g.level_band[0] <= g.level_band[1]):
+        raise ConfigError(f"generator.level_band: expected [low, high] eye-to-mouth px with "
+                          f"0 < low <= high, got {list(g.level_band)}")
+    if not 0 <= g.feather <= 0.5:
+        raise ConfigError(f"generator.feather must lie in [0, 0.5], got {g.feather}")
     if len(lo.center_size) != 2 or not all(0 < v <= 112 for v in lo.center_size):
         raise ConfigError(f"loss.center_size: expected [width, height] within a 112 face, "
                           f"got {list(lo.center_size)}")

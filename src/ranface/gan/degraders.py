@@ -39,9 +39,10 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import ConfigError, DataError, RanfaceError
 
 __all__ = ["Degrader", "register_degrader", "create_degrader", "list_degraders", "synthesize",
-           "MANIFEST_NAME", "BicubicDegrader", "RandomDegrader", "MRGANDegrader"]
+           "MANIFEST_NAME", "LEVELS_NAME", "BicubicDegrader", "RandomDegrader", "SecondOrderDegrader", "MRGANDegrader"]
 
 MANIFEST_NAME = "synth_manifest.json"
+LEVELS_NAME = "synth_levels.tsv"  # face -> width (px) it was synthesized at, and its eye-to-mouth px
 
 # Filled by @register_degrader at import of this module (and by users, explicitly);
 # a name is never re-bound to another class.
@@ -155,11 +156,16 @@ class BicubicDegrader(Degrader):
         return {"band": {"widths_px": list(self.size_range), "eye_mouth_px": [round(v, 2) for v in e2m],
                          "template": self.options["template"]}}
 
+    def levels(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """The width (px) each of ``n`` faces is shrunk to: the first draw from the batch's
+        generator, so :func:`synthesize` can record it without degrading again."""
+        lo, hi = self.size_range
+        return torch.randint(lo, hi + 1, (n,), generator=generator)
+
     def __call__(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         from ..degrade import down_up
 
-        lo, hi = self.size_range
-        sizes = torch.randint(lo, hi + 1, (batch.shape[0],), generator=generator).tolist()
+        sizes = self.levels(batch.shape[0], generator).tolist()
         out = torch.empty_like(batch)
         for i, s in enumerate(sizes):
             out[i] = down_up(batch[i:i + 1], int(s), self.options["down"], self.options["up"])[0]
@@ -185,6 +191,37 @@ class RandomDegrader(Degrader):
         return self.pipeline(batch, generator)
 
 
+@register_degrader("second-order")
+class SecondOrderDegrader(Degrader):
+    """:class:`ranface.degrade.SecondOrderDegradation` (blur, resize, noise and JPEG, two
+    passes in random order, as blind super-resolution trains on); options =
+    SecondOrderConfig fields. Each face's final width is recorded."""
+
+    def __init__(self, options: Mapping[str, Any]):
+        from ..degrade import SecondOrderConfig, SecondOrderDegradation
+
+        self.defaults = {f.name: _plain(getattr(SecondOrderConfig(), f.name)) for f in fields(SecondOrderConfig)}
+        super().__init__(options)
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in self.options.items()}
+        try:
+            self.pipeline = SecondOrderDegradation(SecondOrderConfig(**kw))
+        except (TypeError, ValueError, ConfigError) as exc:
+            raise ConfigError(f"degrader {self.name}: {exc}") from None
+
+    def info(self) -> Dict[str, Any]:
+        from ..align.select import widths_to_band
+
+        lo, hi = self.pipeline.config.size_range
+        return {"band": {"widths_px": [lo, hi], "eye_mouth_px": [round(v, 2) for v in widths_to_band((lo, hi))],
+                         "template": "arcface"}}
+
+    def levels(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return self.pipeline.widths(n, generator)
+
+    def __call__(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.pipeline(batch, generator)
+
+
 def _plain(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
@@ -192,16 +229,42 @@ def _plain(v: Any) -> Any:
 @register_degrader("mrgan")
 class MRGANDegrader(Degrader):
     """An MR-GAN generator: G(x, z) with z ~ N(0, I) drawn per image from the generator.
-    ``checkpoint``: generator.pt, a train-gan run directory or a train-gan checkpoint."""
+    ``checkpoint``: generator.pt, a train-gan run directory or a train-gan checkpoint.
 
-    defaults = {"checkpoint": ""}
+    A generator trained with levels (``generator.level_widths`` / ``level_band``) draws
+    each face's x_r3 width log-uniformly from ``level_widths`` or from the widths of
+    ``eye_mouth_range`` (px, :func:`ranface.align.select.band_to_widths`), default its
+    trained range; a chosen range must lie inside the trained one (G never saw other
+    levels). The width of each face is recorded by :func:`synthesize`."""
+
+    defaults = {"checkpoint": "", "level_widths": None, "eye_mouth_range": None}
 
     def __init__(self, options: Mapping[str, Any]):
+        from ..align.select import band_to_widths
         from .generator import load_generator
 
         super().__init__(options)
         self.G, self._info = load_generator(str(self.options["checkpoint"]))
         self.face_size = int(self._info["face_size"])
+        trained = self.G.levels
+        want, band = self.options["level_widths"], self.options["eye_mouth_range"]
+        if want is not None and band is not None:
+            raise ConfigError(f"degrader {self.name}: level_widths and eye_mouth_range are alternatives")
+        if band is not None:
+            if (not isinstance(band, (list, tuple)) or len(band) != 2
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in band)
+                    or not 0 < band[0] <= band[1]):
+                raise ConfigError(f"degrader {self.name}: eye_mouth_range must be [low, high] pixels "
+                                  f"with 0 < low <= high, got {band!r}")
+            want = list(band_to_widths(band, self.G.cfg.template))
+        if want is not None:
+            lo, hi = _size_range(self.name, list(want))
+            if trained is None or lo < trained[0] or hi > trained[1]:
+                raise ConfigError(f"degrader {self.name}: widths {[lo, hi]} px lie outside the levels "
+                                  f"the generator was trained on ({list(trained) if trained else 'one fixed level'})")
+            self.range: Optional[Tuple[int, int]] = (lo, hi)
+        else:
+            self.range = trained
 
     def to(self, device: torch.device) -> "MRGANDegrader":
         super().to(device)
@@ -214,19 +277,34 @@ class MRGANDegrader(Degrader):
         gen = self._info.get("generator") or {}
         out = {"checkpoint_step": self._info.get("step"), "face_size": self.face_size, "generator": gen}
         scales = gen.get("scales") if isinstance(gen, Mapping) else None
-        if scales:
+        tpl = gen.get("template", "arcface") if isinstance(gen, Mapping) else "arcface"
+        if self.range is not None:
+            e2m = widths_to_band(self.range, tpl)
+            out["band"] = {"widths_px": list(self.range), "eye_mouth_px": [round(v, 2) for v in e2m],
+                           "template": tpl, "source": "z's level (width of x_r3 per face)",
+                           "trained_widths_px": list(self.G.levels)}
+        elif scales:
             # the lowest stream x_r3 (Eq. 1, 4) sets the resolution G's faces are pulled to
             w = max(1, round(self.face_size * float(scales[-1])))
-            tpl = gen.get("template", "arcface")
             e2m = widths_to_band((w, w), tpl)
             out["band"] = {"widths_px": [w, w], "eye_mouth_px": [round(v, 2) for v in e2m], "template": tpl,
                            "source": "x_r3 (generator.scales[-1])"}
         return out
 
+    def levels(self, n: int, generator: torch.Generator) -> Optional[torch.Tensor]:
+        """x_r3's width per face (log-uniform in the chosen range, as in training), drawn
+        first from the batch's generator; None for a generator with one fixed level."""
+        if self.range is None:
+            return None
+        from .generator import sample_widths
+
+        return sample_widths(n, *self.range, generator=generator)
+
     @torch.no_grad()
     def __call__(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        widths = self.levels(batch.shape[0], generator)
         z = self.G.sample_z(batch.shape[0], generator)
-        out = self.G(batch.to(self.device), z.to(self.device)).fake
+        out = self.G(batch.to(self.device), z.to(self.device), widths=widths).fake
         return out.float().cpu()
 
 
@@ -419,6 +497,9 @@ def synthesize(cfg: Any, degrader: Optional[Degrader] = None,
     t0 = time.time()
     counts = job.run(degrader, expect, stop_after)
     elapsed = time.time() - t0
+    if job.levels:  # the level (width) of every synthesized face (issue 12)
+        _write_levels(os.path.join(cfg.output, LEVELS_NAME), job.levels, degrader.info())
+        manifest["levels_file"] = LEVELS_NAME
     done = counts["written"] + counts["existing"] + counts["copied_unreadable"]
     status = "complete" if done == job.count else "partial"
     summary = {**manifest, "status": status, "counts": counts, "elapsed_s": round(elapsed, 3),
@@ -426,6 +507,23 @@ def synthesize(cfg: Any, degrader: Optional[Degrader] = None,
                "output": os.path.abspath(cfg.output), "device": str(device)}
     _write_manifest(mpath, summary)
     return summary
+
+
+def _batch_levels(degrader: "Degrader", seed: int, k: int, names: List[str]) -> Dict[str, int]:
+    """Widths of the faces of batch ``k`` (its generator's first draws), by name; {} for a
+    degrader without levels."""
+    fn = getattr(degrader, "levels", None)
+    w = fn(len(names), batch_generator(seed, k)) if fn is not None and names else None
+    return {} if w is None else {nm: int(v) for nm, v in zip(names, w.tolist())}
+
+
+def _write_levels(path: str, levels: Mapping[str, int], info: Mapping[str, Any]) -> None:
+    from ..align.select import eye_mouth_fraction
+    from ..io_utils import atomic_write_text
+
+    r = eye_mouth_fraction((info.get("band") or {}).get("template", "arcface"))
+    rows = ["face\twidth_px\teye_mouth_px"] + [f"{k}\t{w}\t{w * r:.2f}" for k, w in sorted(levels.items())]
+    atomic_write_text(path, "\n".join(rows) + "\n")
 
 
 def read_synth_manifest(path: str) -> Optional[Dict[str, Any]]:
@@ -462,6 +560,7 @@ class _FolderJob:
         if not self.files:
             raise DataError(cfg.input, f"no images ({', '.join(IMAGE_EXTENSIONS)}) in the folder")
         self.count = len(self.files)
+        self.levels: Dict[str, int] = {}  # relative path -> width (px) it was shrunk to
 
     def out_path(self, i: int) -> str:
         return os.path.join(self.cfg.output, self.files[i])
@@ -495,6 +594,10 @@ class _FolderJob:
         all_batches = [list(range(b, min(b + bs, self.count))) for b in range(0, self.count, bs)]
         todo = [(k, b) for k, b in enumerate(all_batches) if not all(exists[i] for i in b)]
         counts = {"written": 0, "existing": sum(exists), "degraded": 0, "copied_unreadable": 0}
+        # batches whose outputs all exist: their levels are the batch generator's first draws
+        done_batches = [(k, b) for k, b in enumerate(all_batches) if all(exists[i] for i in b)]
+        for k, b in done_batches:
+            self.levels.update(_batch_levels(degrader, cfg.seed, k, [self.files[i] for i in b]))
         items = _Items(_FolderLoad(cfg.input, self.files, expect), self.count, cfg.on_error)
         bar = _Progress(self.count, counts["existing"], cfg.progress)
         try:
@@ -512,6 +615,7 @@ class _FolderJob:
                     continue
                 lr = _to_uint8(degrader(_to_float(arrs), batch_generator(cfg.seed, k)))
                 counts["degraded"] += len(idx)
+                self.levels.update(_batch_levels(degrader, cfg.seed, k, [self.files[i] for i in idx]))
                 for j, i in enumerate(idx):
                     if exists[i]:
                         continue
@@ -531,6 +635,7 @@ class _RecJob:
         self.cfg = cfg
         self.ds = RecordDataset(cfg.input, on_error=cfg.on_error)
         self.count = len(self.ds)
+        self.levels: Dict[str, int] = {}  # record key -> width (px) it was shrunk to
         self.rec_out = os.path.join(cfg.output, "train.rec")
         self.idx_out = os.path.join(cfg.output, "train.idx")
 
@@ -580,6 +685,7 @@ class _RecJob:
                 if arrs is not None:
                     lr = _to_uint8(degrader(_to_float(arrs), batch_generator(cfg.seed, n)))
                     counts["degraded"] += len(idx)
+                    self.levels.update(_batch_levels(degrader, cfg.seed, n, [str(int(keys[i])) for i in idx]))
                 good = {i: j for j, i in enumerate(idx)}
                 # keep the dataset's key order inside the batch (bad and good interleaved)
                 for i in sorted(list(good) + [i for i, _ in bad]):
@@ -597,6 +703,7 @@ class _RecJob:
                 writer.write_idx(k, reader.read_idx(k))
         except _Interrupted:
             writer.abort()
+            self.levels.clear()  # nothing of this run is kept
             return {**counts, "written": 0, "copied_unreadable": 0}
         except BaseException:
             writer.abort()

@@ -14,7 +14,13 @@ Paper name -> code name:
   :func:`attention_blend`, ``GenOutput.G_A`` (sigmoid), ``GenOutput.G_R`` (tanh).
 * local generator G_l (three encoder-decoders: eyes, nose, mouth of x_r3) ->
   :class:`LocalGenerator`; regions from :mod:`ranface.gan.regions`.
-* the two 1x1 convolutions merging G_l's patches with G_g into G(x) -> ``MRGenerator.merge``.
+* the two 1x1 convolutions merging G_l's patches with G_g into G(x) -> ``MRGenerator.merge``;
+  each patch first fades into G_g under a feathered mask (:func:`ranface.gan.regions.
+  feather_mask`, ``feather``), so the merge sees no step at a box border (no seams).
+* "z randomly selects one resolution" (abstract) -> ``level_widths`` / ``level_band``:
+  per face a width w for x_r3 (log-uniform in the range, :meth:`MRGenerator.sample_levels`);
+  x_r2, x_r1 are shrunk to w times the ratios of ``scales``; the level enters G beside z
+  (:func:`level_code`), and L_pixel (Eq. 4, towards x_r3 at that width) makes G express it.
 
 Global-stream topology (widths: ``c = 4 * base_width`` after each encoder; K =
 ``num_stages``, B = ``blocks_per_stage``). With F_r^k the output of stream r's residual
@@ -44,6 +50,7 @@ in training, in single-image synthesis and under DDP).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -53,11 +60,12 @@ from torch import nn
 
 from ..degrade import down_up
 from .config import GeneratorConfig
-from .regions import REGIONS, box_mask, crop, paste, region_boxes
+from .regions import REGIONS, crop, feather_mask, paste, region_boxes
 
 __all__ = ["GenOutput", "MRGenerator", "FusionUnit", "SEBlock", "LocalGenerator",
-           "attention_blend", "multi_resolution_inputs", "generator_package", "load_generator",
-           "GENERATOR_FORMAT"]
+           "attention_blend", "multi_resolution_inputs", "level_inputs", "level_range", "level_code",
+           "sample_widths",
+           "generator_package", "load_generator", "GENERATOR_FORMAT"]
 
 
 def _conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
@@ -187,6 +195,55 @@ def multi_resolution_inputs(x: torch.Tensor, scales: Sequence[float]
     return outs[0], outs[1], outs[2]
 
 
+def level_range(cfg: GeneratorConfig, face_size: int) -> Optional[Tuple[int, int]]:
+    """The [lo, hi] widths (px) z's level selects x_r3's width from; None: fixed ``scales``."""
+    if cfg.level_band:
+        from ..align.select import band_to_widths
+
+        lo, hi = band_to_widths(cfg.level_band, cfg.template)
+    elif cfg.level_widths:
+        lo, hi = int(cfg.level_widths[0]), int(cfg.level_widths[1])
+    else:
+        return None
+    return max(1, min(lo, face_size)), max(1, min(hi, face_size))
+
+
+def sample_widths(n: int, lo: int, hi: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """(n,) integer widths in [lo, hi], log-uniform (each octave of width equally likely:
+    the band's small faces are as frequent as its large ones), from ``generator``."""
+    u = torch.rand(n, generator=generator, device=generator.device if generator is not None else None)
+    w = torch.exp(math.log(lo) + u.cpu().double() * (math.log(hi + 1) - math.log(lo)))
+    return w.floor().clamp(lo, hi).long()
+
+
+def level_code(widths: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Widths (N,) -> (N, 1) in [-1, 1]: the position of log(w) in [log lo, log hi]."""
+    if hi <= lo:
+        return torch.zeros(widths.shape[0], 1, device=widths.device)
+    t = (widths.float().log() - math.log(lo)) / (math.log(hi) - math.log(lo))
+    return (2.0 * t - 1.0).view(-1, 1)
+
+
+def level_inputs(x: torch.Tensor, widths: torch.Tensor, scales: Sequence[float]
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x_r1, x_r2, x_r3 per face: x_r3 shrunk to ``widths[i]`` px, x_r2 / x_r1 to that width
+    times scales[1] / scales[2] and scales[0] / scales[2] (capped at the face size, where
+    the face is kept as it is); bicubic, antialiased, resized back."""
+    S = x.shape[-1]
+    ratios = (scales[0] / scales[2], scales[1] / scales[2], 1.0)
+    outs = []
+    with torch.no_grad():
+        xf = x.float()
+        for ratio in ratios:
+            r = torch.empty_like(xf)
+            want = [min(S, max(1, int(round(float(w) * ratio)))) for w in widths.tolist()]
+            for w in sorted(set(want)):
+                idx = torch.tensor([i for i, v in enumerate(want) if v == w], device=x.device)
+                r[idx] = xf[idx] if w >= S else down_up(xf[idx], w)
+            outs.append(r.to(x.dtype))
+    return outs[0], outs[1], outs[2]
+
+
 @dataclass
 class GenOutput:
     """Everything G computes; ``fake`` is G(x)."""
@@ -200,6 +257,7 @@ class GenOutput:
     x_r3: torch.Tensor
     z: torch.Tensor
     local: Dict[str, torch.Tensor] = field(default_factory=dict)  # G_l's refined patches
+    widths: Optional[torch.Tensor] = None  # (N,) x_r3's width per face when z selects a level
 
 
 class MRGenerator(nn.Module):
@@ -217,6 +275,8 @@ class MRGenerator(nn.Module):
         b, K, B, r = cfg.base_width, cfg.num_stages, cfg.blocks_per_stage, cfg.se_reduction
         c = 4 * b
         self.z_dim = cfg.z_dim
+        self.levels = level_range(cfg, face_size)
+        cond = cfg.z_dim + (1 if self.levels else 0)  # z, and the level code when z selects one
         self.enc = nn.ModuleList([StreamEncoder(b) for _ in range(3)])
 
         def stage(cin: int) -> nn.Sequential:
@@ -228,17 +288,19 @@ class MRGenerator(nn.Module):
         self.res_r3 = nn.ModuleList([stage(c if k == 0 else 3 * c) for k in range(K)])
         self.fuse_12 = nn.ModuleList([FusionUnit(c, c, r) for _ in range(K)])
         self.fuse_23 = nn.ModuleList([FusionUnit(2 * c, c, r) for _ in range(K)])
-        self.noise = NoiseInjection(cfg.z_dim, K)
+        self.noise = NoiseInjection(cond, K)
         # decoder: S/8 -> S, then the two heads of Eq. 1
-        self.dec_in = _conv(3 * c + cfg.z_dim, c, 3)
+        self.dec_in = _conv(3 * c + cond, c, 3)
         self.dec = nn.ModuleList([_conv(c, 2 * b, 3), _conv(2 * b, b, 3), _conv(b, b, 3)])
         self.head_R = nn.Conv2d(b, 3, 3, 1, 1)
         self.head_A = nn.Conv2d(b, 1, 3, 1, 1)
         # local generator G_l
         self.boxes = region_boxes(face_size, cfg.template)
-        self.local = nn.ModuleDict({n: LocalGenerator(cfg.local_width, cfg.z_dim) for n in REGIONS})
-        # G_g (3) + three pasted patches (9) + their masks (3) -> two 1x1 convs -> G(x)
-        masks = torch.cat([box_mask(self.boxes[n], (face_size, face_size)) for n in REGIONS], 1)
+        self.local = nn.ModuleDict({n: LocalGenerator(cfg.local_width, cond) for n in REGIONS})
+        # G_g (3) + three patches faded into G_g (9) + their masks (3) -> two 1x1 convs -> G(x)
+        self.feather = float(cfg.feather)
+        masks = torch.cat([feather_mask(self.boxes[n], (face_size, face_size), self.feather)
+                           for n in REGIONS], 1)
         self.register_buffer("region_masks", masks, persistent=False)
         self.merge = nn.Sequential(nn.Conv2d(15, cfg.fuse_width, 1), nn.ReLU(inplace=True),
                                    nn.Conv2d(cfg.fuse_width, 3, 1))
@@ -275,6 +337,10 @@ class MRGenerator(nn.Module):
         z = torch.randn(n, self.z_dim, generator=generator, device=gdev)
         return z.to(device) if device is not None else z
 
+    def sample_levels(self, n: int, generator: Optional[torch.Generator] = None) -> Optional[torch.Tensor]:
+        """Widths (n,) of x_r3, log-uniform in :attr:`levels` (None without levels)."""
+        return None if self.levels is None else sample_widths(n, *self.levels, generator=generator)
+
     def global_stream(self, x_r: Sequence[torch.Tensor], z: torch.Tensor
                       ) -> Tuple[torch.Tensor, torch.Tensor]:
         """x_r1..x_r3, z -> (G^A in [0, 1] (sigmoid), G^R in [-1, 1] (tanh))."""
@@ -291,8 +357,23 @@ class MRGenerator(nn.Module):
             y = layer(F.interpolate(y, scale_factor=2, mode="nearest"))
         return torch.sigmoid(self.head_A(y)), torch.tanh(self.head_R(y))
 
+    def merge_inputs(self, G_g: torch.Tensor, local: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """The 15 channels the two 1x1 convolutions see: G_g, each G_l patch placed on the
+        face, and the region masks. With ``feather`` > 0 each patch fades into G_g under its
+        feathered mask (``m * patch + (1 - m) * G_g``), so every channel is continuous
+        across the box border (no seams); with 0 the patches sit on a zero canvas."""
+        n, _, h, w = G_g.shape
+        pasted = [paste(local[r], self.boxes[r], (h, w)).to(G_g.dtype) for r in REGIONS]
+        masks = self.region_masks.to(G_g.dtype).expand(n, -1, -1, -1)
+        if self.feather > 0:
+            pasted = [masks[:, i:i + 1] * p + (1.0 - masks[:, i:i + 1]) * G_g for i, p in enumerate(pasted)]
+        return torch.cat([G_g, *pasted, masks], 1)
+
     def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None,
-                generator: Optional[torch.Generator] = None) -> GenOutput:
+                generator: Optional[torch.Generator] = None,
+                widths: Optional[torch.Tensor] = None) -> GenOutput:
+        """G(x, z). With levels, ``widths`` (N,) picks x_r3's width per face (drawn from
+        ``generator`` after z when None)."""
         n, c, h, w = x.shape
         if c != 3 or h != self.face_size or w != self.face_size:
             raise ValueError(f"MRGenerator expects (N, 3, {self.face_size}, {self.face_size}) "
@@ -302,16 +383,24 @@ class MRGenerator(nn.Module):
         if z.shape != (n, self.z_dim):
             raise ValueError(f"z must be ({n}, {self.z_dim}), got {tuple(z.shape)}")
         z = z.to(x.device)
-        x_r1, x_r2, x_r3 = multi_resolution_inputs(x, self.scales)
-        G_A, G_R = self.global_stream((x_r1, x_r2, x_r3), z)
+        if self.levels is None:
+            widths = None
+            x_r1, x_r2, x_r3 = multi_resolution_inputs(x, self.scales)
+            cond = z
+        else:
+            if widths is None:
+                widths = self.sample_levels(n, generator)
+            widths = torch.as_tensor(widths).long().view(-1).cpu()
+            if widths.shape[0] != n:
+                raise ValueError(f"widths must hold one width per face ({n}), got {tuple(widths.shape)}")
+            x_r1, x_r2, x_r3 = level_inputs(x, widths, self.scales)
+            cond = torch.cat([z, level_code(widths, *self.levels).to(z.device, z.dtype)], 1)
+        G_A, G_R = self.global_stream((x_r1, x_r2, x_r3), cond)
         G_g = attention_blend(G_A, x_r3.to(G_A.dtype), G_R)
-        size = (h, w)
-        local = {r: self.local[r](crop(x_r3, self.boxes[r]), z) for r in REGIONS}
-        pasted = [paste(local[r], self.boxes[r], size) for r in REGIONS]
-        masks = self.region_masks.to(G_g.dtype).expand(n, -1, -1, -1)
-        fake = torch.tanh(self.merge(torch.cat([G_g, *[p.to(G_g.dtype) for p in pasted], masks], 1)))
+        local = {r: self.local[r](crop(x_r3, self.boxes[r]), cond) for r in REGIONS}
+        fake = torch.tanh(self.merge(self.merge_inputs(G_g, local)))
         return GenOutput(fake=fake, G_A=G_A, G_R=G_R, G_g=G_g, x_r1=x_r1, x_r2=x_r2, x_r3=x_r3,
-                         z=z, local=local)
+                         z=z, local=local, widths=widths)
 
 
 # ------------------------------------------------------------------ generator.pt

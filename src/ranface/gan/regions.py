@@ -86,6 +86,29 @@ def box_mask(box: Box, size: Tuple[int, int], device=None, dtype=torch.float32) 
     return m
 
 
+def feather_mask(box: Box, size: Tuple[int, int], feather: float, device=None,
+                 dtype=torch.float32) -> torch.Tensor:
+    """(1, 1, H, W) mask of ``box`` whose edges fade: 1 in the interior, falling to 0 at the
+    box border along a raised cosine over ``feather`` x the box's shorter side (pixel
+    centres), 0 outside. ``feather = 0`` is :func:`box_mask`. Blending a patch with
+    ``m * patch + (1 - m) * face`` then leaves no step at the border (a seamless paste)."""
+    if feather <= 0:
+        return box_mask(box, size, device, dtype)
+    import math
+
+    x0, y0, x1, y1 = box
+    h, w = size
+    ramp = max(1.0, feather * min(x1 - x0, y1 - y0))
+
+    def axis(n: int, a: int, b: int) -> torch.Tensor:
+        c = torch.arange(n, dtype=torch.float64) + 0.5
+        d = torch.minimum(c - a, b - c).clamp(min=0) / ramp
+        return 0.5 - 0.5 * torch.cos(math.pi * d.clamp(max=1.0))
+
+    m = axis(h, y0, y1)[:, None] * axis(w, x0, x1)[None, :]
+    return m.to(device=device, dtype=dtype)[None, None]
+
+
 def center_box(size: int, center_size: Tuple[int, int] = CENTER_SIZE_112) -> Box:
     """Eq. 5's centre patch for a ``size`` face: ``center_size`` = (width, height) at 112,
     scaled with the face size, centred (the odd pixel of slack goes right / down)."""

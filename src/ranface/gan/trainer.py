@@ -6,8 +6,9 @@ Two phases per step, in this order:
   unpaired pool against G(x).detach(); real and fake go through the discriminators in
   one concatenated batch (one DDP forward).
 * ``G``: Adam on G with L_G = l1 L_adv^G + l2 L_perceptual + l3 L_pixel + l4 L_att
-  (Eq. 6); the pixel critic term is applied when ``phase_iter % pixel_every == 0``
-  (every 5 generator iterations, §4.2). The discriminators are evaluated through the
+  (Eq. 6); the pixel critic term follows ``loss.pixel_schedule``: ``g_every`` applies it
+  when ``phase_iter % pixel_every == 0`` (every 5 generator iterations, §4.2), ``d_ratio``
+  on every G update with the G phase run once per ``pixel_every`` steps. The discriminators are evaluated through the
   plain (un-wrapped) module with ``requires_grad`` off, so the G step computes no D
   gradients and never touches D's DDP reducer.
 
@@ -33,6 +34,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..config import to_dict
+from ..train.distributed import unwrap
 from ..data.datasets import IMAGE_EXTENSIONS, Skipped
 from ..data.image import encode_image, read_image
 from ..errors import ConfigError, DataError
@@ -156,14 +158,20 @@ class GanSteps:
     def generate(self, x: torch.Tensor, ctx: StepContext) -> GenOutput:
         g = z_generator(self.cfg.run.seed, ctx.step, self.rank)
         z = torch.randn(x.shape[0], self.z_dim, generator=g).to(x.device)
+        widths = unwrap(self.G).sample_levels(x.shape[0], g)  # z's degradation level (None: fixed)
         with ctx.autocast():
-            return self.G(x, z)
+            return self.G(x, z, widths=widths)
 
     def d_loss(self, batch: Any, ctx: StepContext) -> Tuple[torch.Tensor, Dict[str, Any]]:
         """Eq. 6, L_D = l1 L_adv^D (Eq. 3)."""
         x, y = batch[0], batch[1]
-        out = self.generate(x, ctx)
-        ctx.cache["gen"] = out  # the G phase back-propagates through this graph
+        lo = self.cfg.loss
+        if lo.pixel_schedule == "d_ratio" and ctx.step % lo.pixel_every:
+            with torch.no_grad():  # no G update this step: no graph to keep
+                out = self.generate(x, ctx)
+        else:
+            out = self.generate(x, ctx)
+            ctx.cache["gen"] = out  # the G phase back-propagates through this graph
         ny = y.shape[0]
         with ctx.autocast():
             scores = self.D(torch.cat([y, out.fake.detach().to(y.dtype)], 0))
@@ -192,7 +200,8 @@ class GanSteps:
         perc = perceptual_loss(f_x, f_gx)
         pix = pixel_loss(out.fake, out.x_r3)
         att = attention_loss(out.G_A, tuple(self.cfg.loss.center_size))
-        use_pixel = ctx.phase_iter % self.cfg.loss.pixel_every == 0
+        lo = self.cfg.loss
+        use_pixel = lo.pixel_schedule == "d_ratio" or ctx.phase_iter % lo.pixel_every == 0
         loss = generator_objective(adv, perc, pix, att, self.lambdas, use_pixel=use_pixel)
         stats = {"adv_g": adv.detach(), "perceptual": perc.detach(), "pixel": pix.detach(),
                  "attention": att.detach(), "G_A_mean": out.G_A.detach().float().mean(),
@@ -289,7 +298,6 @@ def run_train_gan(cfg: GanConfig, expert: Optional[ExpertNetwork] = None) -> Dic
     """
     from ..data.loader import open_dataset
     from ..train.checkpoint import save_checkpoint
-    from ..train.distributed import unwrap
     from ..train.recognition import make_to_device, wrap_ddp
     from ..train.runs import seed_everything, setup_run, write_json
 
@@ -331,7 +339,8 @@ def run_train_gan(cfg: GanConfig, expert: Optional[ExpertNetwork] = None) -> Dic
     steps = GanSteps(G_fwd, D_fwd, D, expert, cfg, dist.rank, samples)
     clip = o.clip_grad_norm or None
     phases = [Phase("D", opt_D, steps.d_loss, [D_fwd], clip_grad_norm=clip),
-              Phase("G", opt_G, steps.g_loss, [G_fwd], clip_grad_norm=clip)]
+              Phase("G", opt_G, steps.g_loss, [G_fwd], clip_grad_norm=clip,
+                    interval=cfg.loss.pixel_every if cfg.loss.pixel_schedule == "d_ratio" else 1)]
     r = cfg.run
     options = TrainerOptions(max_steps=o.max_steps, log_every=r.log_every, ckpt_every=r.ckpt_every,
                              val_every=0, keep_last=r.keep_last, keep_best=r.keep_best,
