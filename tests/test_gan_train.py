@@ -269,3 +269,55 @@ def test_two_process_gloo_train_gan(data, tmp_path):
     assert summary["world_size"] == 2 and summary["steps"] == 2
     d = summary["param_digests"]
     assert len(d) == 2 and d[0] == d[1], "DDP replicas diverged"
+
+
+def test_d_ratio_pixel_schedule_and_levels_through_the_cli(data, tmp_path):
+    """d_ratio: G is updated on every 2nd step only, always with L_pixel; a generator with
+    levels trains and saves its level range."""
+    out = str(tmp_path / "runs")
+    assert cli(data, out, "ratio", 4, "loss.pixel_schedule=d_ratio", "loss.pixel_every=2",
+               "generator.level_widths=[6,16]") == 0
+    rows = read_metrics(os.path.join(out, "ratio"), "train")
+    g_rows = [r for r in rows if "G/loss" in r]
+    assert len(rows) == 4 and len(g_rows) == 2 and all(r["G/pixel_critic"] == 1 for r in g_rows)
+    G, info = load_generator(os.path.join(out, "ratio"))
+    assert G.levels == (6, 16) and info["generator"]["level_widths"] == [6, 16]
+
+
+def test_bad_pixel_schedule_and_levels_are_one_line_errors(data, tmp_path, capsys):
+    out = str(tmp_path / "runs")
+    assert cli(data, out, "bad", 1, "loss.pixel_schedule=sometimes") == 2
+    assert "pixel_schedule" in capsys.readouterr().err
+    assert cli(data, out, "bad", 1, "generator.level_widths=[20,6]") == 2
+    assert "level_widths" in capsys.readouterr().err
+
+
+def test_train_expert_distils_the_teacher_into_a_loadable_model(data, tmp_path, capsys):
+    import json
+
+    from ranface.inference import load_model
+    from ranface.train.distill import distillation_loss
+
+    t = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert float(distillation_loss(t, t)) == pytest.approx(0.0)
+    assert float(distillation_loss(-t, t)) == pytest.approx(2.0)
+    assert float(distillation_loss(torch.tensor([[1.0, 1.0]]), torch.tensor([[1.0, 0.0]]))) == \
+        pytest.approx(1 - 2 ** -0.5)
+    out = str(tmp_path / "runs")
+    rc = main(["train-expert", "--hr", data["hr"], "--teacher", data["expert"],
+               "--set", f"run.out_dir={out}", "--set", "run.name=ex", "--set", "optim.max_steps=3",
+               "--set", "data.batch_size=4", "--set", "data.num_workers=0", "--set", "optim.warmup_steps=0",
+               "--set", "data.face_size=32", "--set", "run.log_every=1",
+               "--set", "run.progress=false", "--set", "run.tensorboard=false"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 3 and -1 <= summary["final_cosine_to_teacher"] <= 1
+    model, info = load_model(os.path.join(out, "ex"))
+    assert info["backbone"] == "mobilefacenet" and model.spec.embedding_size == 32  # the teacher's
+    rows = read_metrics(os.path.join(out, "ex"), "train")
+    assert len(rows) == 3 and all(0 <= r["distil/loss"] <= 2 for r in rows)
+    # the expert it writes is what train-gan takes
+    args = ["train-gan", "--hr", data["hr"], "--lr-pool", data["pool"], "--expert", os.path.join(out, "ex")]
+    for s in TINY + [f"run.out_dir={tmp_path / 'g'}", "run.name=with_expert", "optim.max_steps=1"]:
+        args += ["--set", s]
+    assert main(args) == 0

@@ -66,3 +66,16 @@ def test_missing_folder_listed(tmp_path):
     model = create_backbone("mobilefacenet", embedding_size=16).eval()
     with pytest.raises(ProtocolError, match="nope"):
         evaluate("lr-realism", EvalContext(model=model), str(tmp_path), RealismOptions(synth="nope", real="nope2"))
+
+
+def test_frechet_bootstrap_interval_and_chance_band():
+    from ranface.eval.protocols.realism import chance_interval, frechet_bootstrap
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(300, 4)), rng.normal(size=(300, 4)) + 1.0  # true distance 4
+    sd, lo, hi = frechet_bootstrap(a, b, 100, seed=1)
+    assert lo < frechet_distance(a, b) < hi and 0 < sd < 1.0
+    assert lo < 4.0 < hi
+    assert frechet_bootstrap(a, b, 20, seed=1) == frechet_bootstrap(a, b, 20, seed=1)
+    # 100 test faces: 1.96 * 0.5 / 10 = 0.098 either side of 0.5
+    assert chance_interval(100) == pytest.approx((0.402, 0.598))

@@ -168,8 +168,7 @@ def run_train_expert(cfg: ExpertConfig) -> Dict[str, Any]:
     kw = backbone_kwargs({"embedding_size": dim})
     student = build_backbone(cfg.backbone, kw)
     spec = student.spec
-    if tuple(spec.input_size) != (S, S):
-        raise ConfigError(f"{cfg.backbone} takes {tuple(spec.input_size)} faces; data.face_size is {S}")
+    size = None if tuple(spec.input_size) == (S, S) else tuple(spec.input_size)  # resized to the student
     targets = teacher_targets(teacher, dataset, cfg.teacher_batch, ctx.device)
     del teacher, t_module
     student.to(ctx.device)
@@ -177,7 +176,7 @@ def run_train_expert(cfg: ExpertConfig) -> Dict[str, Any]:
     o = cfg.optim
     opt = torch.optim.SGD(student.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     sched = make_scheduler(opt, schedule=o.schedule, max_steps=o.max_steps, warmup_steps=o.warmup_steps)
-    view = AugmentedView(_Indexed(dataset), FaceTransform(spec.mean, spec.std, hflip=cfg.data.hflip),
+    view = AugmentedView(_Indexed(dataset), FaceTransform(spec.mean, spec.std, hflip=cfg.data.hflip, size=size),
                          seed=cfg.run.seed)
     loader, sampler = build_train_loader(view, cfg.data.batch_size, cfg.data.num_workers, ctx.dist.world_size,
                                          ctx.dist.rank, cfg.run.seed, drop_last=True,

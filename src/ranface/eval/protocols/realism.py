@@ -10,7 +10,12 @@ frozen expert (the evaluated model):
 * **Domain classifier accuracy**: a logistic regression (real vs synthesized) on the
   embeddings, trained on half of each set and tested on the other half, both halves
   swapped and averaged (2-fold). 0.5 = indistinguishable, 1.0 = trivially separable.
-  The two sets are subsampled to the same size so chance is exactly 0.5.
+  The two sets are subsampled to the same size so chance is exactly 0.5; the table gives
+  the 95% range of a chance classifier's accuracy on that many test faces (binomial),
+  so an accuracy inside it means "indistinguishable at this sample size".
+* **Spread of the Fréchet distance**: ``bootstrap`` resamples of the faces of both sets
+  (with replacement, seeded); the table gives the distance with its 95% percentile
+  interval. Two degraders whose intervals overlap are not told apart by this pool.
 * **Identity preservation** (with ``hr`` given): mean cosine between the expert
   embedding of each HR face x and of its synthesized twin G(x) (same relative path).
 """
@@ -37,6 +42,7 @@ class RealismOptions:
     max_images: int = 2000  # per set (seeded subsample); 0: all
     seed: int = 0
     label: str = ""  # name of the degrader in the report
+    bootstrap: int = 200  # resamples for the Fréchet distance's interval; 0: none
 
 
 def _resolve(root: str, p: str) -> str:
@@ -51,6 +57,23 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     covmean = np.real(linalg.sqrtm(ca @ cb))
     return float(np.sum((mu_a - mu_b) ** 2) + np.trace(ca + cb - 2.0 * covmean))
+
+
+def frechet_bootstrap(a: np.ndarray, b: np.ndarray, resamples: int = 200, seed: int = 0
+                      ) -> Tuple[float, float, float]:
+    """(std, 2.5th, 97.5th percentile) of the Fréchet distance over ``resamples`` bootstrap
+    resamples of the rows of ``a`` and of ``b`` (each with replacement)."""
+    rng = np.random.default_rng(seed)
+    vals = np.array([frechet_distance(a[rng.integers(0, len(a), len(a))], b[rng.integers(0, len(b), len(b))])
+                     for _ in range(int(resamples))])
+    return float(vals.std(ddof=1)), float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))
+
+
+def chance_interval(n_test: int, z: float = 1.96) -> Tuple[float, float]:
+    """95% range of the accuracy of a classifier that guesses (p = 0.5) on ``n_test``
+    balanced test faces (normal approximation of the binomial)."""
+    m = z * 0.5 / np.sqrt(max(1, n_test))
+    return 0.5 - m, 0.5 + m
 
 
 def domain_classifier_accuracy(real: np.ndarray, synth: np.ndarray, seed: int = 0,
@@ -124,10 +147,16 @@ class RealismProtocol(Protocol):
         fs, oks = self._embed(ctx, synth_dir, synth_rels, skips)
         fr, okr = self._embed(ctx, real_dir, real_rels, skips)
         fs, fr = fs[oks], fr[okr]
+        n_test = 2 * min(len(fr), len(fs))  # both folds together test every kept face once
         metrics: Dict[str, Any] = {
             "frechet_distance": frechet_distance(fr, fs),
             "domain_accuracy": domain_classifier_accuracy(fr, fs, seed=o.seed),
+            "domain_chance_ci95": [round(v, 4) for v in chance_interval(n_test)],
+            "domain_test_faces": n_test,
         }
+        if o.bootstrap > 0:
+            sd, lo, hi = frechet_bootstrap(fr, fs, o.bootstrap, o.seed)
+            metrics.update({"frechet_std": sd, "frechet_ci95": [lo, hi], "frechet_bootstrap": int(o.bootstrap)})
         if o.hr:
             hr_dir = _resolve(root, o.hr)
             pairs = [r for r, ok in zip(synth_rels, oks) if ok and os.path.exists(os.path.join(hr_dir, r))]
@@ -149,14 +178,18 @@ class RealismProtocol(Protocol):
 
     @staticmethod
     def _table(results: List[Dict[str, Any]]) -> Tuple[List[str], List[List[str]]]:
-        head = ["LR synthesis", "Fréchet distance (expert space) ↓", "domain classifier acc (0.5 = real-like) ↓",
-                "identity cosine x vs G(x) ↑", "faces (synth / real)"]
+        head = ["LR synthesis", "Fréchet distance (expert space) ↓ [95% bootstrap]",
+                "domain classifier acc ↓ [chance 95%]", "identity cosine x vs G(x) ↑", "faces (synth / real)"]
         rows = []
         for r in results:
             m, c = r["metrics"], r["counts"]
             label = r["options"].get("label") or os.path.basename(os.path.normpath(r["options"].get("synth", "")))
             ic = m.get("identity_cosine")
-            rows.append([label, f"{m['frechet_distance']:.4f}", f"{m['domain_accuracy']:.3f}",
+            ci = m.get("frechet_ci95")
+            fd = f"{m['frechet_distance']:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+            ch = m.get("domain_chance_ci95")
+            da = f"{m['domain_accuracy']:.3f}" + (f" [{ch[0]:.3f}, {ch[1]:.3f}]" if ch else "")
+            rows.append([label, fd, da,
                          "n/a" if ic is None else f"{ic:.3f}", f"{c['synth']} / {c['real']}"])
         return head, rows
 
