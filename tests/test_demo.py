@@ -12,7 +12,7 @@ from conftest import require_shared
 
 SECTIONS = ("## Verification accuracy, HR-vs-LR", "## Targets of the main job", "## Difference from the HR model",
             "## The LR band", "## Start of training", "## Adaption terms (Eq. 10)",
-            "## Realism of synthesized LR faces", "## TAR@FAR", "## Accuracy vs probe pixels",
+            "## LR synthesis methods (Table 1 shape)", "## TAR@FAR", "## Accuracy vs probe pixels",
             "## ROC curves", "## Synthesized faces", "## Translation gate W", "## Stages", "## Models")
 
 
@@ -64,6 +64,16 @@ def test_readme_main_command_quick_profile_from_repo_root():
         manifest = json.load(open(os.path.join(out, "lr_bicubic", "synth_manifest.json")))
         assert manifest["degrader_info"]["band"]["widths_px"] == [8, 32]
         assert "real LR pool" in report and "twins: bicubic" in report and "twins: mrgan" in report
+        # Table 1: every synthesis method scored for realism (with spread); the LR model of each
+        # degrader that trained one; the face grid of every method; MR-GAN's per-face levels
+        rows = {r["degrader"]: r for r in json.load(open(os.path.join(out, "report", "table1.json")))}
+        assert set(rows) == {"bicubic", "mrgan", "random-degrade", "second-order"}
+        assert all(len(r["realism"]["frechet_ci95"]) == 2 for r in rows.values())
+        assert "LR" in rows["bicubic"] and "LR" in rows["mrgan"] and "MR" in rows["bicubic"]
+        assert os.path.exists(os.path.join(out, "report", "degraders.png"))
+        levels = open(os.path.join(out, "lr_mrgan", "synth_levels.tsv")).read().splitlines()[1:]
+        assert levels and all(8 <= int(ln.split("\t")[1]) <= 32 for ln in levels)
+        assert os.path.exists(os.path.join(out, "models", "expert", "model.pt"))  # the distilled expert
         # the MR stage's adaption trace: D's scores at the first and last step
         assert "d_real" in report and "| mr_bicubic |" in report
         # rerun (the module directly, the venv is set up): every stage reused

@@ -130,3 +130,35 @@ def test_stage_keys_differ_by_name_for_equal_settings(tmp_path):
     st.run("synth_bicubic", {"v": 1}, lambda: {})
     st.run("synth_mrgan", {"v": 1}, lambda: {})
     assert st.key("synth_bicubic") != st.key("synth_mrgan")
+
+
+def test_table1_rows_and_markdown_from_results():
+    from ranface.pipelines.table1 import table1_markdown, table1_rows
+
+    def res(acc):
+        return {"metrics": {"full": {"acc": 0.99}, "hr-lr": {"16": {"acc": acc}, "12": {"acc": acc - 0.1}}}}
+
+    realism = [{"options": {"label": "bicubic"}, "metrics": {"frechet_distance": 0.02, "frechet_ci95": [0.018, 0.023],
+                                                             "domain_accuracy": 0.8, "domain_chance_ci95": [0.45, 0.55],
+                                                             "identity_cosine": 0.9}},
+               {"options": {"label": "second-order"}, "metrics": {"frechet_distance": 0.01, "domain_accuracy": 0.6}}]
+    rows = table1_rows(["bicubic", "mrgan"], {"LR (bicubic)": res(0.9), "MR (bicubic)": res(0.92),
+                                              "LR (mrgan)": res(0.85)}, realism, [16, 12])
+    assert [r["degrader"] for r in rows] == ["bicubic", "mrgan", "second-order"]
+    assert rows[0]["LR"]["16"] == 0.9 and rows[0]["MR"]["12"] == pytest.approx(0.82) and "MR" not in rows[1]
+    md = table1_markdown(rows, [16, 12])
+    assert "| bicubic | 0.0200 [0.0180, 0.0230] | 0.800 [0.450, 0.550] | 0.900 | 90.00 | 80.00 | 92.00 | 82.00 |" in md
+    assert "| mrgan | n/a | n/a | n/a | 85.00 | 75.00 | — | — |" in md
+    assert "| second-order | 0.0100 | 0.600 | n/a | — | — | — | — |" in md
+
+
+def test_table1_command_refuses_missing_inputs_in_one_line(tmp_path, capsys):
+    from ranface.cli import main
+
+    (tmp_path / "faces").mkdir()
+    rc = main(["table1", "--faces", str(tmp_path / "faces"), "--lr-pool", str(tmp_path / "nope"),
+               "--test-faces", str(tmp_path / "faces"), "--pairs", str(tmp_path / "pairs.txt"),
+               "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "nope" in err[0] and "real LR pool" in err[0]
+    assert not (tmp_path / "out").exists()

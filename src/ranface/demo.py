@@ -42,14 +42,16 @@ PROFILES: Dict[str, Dict[str, Any]] = {
     "quick": dict(test_folds=[9], pairs_per_fold=100, train_ids=40, train_images_per_id=4,
                   lr_pool_upscales=[1.0, 2.0], gan_steps=20, gan_batch=8, gan_profile="small",
                   lr_steps=16, mr_steps=16, batch_size=16, probe_sizes=[16, 12],
-                  lr_pool_limit=14, mr_twin_prob=0.5, eval_modes=["hr-lr"]),
+                  lr_pool_limit=14, mr_twin_prob=0.5, eval_modes=["hr-lr"], gan_expert="distil",
+                  expert_steps=4),
     # 2-core laptop, <= 40 min (about 20 measured): two held-out folds (1,200 pairs), 200
     # training identities; steps chosen from learning curves (docs/results.md, issue 11)
     "default": dict(test_folds=[8, 9], pairs_per_fold=0, train_ids=200, train_images_per_id=6,
                     lr_pool_upscales=[1.0, 2.0], gan_steps=200, gan_batch=16,
                     gan_profile="small", lr_steps=120, mr_steps=120, batch_size=32,
                     probe_sizes=[24, 16, 12, 8], lr_pool_limit=0, mr_twin_prob=0.5,
-                    eval_modes=["hr-lr", "lr-lr"], mr_degraders=["mrgan"]),
+                    eval_modes=["hr-lr", "lr-lr"], mr_degraders=["mrgan"], gan_expert="distil",
+                    expert_steps=100),
 }
 
 
@@ -75,6 +77,12 @@ class DemoConfig:
     gan_steps: Optional[int] = None
     gan_batch: Optional[int] = None
     gan_profile: str = ""
+    # MR-GAN's frozen expert (Eq. 2): "distil" = a 112-px MobileFaceNet distilled from the HR
+    # model on the training faces (train-expert; the paper's kind of expert), "hr" = the HR model
+    gan_expert: str = ""
+    expert_steps: Optional[int] = None
+    gan_level_widths: List[int] = field(default_factory=list)  # [] -> the twins' band (bicubic_*)
+    gan_pixel_schedule: str = "g_every"  # loss.pixel_schedule (docs/decisions.md)
     # the first is the main chain (LR, MR and the no-translator ablation); docs/decisions.md
     degraders: List[str] = field(default_factory=lambda: ["bicubic", "mrgan"])
     bicubic_sizes: List[int] = field(default_factory=lambda: [8, 32])  # widths, when bicubic_band is empty
@@ -122,6 +130,8 @@ def resolve(cfg: DemoConfig) -> DemoConfig:
         raise ConfigError(f"mr_twin_prob must be a probability in [0, 1], got {out.mr_twin_prob}")
     from .eval.protocols.pairs import MODES
 
+    if out.gan_expert not in ("distil", "hr"):
+        raise ConfigError(f"gan_expert must be distil or hr, got {out.gan_expert!r}")
     if not out.eval_modes or any(m not in MODES for m in out.eval_modes):
         raise ConfigError(f"eval_modes must be a non-empty list of {', '.join(MODES)}; got {out.eval_modes}")
     return out
@@ -302,71 +312,20 @@ def _run_dir(out: str, name: str) -> str:
     return os.path.join(out, "models", name)
 
 
-def stage_gan(cfg: DemoConfig, out: str, faces: str, pool: str) -> Dict[str, Any]:
-    from .config import from_dict
-    from .gan.config import GanConfig, profile_configs
-    from .gan.trainer import run_train_gan
-
-    gen, disc = profile_configs(cfg.gan_profile)
-    # regions of the local generator / discriminators follow the demo's alignment template
-    gen = dataclasses.replace(gen, template=cfg.template)
-    disc = dataclasses.replace(disc, template=cfg.template)
-    d = {"data": {"hr": faces, "lr_pool": pool, "face_size": cfg.face_size, "batch_size": cfg.gan_batch,
-                  "num_workers": 1},
-         "generator": gen, "discriminator": disc,
-         "optim": {"max_steps": cfg.gan_steps},
-         "expert": os.path.join(cfg.data_root, "models", "faceapi-resnet29"),
-         "image_every": max(1, cfg.gan_steps // 3),
-         "run": _run_cfg(os.path.join(out, "models"), "gan", cfg, ckpt_every=max(10, cfg.gan_steps // 3))}
-    gc = from_dict(GanConfig, d)
-    summary = run_train_gan(gc)
-    keep = ("run_dir", "steps", "elapsed_s", "counters", "losses", "generator")
-    return {k: summary[k] for k in keep if k in summary}
-
-
-def stage_synth(cfg: DemoConfig, out: str, faces: str, degrader: str, gan_dir: str) -> Dict[str, Any]:
-    from .config import from_dict
-    from .gan.config import SynthConfig
-    from .gan.degraders import synthesize
-
-    opts: Dict[str, Any] = {}
-    if degrader == "mrgan":
-        opts = {"checkpoint": os.path.join(gan_dir, "generator.pt")}
-    elif degrader == "bicubic":
-        opts = ({"eye_mouth_range": list(cfg.bicubic_band)} if cfg.bicubic_band
-                else {"size_range": list(cfg.bicubic_sizes)})
-        opts["template"] = cfg.template
-    sc = from_dict(SynthConfig, {"input": faces, "output": os.path.join(out, f"lr_{degrader}"),
-                                 "degrader": degrader, "options": opts, "seed": cfg.seed,
-                                 "num_workers": 1, "progress": cfg.progress, "batch_size": 32})
-    res = synthesize(sc)
-    return {k: v for k, v in res.items() if isinstance(v, (int, float, str, list, dict))}
-
-
-def stage_eval(cfg: DemoConfig, out: str, name: str, model: str, faces: str) -> Dict[str, Any]:
+def stage_eval(cfg: DemoConfig, out: str, name: str, model: str, faces: str, pairs: str = "") -> Dict[str, Any]:
     from .eval.protocols import EvalContext, evaluate
     from .eval.protocols.pairs import PairsOptions
     from .inference import load_model
 
-    m, info = load_model(model)
-    ctx = EvalContext(model=m, info=info, batch_size=64, progress=cfg.progress)
-    opts = PairsOptions(pairs=os.path.join(out, "test_pairs.txt"), images=faces,
+    from .train.precision import resolve_device
+
+    dev = resolve_device("auto")  # the GPU when there is one
+    m, info = load_model(model, device=dev)
+    ctx = EvalContext(model=m, info=info, device=dev, batch_size=64, progress=cfg.progress)
+    opts = PairsOptions(pairs=pairs or os.path.join(out, "test_pairs.txt"), images=faces,
                         probe_sizes=list(cfg.probe_sizes), modes=list(cfg.eval_modes), flip=False)
     res = evaluate("pairs", ctx, out, opts, out_dir=os.path.join(out, "eval", name))
     return {"result": os.path.join(out, "eval", name, "result.json"), "metrics": res["metrics"]}
-
-
-def stage_realism(cfg: DemoConfig, out: str, degrader: str, expert: str) -> Dict[str, Any]:
-    from .eval.protocols import EvalContext, evaluate
-    from .eval.protocols.realism import RealismOptions
-    from .inference import load_model
-
-    m, info = load_model(expert)
-    ctx = EvalContext(model=m, info=info, batch_size=64, progress=cfg.progress)
-    opts = RealismOptions(synth=f"lr_{degrader}", real="lr_pool", hr="faces_train", label=degrader,
-                          seed=cfg.seed)
-    res = evaluate("lr-realism", ctx, out, opts, out_dir=os.path.join(out, "eval", f"realism_{degrader}"))
-    return {"result": os.path.join(out, "eval", f"realism_{degrader}", "result.json"), "metrics": res["metrics"]}
 
 
 # ------------------------------------------------------------------------- driver
@@ -422,47 +381,13 @@ def run_demo(cfg: DemoConfig) -> Dict[str, Any]:
                    outputs=[_run_dir(out, "hr")])
         hr_model = r["run_dir"]
 
-    gan = st.run("gan", {"steps": cfg.gan_steps, "b": cfg.gan_batch, "p": cfg.gan_profile, **pool, **split},
-                 lambda: stage_gan(cfg, out, faces_train, lr_pool), outputs=[_run_dir(out, "gan")])
-    models: Dict[str, str] = {"HR": hr_model}
-    model_keys: Dict[str, str] = {"HR": st.key("hr") if cfg.hr_finetune_steps > 0 else hr_model}
-    for deg in cfg.degraders:
-        st.run(f"synth_{deg}", {"gan": st.key("gan"), "sizes": cfg.bicubic_sizes, "band": cfg.bicubic_band,
-                                "tpl": cfg.template, **split},
-               lambda deg=deg: stage_synth(cfg, out, faces_train, deg, gan["run_dir"]),
-               outputs=[os.path.join(out, f"lr_{deg}")])
-        lr_dir = os.path.join(out, f"lr_{deg}")
-        r = st.run(f"lr_{deg}", {"steps": cfg.lr_steps, "lr": cfg.lr, "b": cfg.batch_size, "hr": hr_model,
-                                 "m": cfg.margin, "twin": st.key(f"synth_{deg}"), **split},
-                   lambda deg=deg, lr_dir=lr_dir: stage_recognition(cfg, out, f"lr_{deg}", "lr", lr_dir, hr_model,
-                                                                    cfg.lr_steps),
-                   outputs=[_run_dir(out, f"lr_{deg}")])
-        models[f"LR ({deg})"] = lr_run = r["run_dir"]
-        model_keys[f"LR ({deg})"] = st.key(f"lr_{deg}")
-        main = deg == cfg.degraders[0]
-        variants = ([(f"mr_{deg}", True)] if main or deg in cfg.mr_degraders else []) + \
-            ([(f"mr_{deg}_notrans", False)] if cfg.no_translator and main else [])
-        for name, trans in variants:
-            r = st.run(name, {"steps": cfg.mr_steps, "lr": cfg.lr, "b": cfg.batch_size, "t": trans, "m": cfg.margin,
-                              "twin_prob": cfg.mr_twin_prob, "lr_stage": st.key(f"lr_{deg}"),
-                              "adapt": dataclasses.asdict(AdaptConfig()), **split},
-                       lambda name=name, trans=trans, lr_dir=lr_dir, lr_run=lr_run: stage_recognition(
-                           cfg, out, name, "mr", faces_train, hr_model, cfg.mr_steps, lr_train=lr_dir,
-                           lr_model=lr_run, translator=trans),
-                       outputs=[_run_dir(out, name)])
-            label = f"MR ({deg})" if trans else f"MR ({deg}, no translator)"
-            models[label] = r["run_dir"]
-            model_keys[label] = st.key(name)
-    # realism of each synthesis method against the real LR pool (expert = the HR model)
-    realism: List[Dict[str, Any]] = []
-    for deg in list(dict.fromkeys(list(cfg.degraders) + ["random-degrade"])):
-        if deg not in cfg.degraders:  # the extra comparison method, synthesized for realism only
-            st.run(f"synth_{deg}", {"gan": st.key("gan"), **split},
-                   lambda deg=deg: stage_synth(cfg, out, faces_train, deg, gan["run_dir"]),
-                   outputs=[os.path.join(out, f"lr_{deg}")])
-        realism.append(st.run(f"realism_{deg}", {"model": hr_model, "gan": st.key("gan"), "synth": st.key(f"synth_{deg}"), **split, **pool},
-                              lambda deg=deg: stage_realism(cfg, out, deg, hr_model),
-                              outputs=[os.path.join(out, "eval", f"realism_{deg}")]))
+    from .pipelines.table1 import run_degrader_chain
+
+    chain = run_degrader_chain(cfg, out, st, faces_train, lr_pool, hr_model, {**pool, **split})
+    models: Dict[str, str] = {"HR": hr_model, **chain["models"]}
+    model_keys: Dict[str, str] = {"HR": st.key("hr") if cfg.hr_finetune_steps > 0 else hr_model,
+                                  **chain["model_keys"]}
+    realism = chain["realism"]
     evals: Dict[str, Dict[str, Any]] = {}
     for label, path in models.items():
         slug = label.lower().replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")

@@ -107,39 +107,6 @@ def paired_table(results: Mapping[str, Dict[str, Any]], baseline: str = "HR", mo
     return md_table(["model"] + [("full" if k == "full" else f"{k} px") for k in keys], rows), out
 
 
-def face_grid(out: str, path: str, n: int = 6, seed: int = 0) -> Optional[str]:
-    """Fig.-5-style grid: one row per training face: HR | bicubic | MR-GAN | a real LR face."""
-    from PIL import Image
-
-    faces = os.path.join(out, "faces_train")
-    cols = [faces, os.path.join(out, "lr_bicubic"), os.path.join(out, "lr_mrgan")]
-    if not all(os.path.isdir(c) for c in cols):
-        return None
-    rels = sorted(os.path.relpath(os.path.join(dp, f), faces) for dp, _, fs in os.walk(faces)
-                  for f in fs if f.lower().endswith((".jpg", ".png")))
-    rels = [r for r in rels if all(os.path.exists(os.path.join(c, r)) for c in cols)]
-    pool_dir = os.path.join(out, "lr_pool")
-    pool = sorted(os.path.relpath(os.path.join(dp, f), pool_dir) for dp, _, fs in os.walk(pool_dir)
-                  for f in fs if f.lower().endswith((".jpg", ".png")))
-    if not rels:
-        return None
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(rels), size=min(n, len(rels)), replace=False)
-    pool_pick = rng.choice(len(pool), size=len(pick), replace=len(pool) < len(pick)) if pool else []
-    s = 112
-    grid = Image.new("RGB", (4 * s + 10, len(pick) * s + 2 * (len(pick) - 1)), "white")
-    for row, i in enumerate(pick):
-        ims = [Image.open(os.path.join(c, rels[i])).convert("RGB").resize((s, s)) for c in cols]
-        if len(pool):
-            ims.append(Image.open(os.path.join(pool_dir, pool[pool_pick[row]])).convert("RGB").resize((s, s)))
-        for col, im in enumerate(ims):
-            grid.paste(im, (col * (s + 3), row * (s + 2)))
-    buf = io.BytesIO()
-    grid.save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
-    return path
-
-
 def gate_curve(models: Mapping[str, str], path: str) -> Optional[str]:
     from .train.stats import read_metrics
 
@@ -385,9 +352,13 @@ def write_report(cfg: Any, out: str, stages: Any, models: Mapping[str, str],
     panels = {"full resolution": {l: r["curves"]["roc/full"] for l, r in results.items()},
               f"HR-vs-LR {roc_size} px": {l: r["curves"][f"roc/hr-lr/{roc_size}"] for l, r in results.items()}}
     figs["roc.png"] = plot_panels(panels, os.path.join(rep, "roc.png"))
-    g = face_grid(out, os.path.join(rep, "faces.png"), seed=cfg.seed)
-    if g:
-        figs["faces.png"] = g
+    from .pipelines.table1 import write_table1
+
+    realism = [_load(r["result"]) for r in (realism_records or [])]
+    t1 = write_table1(rep, cfg.degraders, results, realism, sizes, os.path.join(out, "faces_train"),
+                      os.path.join(out, "lr_pool"), out, seed=cfg.seed)
+    if t1["grid"]:
+        figs["degraders.png"] = t1["grid"]
     w = gate_curve(models, os.path.join(rep, "gate_w.png"))
     if w:
         figs["gate_w.png"] = w
@@ -427,22 +398,24 @@ def write_report(cfg: Any, out: str, stages: Any, models: Mapping[str, str],
           "## TAR@FAR, HR-vs-LR", "", tar_table(results, "hr-lr"),
           "## Accuracy vs probe pixels", "", *[f"![acc_{m}.png](acc_{m}.png)\n" for m in modes],
           "## ROC curves", "", "![roc.png](roc.png)", ""]
-    if "faces.png" in figs:
-        md += ["## Synthesized faces (Fig. 5 shape)", "",
-               "Columns: HR training face | bicubic twin | MR-GAN twin | a real LR face from the pool "
-               "(bands: see the LR band section).", "",
-               "![faces.png](faces.png)", ""]
     if "gate_w.png" in figs:
         md += ["## Translation gate W (Eq. 8)", "", "![gate_w.png](gate_w.png)", ""]
-    realism = [_load(r["result"]) for r in (realism_records or [])]
     if realism:
-        from .eval.protocols.realism import realism_table
+        from .pipelines.table1 import table1_markdown
 
-        md += ["## Realism of synthesized LR faces", "",
-               "Expert: the HR model. Fréchet distance between the Gaussians of expert embeddings of the "
-               "synthesized and the real LR faces; held-out accuracy of a real-vs-synthesized logistic "
-               "regression (0.5 = indistinguishable); mean cosine between x and its synthesized twin.", "",
-               realism_table(realism), ""]
+        md += ["## LR synthesis methods (Table 1 shape)", "",
+               "Realism against the real LR pool (expert: the HR model): Fréchet distance between the Gaussians "
+               "of expert embeddings of synthesized and real LR faces, with its 95% bootstrap interval over "
+               "faces; held-out accuracy of a real-vs-synthesized logistic regression with the 95% range of a "
+               "guessing classifier on as many test faces (inside it = indistinguishable); mean cosine of x and "
+               "its twin. Then HR-vs-LR accuracy (%) of each method's LR model (and MR model where trained): "
+               "the paper's decisive test. Same faces, steps, batch and learning rate for every method.", "",
+               table1_markdown(t1["rows"], sizes), ""]
+    if "degraders.png" in figs:
+        md += ["## Synthesized faces (Fig. 5 shape)", "",
+               "Columns: HR training face | each method's twin of it | a real LR face from the pool "
+               "(bands: see the LR band section).", "",
+               "![degraders.png](degraders.png)", ""]
     md += ["## Stages", "", md_table(["stage", "seconds", "settings"],
                                      [[k, f"{v:.0f}", json.dumps(stages.records.get(k, {}).get("settings", {}),
                                                                   default=str)[:160]]

@@ -1,0 +1,327 @@
+"""Table 1 as one pipeline: every LR synthesis method under one identical budget.
+
+For each degrader (bicubic, second-order, random-degrade, MR-GAN, ...):
+
+1. its LR twin of the HR training faces (``synthesize``; MR-GAN first trains its frozen
+   expert, ``train-expert``, then itself, ``train-gan``);
+2. its realism against the real LR pool (``lr-realism``: Fréchet distance with a bootstrap
+   interval, domain-classifier accuracy with the chance band, identity cosine);
+3. its LR model (the HR model fine-tuned on the twin, §4.2) and, for the chosen
+   degraders, the MR model (Eq. 7-10), all with the same steps, batch and learning rate;
+4. verification accuracy of every model on held-out pairs at full resolution and HR-vs-LR
+   at the probe widths (the decisive test of the paper: better twins, better LR model).
+
+One table (``table1.md`` / ``table1.json``) and one face grid of every degrader side by side
+(``degraders.png``, Fig. 5 shape). ``ranface table1`` runs it on prepared folders; the demo
+runs the same chain (:func:`run_degrader_chain`) inside its pipeline. The recipe knobs
+(steps, batch, probe sizes, degraders) are the demo's :class:`ranface.demo.DemoConfig`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from ..config import AdaptConfig
+from ..io_utils import atomic_write_bytes, atomic_write_text
+
+__all__ = ["run_degrader_chain", "run_table1", "degrader_grid", "table1_markdown", "REALISM_ONLY"]
+
+# synthesized and scored for realism even when they get no LR model (cheap; Table 1's rows)
+REALISM_ONLY = ("random-degrade", "second-order")
+
+
+# ------------------------------------------------------------------------- stages
+def stage_expert(cfg: Any, out: str, faces: str, teacher: str) -> Dict[str, Any]:
+    """MR-GAN's frozen expert F (Eq. 2): a 112-px MobileFaceNet distilled from the HR model."""
+    from ..config import from_dict
+    from ..demo import _run_cfg
+    from ..train.distill import ExpertConfig, run_train_expert
+
+    steps = int(cfg.expert_steps)
+    ec = from_dict(ExpertConfig, {
+        "data": {"train": faces, "face_size": cfg.face_size, "batch_size": cfg.batch_size, "num_workers": 1},
+        "optim": {"max_steps": steps, "warmup_steps": max(1, steps // 10)},
+        "teacher": teacher,
+        "run": _run_cfg(os.path.join(out, "models"), "expert", cfg, ckpt_every=max(10, steps // 2))})
+    s = run_train_expert(ec)
+    return {k: s[k] for k in ("run_dir", "steps", "elapsed_s", "final_cosine_to_teacher") if k in s}
+
+
+def gan_level_widths(cfg: Any) -> List[int]:
+    """The widths z's level ranges over: the twins' band (``bicubic_band`` / ``bicubic_sizes``),
+    so every degrader's twins cover the same faces sizes (one band definition)."""
+    from ..align.select import band_to_widths
+
+    if cfg.gan_level_widths:
+        return list(cfg.gan_level_widths)
+    if cfg.bicubic_band:
+        return list(band_to_widths(cfg.bicubic_band, cfg.template))
+    return list(cfg.bicubic_sizes)
+
+
+def stage_gan(cfg: Any, out: str, faces: str, pool: str, expert: str) -> Dict[str, Any]:
+    from ..config import from_dict
+    from ..demo import _run_cfg
+    from ..gan.config import GanConfig, profile_configs
+    from ..gan.trainer import run_train_gan
+
+    gen, disc = profile_configs(cfg.gan_profile)
+    # regions of the local generator / discriminators follow the demo's alignment template
+    gen = dataclasses.replace(gen, template=cfg.template, level_widths=gan_level_widths(cfg))
+    disc = dataclasses.replace(disc, template=cfg.template)
+    d = {"data": {"hr": faces, "lr_pool": pool, "face_size": cfg.face_size, "batch_size": cfg.gan_batch,
+                  "num_workers": 1},
+         "generator": gen, "discriminator": disc,
+         "loss": {"pixel_schedule": cfg.gan_pixel_schedule},
+         "optim": {"max_steps": cfg.gan_steps},
+         "expert": expert,
+         "image_every": max(1, cfg.gan_steps // 3),
+         "run": _run_cfg(os.path.join(out, "models"), "gan", cfg, ckpt_every=max(10, cfg.gan_steps // 3))}
+    gc = from_dict(GanConfig, d)
+    summary = run_train_gan(gc)
+    keep = ("run_dir", "steps", "elapsed_s", "counters", "losses", "generator", "expert")
+    return {k: summary[k] for k in keep if k in summary}
+
+
+def stage_synth(cfg: Any, out: str, faces: str, degrader: str, gan_dir: str) -> Dict[str, Any]:
+    from ..config import from_dict
+    from ..gan.config import SynthConfig
+    from ..gan.degraders import synthesize
+
+    opts: Dict[str, Any] = {}
+    if degrader == "mrgan":
+        opts = {"checkpoint": os.path.join(gan_dir, "generator.pt")}
+    elif degrader == "bicubic":
+        opts = ({"eye_mouth_range": list(cfg.bicubic_band)} if cfg.bicubic_band
+                else {"size_range": list(cfg.bicubic_sizes)})
+        opts["template"] = cfg.template
+    elif degrader in ("random-degrade", "second-order"):
+        opts = {"size_range": gan_level_widths(cfg)}  # the same band as the other twins
+    sc = from_dict(SynthConfig, {"input": faces, "output": os.path.join(out, f"lr_{degrader}"),
+                                 "degrader": degrader, "options": opts, "seed": cfg.seed,
+                                 "num_workers": 1, "progress": cfg.progress, "batch_size": 32})
+    res = synthesize(sc)
+    return {k: v for k, v in res.items() if isinstance(v, (int, float, str, list, dict))}
+
+
+def stage_realism(cfg: Any, out: str, degrader: str, expert: str, faces: str, pool: str) -> Dict[str, Any]:
+    from ..eval.protocols import EvalContext, evaluate
+    from ..eval.protocols.realism import RealismOptions
+    from ..inference import load_model
+
+    from ..train.precision import resolve_device
+
+    dev = resolve_device("auto")  # the GPU when there is one
+    m, info = load_model(expert, device=dev)
+    ctx = EvalContext(model=m, info=info, device=dev, batch_size=64, progress=cfg.progress)
+    opts = RealismOptions(synth=os.path.join(out, f"lr_{degrader}"), real=pool, hr=faces, label=degrader,
+                          seed=cfg.seed)
+    res = evaluate("lr-realism", ctx, out, opts, out_dir=os.path.join(out, "eval", f"realism_{degrader}"))
+    return {"result": os.path.join(out, "eval", f"realism_{degrader}", "result.json"), "metrics": res["metrics"]}
+
+
+# ------------------------------------------------------------------------- the chain
+def run_degrader_chain(cfg: Any, out: str, st: Any, faces: str, pool: str, hr_model: str,
+                       deps: Mapping[str, Any]) -> Dict[str, Any]:
+    """Expert, MR-GAN, every degrader's twin, LR model, MR model(s) and realism, as cached
+    stages of ``st`` (:class:`ranface.demo.Stages`). ``deps``: settings of the stages the
+    inputs came from (their keys make these stages rerun when the inputs changed).
+
+    Returns ``models`` (label -> run dir), ``model_keys`` (label -> stage key) and
+    ``realism`` (one record per degrader)."""
+    from ..demo import _run_dir, stage_recognition
+
+    models: Dict[str, str] = {}
+    model_keys: Dict[str, str] = {}
+    expert = hr_model
+    if "mrgan" in cfg.degraders and cfg.gan_expert == "distil":
+        r = st.run("expert", {"steps": cfg.expert_steps, "b": cfg.batch_size, "teacher": hr_model, **deps},
+                   lambda: stage_expert(cfg, out, faces, hr_model), outputs=[_run_dir(out, "expert")])
+        expert = r["run_dir"]
+    gan: Dict[str, Any] = {"run_dir": _run_dir(out, "gan")}
+    gan_key = ""
+    if "mrgan" in cfg.degraders:
+        gan = st.run("gan", {"steps": cfg.gan_steps, "b": cfg.gan_batch, "p": cfg.gan_profile,
+                             "expert": st.key("expert") if expert != hr_model else expert,
+                             "levels": gan_level_widths(cfg), "pix": cfg.gan_pixel_schedule, **deps},
+                     lambda: stage_gan(cfg, out, faces, pool, expert), outputs=[_run_dir(out, "gan")])
+        gan_key = st.key("gan")
+    for deg in cfg.degraders:
+        st.run(f"synth_{deg}", {"gan": gan_key if deg == "mrgan" else "", "sizes": cfg.bicubic_sizes,
+                                "band": cfg.bicubic_band, "levels": gan_level_widths(cfg), "tpl": cfg.template, **deps},
+               lambda deg=deg: stage_synth(cfg, out, faces, deg, gan["run_dir"]),
+               outputs=[os.path.join(out, f"lr_{deg}")])
+        lr_dir = os.path.join(out, f"lr_{deg}")
+        r = st.run(f"lr_{deg}", {"steps": cfg.lr_steps, "lr": cfg.lr, "b": cfg.batch_size, "hr": hr_model,
+                                 "m": cfg.margin, "twin": st.key(f"synth_{deg}"), **deps},
+                   lambda deg=deg, lr_dir=lr_dir: stage_recognition(cfg, out, f"lr_{deg}", "lr", lr_dir, hr_model,
+                                                                    cfg.lr_steps),
+                   outputs=[_run_dir(out, f"lr_{deg}")])
+        models[f"LR ({deg})"] = lr_run = r["run_dir"]
+        model_keys[f"LR ({deg})"] = st.key(f"lr_{deg}")
+        main = deg == cfg.degraders[0]
+        variants = ([(f"mr_{deg}", True)] if main or deg in cfg.mr_degraders else []) + \
+            ([(f"mr_{deg}_notrans", False)] if cfg.no_translator and main else [])
+        for name, trans in variants:
+            r = st.run(name, {"steps": cfg.mr_steps, "lr": cfg.lr, "b": cfg.batch_size, "t": trans, "m": cfg.margin,
+                              "twin_prob": cfg.mr_twin_prob, "lr_stage": st.key(f"lr_{deg}"),
+                              "adapt": dataclasses.asdict(AdaptConfig()), **deps},
+                       lambda name=name, trans=trans, lr_dir=lr_dir, lr_run=lr_run: stage_recognition(
+                           cfg, out, name, "mr", faces, hr_model, cfg.mr_steps, lr_train=lr_dir,
+                           lr_model=lr_run, translator=trans),
+                       outputs=[_run_dir(out, name)])
+            label = f"MR ({deg})" if trans else f"MR ({deg}, no translator)"
+            models[label] = r["run_dir"]
+            model_keys[label] = st.key(name)
+    # realism of each synthesis method against the real LR pool (expert = the HR model)
+    realism: List[Dict[str, Any]] = []
+    for deg in list(dict.fromkeys(list(cfg.degraders) + list(REALISM_ONLY))):
+        if deg not in cfg.degraders:  # synthesized for realism (and the face grid) only
+            st.run(f"synth_{deg}", {"levels": gan_level_widths(cfg), **deps},
+                   lambda deg=deg: stage_synth(cfg, out, faces, deg, gan["run_dir"]),
+                   outputs=[os.path.join(out, f"lr_{deg}")])
+        realism.append(st.run(f"realism_{deg}", {"model": hr_model, "synth": st.key(f"synth_{deg}"), **deps},
+                              lambda deg=deg: stage_realism(cfg, out, deg, hr_model, faces, pool),
+                              outputs=[os.path.join(out, "eval", f"realism_{deg}")]))
+    return {"models": models, "model_keys": model_keys, "realism": realism}
+
+
+# ------------------------------------------------------------------------- outputs
+def _images(root: str) -> List[str]:
+    from ..data.datasets import IMAGE_EXTENSIONS
+
+    return sorted(os.path.relpath(os.path.join(dp, f), root) for dp, _, fs in os.walk(root)
+                  for f in fs if f.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def degrader_grid(faces: str, twins: Mapping[str, str], pool: str, path: str, n: int = 6,
+                  seed: int = 0) -> Optional[str]:
+    """Fig.-5-style grid, one row per HR training face: HR | each degrader's twin of it (in
+    ``twins`` order) | a real LR face of the pool. None when a folder is missing."""
+    from PIL import Image, ImageDraw
+
+    cols = [faces] + [twins[k] for k in twins]
+    if not all(os.path.isdir(c) for c in cols):
+        return None
+    rels = [r for r in _images(faces) if all(os.path.exists(os.path.join(c, r)) for c in cols[1:])]
+    real = _images(pool) if os.path.isdir(pool) else []
+    if not rels:
+        return None
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(rels), size=min(n, len(rels)), replace=False)
+    real_pick = rng.choice(len(real), size=len(pick), replace=len(real) < len(pick)) if real else []
+    s, head = 112, 16
+    names = ["HR"] + list(twins) + (["real LR"] if real else [])
+    grid = Image.new("RGB", (len(names) * (s + 3), head + len(pick) * (s + 2)), "white")
+    draw = ImageDraw.Draw(grid)
+    for col, name in enumerate(names):
+        draw.text((col * (s + 3) + 2, 2), name[:18], fill="black")
+    for row, i in enumerate(pick):
+        ims = [Image.open(os.path.join(c, rels[i])).convert("RGB").resize((s, s)) for c in cols]
+        if real:
+            ims.append(Image.open(os.path.join(pool, real[real_pick[row]])).convert("RGB").resize((s, s)))
+        for col, im in enumerate(ims):
+            grid.paste(im, (col * (s + 3), head + row * (s + 2)))
+    buf = io.BytesIO()
+    grid.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def table1_rows(degraders: Sequence[str], results: Mapping[str, Dict[str, Any]],
+                realism: Sequence[Dict[str, Any]], sizes: Sequence[int]) -> List[Dict[str, Any]]:
+    """One record per degrader: realism metrics and the HR-vs-LR accuracy of its LR / MR models."""
+    by_label = {r["options"].get("label"): r["metrics"] for r in realism}
+    rows = []
+    for deg in list(dict.fromkeys(list(degraders) + [r["options"].get("label") for r in realism])):
+        rec: Dict[str, Any] = {"degrader": deg, "realism": by_label.get(deg)}
+        for kind in ("LR", "MR"):
+            m = results.get(f"{kind} ({deg})", {}).get("metrics")
+            if m:
+                rec[kind] = {"full": m["full"]["acc"], **{str(s): m["hr-lr"][str(s)]["acc"] for s in sizes}}
+        rows.append(rec)
+    return rows
+
+
+def table1_markdown(rows: Sequence[Dict[str, Any]], sizes: Sequence[int]) -> str:
+    from ..eval.report import md_table
+
+    head = ["LR synthesis", "Fréchet ↓ [95% bootstrap]", "domain acc ↓ [chance 95%]", "identity cos ↑"] + \
+        [f"LR model {s} px" for s in sizes] + [f"MR model {s} px" for s in sizes]
+    body = []
+    for r in rows:
+        m = r.get("realism") or {}
+        ci, ch = m.get("frechet_ci95"), m.get("domain_chance_ci95")
+        fd = "n/a" if "frechet_distance" not in m else f"{m['frechet_distance']:.4f}" + (
+            f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
+        da = "n/a" if "domain_accuracy" not in m else f"{m['domain_accuracy']:.3f}" + (
+            f" [{ch[0]:.3f}, {ch[1]:.3f}]" if ch else "")
+        ic = m.get("identity_cosine")
+        acc = [f"{100 * r[k][str(s)]:.2f}" if k in r else "—" for k in ("LR", "MR") for s in sizes]
+        body.append([r["degrader"], fd, da, "n/a" if ic is None else f"{ic:.3f}"] + acc)
+    return md_table(head, body)
+
+
+def write_table1(out: str, degraders: Sequence[str], results: Mapping[str, Dict[str, Any]],
+                 realism: Sequence[Dict[str, Any]], sizes: Sequence[int], faces: str, pool: str,
+                 twins_root: str, seed: int = 0) -> Dict[str, Any]:
+    """``table1.md``, ``table1.json`` and ``degraders.png`` under ``out``; the twins are
+    ``<twins_root>/lr_<degrader>``."""
+    rows = table1_rows(degraders, results, realism, sizes)
+    twins = {r["degrader"]: os.path.join(twins_root, f"lr_{r['degrader']}") for r in rows}
+    grid = degrader_grid(faces, {k: v for k, v in twins.items() if os.path.isdir(v)}, pool,
+                         os.path.join(out, "degraders.png"), seed=seed)
+    md = ["# Table 1: LR synthesis methods under one budget", "",
+          "Realism against the real LR pool (expert: the HR model) and HR-vs-LR verification accuracy (%) "
+          "of the LR model trained on each method's twins (and of the MR model where trained), on the "
+          "held-out pairs. Fréchet distance with its 95% bootstrap interval over faces; domain-classifier "
+          "accuracy with the 95% range of a guessing classifier on as many test faces.", "",
+          table1_markdown(rows, sizes), ""]
+    if grid:
+        md += ["Faces (Fig. 5 shape): HR | each method's twin of the same face | a real LR face.", "",
+               "![degraders.png](degraders.png)", ""]
+    os.makedirs(out, exist_ok=True)
+    atomic_write_text(os.path.join(out, "table1.md"), "\n".join(md))
+    atomic_write_text(os.path.join(out, "table1.json"), json.dumps(rows, indent=1, default=str))
+    return {"table": os.path.join(out, "table1.md"), "grid": grid, "rows": rows}
+
+
+def run_table1(cfg: Any, faces: str, pool: str, test_faces: str, pairs: str, hr_model: str) -> Dict[str, Any]:
+    """``ranface table1``: the chain on prepared folders, each model evaluated on ``pairs``
+    (LFW format, paths under ``test_faces``); outputs under ``cfg.out``."""
+    from ..demo import Stages, resolve, stage_eval
+    from ..errors import DataError
+
+    cfg = resolve(cfg)
+    for p, what in ((faces, "HR training faces"), (pool, "real LR pool"), (test_faces, "test faces")):
+        if not os.path.isdir(p):
+            raise DataError(p, f"{what}: folder not found")
+    if not os.path.isfile(pairs):
+        raise DataError(pairs, "pairs file not found")
+    out = os.path.abspath(cfg.out)
+    faces, pool, test_faces, pairs = (os.path.abspath(p) for p in (faces, pool, test_faces, pairs))
+    os.makedirs(out, exist_ok=True)
+    from ..config import save_config
+
+    save_config(cfg, os.path.join(out, "table1_config.yaml"))
+    st = Stages(out)
+    deps = {"faces": faces, "pool": pool, "face_size": cfg.face_size, "template": cfg.template}
+    chain = run_degrader_chain(cfg, out, st, faces, pool, hr_model, deps)
+    models = {"HR": hr_model, **chain["models"]}
+    keys = {"HR": hr_model, **chain["model_keys"]}
+    results: Dict[str, Dict[str, Any]] = {}
+    for label, path in models.items():
+        slug = label.lower().replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
+        rec = st.run(f"eval_{slug}", {"model": path, "trained": keys[label], "sizes": cfg.probe_sizes,
+                                      "modes": cfg.eval_modes, "pairs": pairs, "test": test_faces},
+                     lambda slug=slug, path=path: stage_eval(cfg, out, slug, path, test_faces, pairs=pairs),
+                     outputs=[os.path.join(out, "eval", slug)])
+        with open(rec["result"], encoding="utf-8") as fh:
+            results[label] = json.load(fh)
+    return {"out": out, **write_table1(os.path.join(out, "table1"), cfg.degraders, results, chain["realism"],
+                                       cfg.probe_sizes, faces, pool, out, cfg.seed)}
