@@ -73,9 +73,12 @@ def test_frechet_bootstrap_interval_and_chance_band():
 
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(300, 4)), rng.normal(size=(300, 4)) + 1.0  # true distance 4
-    sd, lo, hi = frechet_bootstrap(a, b, 100, seed=1)
-    assert lo < frechet_distance(a, b) < hi and 0 < sd < 1.0
-    assert lo < 4.0 < hi
+    sd, lo, hi, bias = frechet_bootstrap(a, b, 100, seed=1)
+    est = frechet_distance(a, b)
+    assert (lo + hi) / 2 == pytest.approx(est) and hi - lo == pytest.approx(2 * 1.96 * sd)
+    assert 0 < sd < 1.0 and lo < 4.0 < hi
+    # resampling with replacement repeats faces: the distance of a resample is larger on average
+    assert bias > 0
     assert frechet_bootstrap(a, b, 20, seed=1) == frechet_bootstrap(a, b, 20, seed=1)
     # 100 test faces: 1.96 * 0.5 / 10 = 0.098 either side of 0.5
     assert chance_interval(100) == pytest.approx((0.402, 0.598))

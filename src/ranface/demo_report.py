@@ -405,7 +405,7 @@ def write_report(cfg: Any, out: str, stages: Any, models: Mapping[str, str],
 
         md += ["## LR synthesis methods (Table 1 shape)", "",
                "Realism against the real LR pool (expert: the HR model): Fréchet distance between the Gaussians "
-               "of expert embeddings of synthesized and real LR faces, with its 95% bootstrap interval over "
+               "of expert embeddings of synthesized and real LR faces, +- 1.96 bootstrap sd over "
                "faces; held-out accuracy of a real-vs-synthesized logistic regression with the 95% range of a "
                "guessing classifier on as many test faces (inside it = indistinguishable); mean cosine of x and "
                "its twin. Then HR-vs-LR accuracy (%) of each method's LR model (and MR model where trained): "

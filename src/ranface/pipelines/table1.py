@@ -251,7 +251,7 @@ def table1_rows(degraders: Sequence[str], results: Mapping[str, Dict[str, Any]],
 def table1_markdown(rows: Sequence[Dict[str, Any]], sizes: Sequence[int]) -> str:
     from ..eval.report import md_table
 
-    head = ["LR synthesis", "Fréchet ↓ [95% bootstrap]", "domain acc ↓ [chance 95%]", "identity cos ↑"] + \
+    head = ["LR synthesis", "Fréchet ↓ [±1.96 bootstrap sd]", "domain acc ↓ [chance 95%]", "identity cos ↑"] + \
         [f"LR model {s} px" for s in sizes] + [f"MR model {s} px" for s in sizes]
     body = []
     for r in rows:
@@ -279,7 +279,7 @@ def write_table1(out: str, degraders: Sequence[str], results: Mapping[str, Dict[
     md = ["# Table 1: LR synthesis methods under one budget", "",
           "Realism against the real LR pool (expert: the HR model) and HR-vs-LR verification accuracy (%) "
           "of the LR model trained on each method's twins (and of the MR model where trained), on the "
-          "held-out pairs. Fréchet distance with its 95% bootstrap interval over faces; domain-classifier "
+          "held-out pairs. Fréchet distance +- 1.96 bootstrap std over faces; domain-classifier "
           "accuracy with the 95% range of a guessing classifier on as many test faces.", "",
           table1_markdown(rows, sizes), ""]
     if grid:
@@ -323,5 +323,9 @@ def run_table1(cfg: Any, faces: str, pool: str, test_faces: str, pairs: str, hr_
                      outputs=[os.path.join(out, "eval", slug)])
         with open(rec["result"], encoding="utf-8") as fh:
             results[label] = json.load(fh)
-    return {"out": out, **write_table1(os.path.join(out, "table1"), cfg.degraders, results, chain["realism"],
+    realism = []
+    for rec in chain["realism"]:  # stage records -> the protocol's results
+        with open(rec["result"], encoding="utf-8") as fh:
+            realism.append(json.load(fh))
+    return {"out": out, **write_table1(os.path.join(out, "table1"), cfg.degraders, results, realism,
                                        cfg.probe_sizes, faces, pool, out, cfg.seed)}
