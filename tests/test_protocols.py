@@ -524,16 +524,82 @@ def make_survface(root):
     return root, g, m, pos, neg
 
 
+def survface_reference(probe, p_lab, gallery, g_lab, rank, fpirs):
+    """Cheng et al. 2018's open-set definitions, written out probe by probe: a mated
+    probe is identified at threshold t when its identity is within the top ``rank``
+    gallery entries (ties with other identities against it) and its mate's score > t;
+    an unmated probe is a false alarm when its top score > t. Returns
+    ({fpir: tpir}, auc) with TPIR@FPIR the largest TPIR over thresholds whose FPIR <= fpir,
+    and AUC the trapezoid over every threshold from +inf to -inf."""
+    sim = probe @ gallery.T
+    mate_score, top = [], []
+    for i in range(len(p_lab)):
+        row = sim[i]
+        if p_lab[i] == -1 or p_lab[i] not in set(g_lab.tolist()):
+            top.append(row.max())
+            continue
+        best = max(row[j] for j in range(len(g_lab)) if g_lab[j] == p_lab[i])
+        others = sum(1 for j in range(len(g_lab)) if g_lab[j] != p_lab[i] and row[j] >= best)
+        mate_score.append(best if others + 1 <= rank else -np.inf)
+    n_mated = len(mate_score)
+    thresholds = sorted(set(np.r_[sim.ravel(), np.inf, -np.inf].tolist()), reverse=True)
+    pts = []
+    for t in thresholds:
+        tpir = sum(1 for v in mate_score if v > t) / n_mated
+        fpir = sum(1 for v in top if v > t) / len(top)
+        pts.append((fpir, tpir))
+    want = {f: max(tp for fp, tp in pts if fp <= f + 1e-12) for f in fpirs}
+    # accept score >= v at each distinct score: walk thresholds just below each value
+    curve = [(0.0, 0.0)] + [(sum(1 for v in top if v >= t) / len(top),
+                            sum(1 for v in mate_score if v >= t) / n_mated)
+                           for t in thresholds[1:]]
+    auc = sum((b[0] - a[0]) * (a[1] + b[1]) / 2 for a, b in zip(curve, curve[1:]))
+    return want, auc
+
+
+def test_survface_tpir_rank_and_templates_against_benchmark_definition():
+    from ranface.eval.protocols.survface import blocked_open_set_scores, identity_templates
+
+    rng = np.random.default_rng(11)
+    g_lab = np.repeat(np.arange(1, 31), 2)  # 30 identities, 2 images each
+    gallery = rng.standard_normal((60, 6)).astype(np.float32)
+    p_lab = np.r_[rng.integers(1, 31, 40), np.full(25, -1)]
+    probe = (rng.standard_normal((65, 6)) * 1.5).astype(np.float32)
+    probe[:40] += gallery[2 * (p_lab[:40] - 1)]  # mated probes lean towards one mate image
+    fpirs = [0.3, 0.2, 0.1, 0.04]
+    results = {}
+    for rank in (1, 5, 20):
+        want, auc = survface_reference(probe, p_lab, gallery, g_lab, rank, fpirs)
+        got = blocked_open_set_scores(probe, p_lab, gallery, g_lab, rank=rank, budget=64)
+        pts = got.tpir_at_fpir(fpirs)
+        for f in fpirs:
+            assert pts[f].tar == pytest.approx(want[f]), (rank, f)
+        assert got.auc() == pytest.approx(auc)
+        results[rank] = [want[f] for f in fpirs] + [auc]
+    assert results[1] != results[20] and results[20][-1] > results[1][-1]
+    # identity templates: the reference averages by hand
+    ids = np.unique(g_lab)
+    tmpl = np.stack([gallery[g_lab == i].mean(0) for i in ids])
+    tmpl /= np.linalg.norm(tmpl, axis=1, keepdims=True)
+    tid, tf = identity_templates(gallery, g_lab)
+    assert tid.tolist() == ids.tolist()
+    np.testing.assert_allclose(tf, tmpl, rtol=1e-5, atol=1e-6)
+    want, auc = survface_reference(probe, p_lab, tmpl.astype(np.float32), ids, 20, fpirs)
+    got = blocked_open_set_scores(probe, p_lab, tf, tid, rank=20)
+    assert [got.tpir_at_fpir(fpirs)[f].tar for f in fpirs] == pytest.approx(
+        [want[f] for f in fpirs])
+    assert got.auc() == pytest.approx(auc)
+
+
 def test_survface_identification_and_verification(tmp_path):
     from sklearn.metrics import roc_auc_score
 
-    from ranface.eval.metrics import open_set_scores
     from ranface.inference import Embedder
 
     root, g, m, pos, neg = make_survface(str(tmp_path / "sf"))
     model = TinyNet()
     p = get_protocol("survface")
-    o = p.Options(fpirs=[0.5, 0.25], fars=[0.1])
+    o = p.Options(fpirs=[0.5, 0.25], fars=[0.1], rank=2)
     res = evaluate("survface", ctx_for(model), root, o, str(tmp_path / "out"))
     emb = Embedder(model, batch_size=1)
     read = lambda f: np.array(Image.open(f).convert("RGB"))  # noqa: E731
@@ -543,13 +609,27 @@ def test_survface_identification_and_verification(tmp_path):
     pf = embed_arrays(emb, [read(os.path.join(idt, "mated_probe", a)) for a, _ in m]
                       + [read(os.path.join(idt, "unmated_probe", a)) for a in unm])
     labels = np.array([b for _, b in m] + [-1] * len(unm))
-    ref = open_set_scores(pf @ gf.T, labels, np.array([b for _, b in g]))
+    g_lab = np.array([b for _, b in g])
+    want, auc = survface_reference(pf, labels, gf, g_lab, 2, [0.5, 0.25])
     ident = res["metrics"]["identification"]
     assert (ident["n_mated"], ident["n_unmated"], ident["n_gallery"]) == (5, 6, 6)
-    want = ref.tpir_at_fpir([0.5, 0.25])
-    assert ident["tpir"]["0.5"]["tar"] == pytest.approx(want[0.5].tar)
-    assert ident["tpir"]["0.25"]["tar"] == pytest.approx(want[0.25].tar)
-    assert ident["auc"] == pytest.approx(ref.auc())
+    assert ident["rank"] == 2 and "tpir2" in ident and "tpir" not in ident
+    assert ident["tpir2"]["0.5"]["tar"] == pytest.approx(want[0.5])
+    assert ident["tpir2"]["0.25"]["tar"] == pytest.approx(want[0.25])
+    assert ident["auc_tpir2"] == pytest.approx(auc)
+    assert p.summary(res)["TPIR2@FPIR=0.5"]
+    # defaults: rank 20, one entry per gallery image; templates: one per identity
+    assert p.Options().rank == 20 and p.Options().gallery == "images"
+    o20 = p.Options(parts=["identification"], fpirs=[0.5], gallery="templates")
+    r20 = p.run(ctx_for(model), root, o20)["metrics"]["identification"]
+    tmpl = np.stack([gf[g_lab == i].mean(0) for i in (1, 2, 3)])
+    tmpl /= np.linalg.norm(tmpl, axis=1, keepdims=True)
+    want20, auc20 = survface_reference(pf, labels, tmpl, np.array([1, 2, 3]), 20, [0.5])
+    assert r20["n_gallery"] == 3 and r20["n_gallery_images"] == 6
+    assert r20["tpir20"]["0.5"]["tar"] == pytest.approx(want20[0.5])
+    assert r20["auc_tpir20"] == pytest.approx(auc20)
+    with pytest.raises(ConfigError, match="gallery must be"):
+        p.validate_root(root, p.Options(gallery="mean"))
 
     vdir = os.path.join(root, "Face_Verification_Test_Set", "verification_images")
     feat = {}
@@ -567,7 +647,7 @@ def test_survface_identification_and_verification(tmp_path):
     for f in ("result.json", "result.md", "tpir_fpir.png", "roc.png"):
         assert os.path.exists(tmp_path / "out" / f), f
     md = open(tmp_path / "out" / "result.md").read()
-    assert "TPIR20@FPIR 50%" in md and "AUC" in md
+    assert "TPIR2@FPIR 50%" in md and "AUC (TPIR2-FPIR)" in md and "within rank 2" in md
 
 
 def test_blocked_open_set_and_ranks_equal_whole_matrix():
