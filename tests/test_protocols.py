@@ -107,7 +107,8 @@ def test_options_from_set_overrides():
     p = get_protocol("pairs")
     o = load_config(p.Options, None, ["probe_sizes=[32,16]", "modes=[hr-lr]", "flip=false"])
     assert o.probe_sizes == [32, 16] and o.modes == ["hr-lr"] and o.flip is False
-    t = load_config(get_protocol("ijbc-tiny").Options, None, ["min_px=12", "faceness=true"])
+    t = load_config(get_protocol("ijbc-tiny-templates").Options, None,
+                    ["min_px=12", "faceness=true"])
     assert t.min_px == 12.0 and t.max_px == 30.0 and t.faceness is True
     with pytest.raises(ConfigError, match="probe_size"):
         load_config(p.Options, None, ["probe_size=[16]"])
@@ -287,10 +288,10 @@ def test_ijbc_end_to_end_against_reference(ijbc_root, tmp_path):
     assert "| Method | 0.1 | 0.01 |" in md
 
 
-def test_ijbc_tiny_rule_counts_and_scores(ijbc_root):
+def test_ijbc_tiny_templates_rule_counts_and_scores(ijbc_root):
     model = TinyNet()
-    o = get_protocol("ijbc-tiny").Options(fars=[0.2])
-    res = get_protocol("ijbc-tiny").run(ctx_for(model), ijbc_root, o)
+    o = get_protocol("ijbc-tiny-templates").Options(fars=[0.2])
+    res = get_protocol("ijbc-tiny-templates").run(ctx_for(model), ijbc_root, o)
     c = res["counts"]
     tiny = [r for r in IJB_FACES if r[5]]
     assert c["faces_tiny"] == len(tiny) == 7
@@ -306,13 +307,116 @@ def test_ijbc_tiny_rule_counts_and_scores(ijbc_root):
            f["7.jpg"] @ f["8.jpg"]]
     assert len(imp) == 8
     assert res["metrics"]["tar"]["0.2"]["tar"] == brute_tar(gen, imp, 0.2)
-    same = get_protocol("ijbc-tiny").run(ctx_for(), ijbc_root,
-                                         get_protocol("ijbc-tiny").Options(same_media_genuine=True,
+    same = get_protocol("ijbc-tiny-templates").run(ctx_for(), ijbc_root,
+                                         get_protocol("ijbc-tiny-templates").Options(same_media_genuine=True,
                                                                            fars=[0.2]))
     assert same["counts"]["genuine"] == 5
-    none = get_protocol("ijbc-tiny").Options(min_px=26, max_px=40)
+    none = get_protocol("ijbc-tiny-templates").Options(min_px=26, max_px=40)
     with pytest.raises(ProtocolError, match="eye-to-mouth distance in \\[26"):
-        get_protocol("ijbc-tiny").run(ctx_for(), ijbc_root, none)
+        get_protocol("ijbc-tiny-templates").run(ctx_for(), ijbc_root, none)
+
+
+# IJB-C release layout (NIST): protocols/ijbc_11_covariate_probe_reference.csv has this
+# header, one face per TEMPLATE_ID; ijbc_11_covariate_matches.csv is "tid1,tid2" lines.
+COV_HEADER = ("TEMPLATE_ID,SUBJECT_ID,FILENAME,SIGHTING_ID,FACE_X,FACE_Y,FACE_WIDTH,FACE_HEIGHT,"
+              "FRAME_NUM,FACIAL_HAIR,AGE,INDOOR_OUTDOOR,SKINTONE,GENDER,YAW,ROLL")
+# (template, subject, file, person, LFW photo, scale): eye-mouth 50 px x scale
+COV_FACES = [(101, 10, "img/1.jpg", 0, 1, 0.5), (102, 10, "frames/20_1.png", 0, 2, 0.25),
+             (103, 10, "img/3.jpg", 0, 3, 1.0), (104, 10, "img/4.jpg", 0, 4, 0.5),
+             (105, 20, "img/5.jpg", 1, 1, 0.5), (106, 20, "img/6.jpg", 1, 2, 0.5),
+             (107, 30, "img/7.jpg", 2, 1, 0.5), (108, 30, "img/8.jpg", 2, 2, 1 / 6),
+             (109, 40, "img/9.jpg", 3, 1, 1.0)]
+COV_MATCHES = [(a, b) for a in (101, 103, 105, 107) for b in range(a + 1, 110)]
+
+
+def make_ijbc_covariate(root):
+    rows, lms = [COV_HEADER], []
+    for tid, sub, name, person, n, scale in COV_FACES:
+        arr = lfw(PEOPLE[person], n)
+        size = int(round(250 * scale))
+        arr = np.array(Image.fromarray(arr).resize((size, size), Image.BICUBIC))
+        pts = (LFW_POINTS + 0.5) * (size / 250) - 0.5
+        save(arr, os.path.join(root, "images", name))
+        rows.append(f"{tid},{sub},{name},{tid + 5000},{int(pts[0, 0]) - 5},{int(pts[0, 1]) - 5},"
+                    f"{size // 2},{size // 2},,0,30,1,3,1,5.0,-2.0")
+        lms.append(f"{tid} " + " ".join(f"{v:.3f}" for v in pts.ravel()))
+    os.makedirs(os.path.join(root, "protocols"), exist_ok=True)
+    with open(os.path.join(root, "protocols", "ijbc_11_covariate_probe_reference.csv"), "w") as fh:
+        fh.write("\n".join(rows) + "\n")
+    with open(os.path.join(root, "protocols", "ijbc_11_covariate_matches.csv"), "w") as fh:
+        fh.writelines(f"{a},{b}\n" for a, b in COV_MATCHES)
+    with open(os.path.join(root, "protocols", "ijbc_11_covariate_5pts.txt"), "w") as fh:
+        fh.write("\n".join(lms) + "\n")
+    return root
+
+
+def test_ijbc_tinyface_paper_rule_against_reference(tmp_path):
+    from ranface.align.templates import template_for
+    from ranface.align.transform import estimate_similarity, warp_face
+    from ranface.inference import Embedder
+
+    root = make_ijbc_covariate(str(tmp_path / "ijbc"))
+    model = TinyNet()
+    p = get_protocol("ijbc-tiny")
+    o = p.Options(fars=[0.1, 0.05])
+    res = evaluate("ijbc-tiny", ctx_for(model), root, o, str(tmp_path / "out"))
+    # Independent reference: the paper's rule written out face by face.
+    emb = Embedder(model, flip=True, batch_size=1)
+    dst = template_for(emb.input_size, "arcface")
+    feat, sub, dist = {}, {}, {}
+    for tid, s_id, name, _, _, scale in COV_FACES:
+        arr = np.array(Image.open(os.path.join(root, "images", name)).convert("RGB"))
+        pts = (LFW_POINTS + 0.5) * (arr.shape[0] / 250) - 0.5
+        dist[tid] = np.linalg.norm(pts[:2].mean(0) - pts[3:].mean(0))
+        face = warp_face(arr, estimate_similarity(pts, dst), emb.input_size)
+        feat[tid] = emb.embed_arrays([face])[0].astype(float)
+        sub[tid] = s_id
+    tiny = sorted(t for t in dist if 10 <= dist[t] <= 30)
+    assert tiny == [101, 102, 104, 105, 106, 107]
+    gen_pairs = [(a, b) for a in tiny for b in tiny if a < b and sub[a] == sub[b]]
+    imp_pairs = [(a, b) for a, b in COV_MATCHES if sub[a] != sub[b]]
+    gen = [feat[a] @ feat[b] for a, b in gen_pairs]
+    imp = [feat[a] @ feat[b] for a, b in imp_pairs]
+    c = res["counts"]
+    assert (c["genuine"], c["impostor"]) == (len(gen_pairs), len(imp_pairs)) == (4, 14)
+    assert (c["genuine_paper"], c["impostor_paper"]) == (158338, 39584639)
+    for far in (0.1, 0.05):
+        assert res["metrics"]["tar"][str(far)]["tar"] == pytest.approx(brute_tar(gen, imp, far))
+    assert res["metrics"]["level"] == "face"
+    # Lists written for reuse: tiny faces, genuine and impostor pairs (template ids).
+    lists = tmp_path / "out" / "lists"
+    tf = open(lists / "tiny_faces.txt").read().splitlines()
+    assert tf[0].split() == ["TEMPLATE_ID", "SUBJECT_ID", "FILENAME", "EYE_MOUTH_PX"]
+    assert [int(r.split()[0]) for r in tf[1:]] == tiny
+    read_pairs = lambda f: sorted(tuple(map(int, ln.split())) for ln in open(lists / f))  # noqa
+    assert read_pairs("genuine_pairs.txt") == sorted(gen_pairs)
+    assert read_pairs("impostor_pairs.txt") == sorted(imp_pairs)
+    md = open(tmp_path / "out" / "result.md").read()
+    assert "face-level" in md and "paper 158,338" in md and "paper 39,584,639" in md
+
+
+def test_ijbc_tinyface_wrong_files_one_line(tmp_path):
+    import shutil
+
+    root = make_ijbc_covariate(str(tmp_path / "ijbc"))
+    p = get_protocol("ijbc-tiny")
+    lm = os.path.join(root, "protocols", "ijbc_11_covariate_5pts.txt")
+    shutil.move(lm, lm + ".bak")
+    with pytest.raises(ProtocolError, match="ijbc_11_covariate_5pts.txt"):
+        p.validate_root(root, p.Options())
+    shutil.move(lm + ".bak", lm)
+    ref = os.path.join(root, "protocols", "ijbc_11_covariate_probe_reference.csv")
+    text = open(ref).read()
+    open(ref, "w").write(text.replace("SUBJECT_ID", "SUBJ", 1))
+    with pytest.raises(ProtocolError, match="lacks column.*SUBJECT_ID") as e:
+        p.run(ctx_for(), root, p.Options())
+    assert "ijbc_11_covariate_probe_reference.csv" in str(e.value)
+    open(ref, "w").write(text)
+    mat = os.path.join(root, "protocols", "ijbc_11_covariate_matches.csv")
+    open(mat, "a").write("101;102\n")
+    with pytest.raises(ProtocolError, match="line 21") as e:
+        p.run(ctx_for(), root, p.Options())
+    assert "ijbc_11_covariate_matches.csv" in str(e.value)
 
 
 def _copy_ijbc(src, dst):

@@ -64,6 +64,8 @@ def _order(names: List[str]) -> List[str]:
 class BinProtocol(Protocol):
     Options = BinOptions
     title = "Verification on insightface .bin sets"
+    provenance = ("insightface eval/verification.py (.bin pairs, flip-sum, 10 unshuffled folds); "
+                  "differs: the best threshold is searched exactly, not on its 0..4 distance grid")
 
     def validate_root(self, root: str, options: Any = None) -> None:
         o = options or BinOptions()

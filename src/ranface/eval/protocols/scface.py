@@ -107,6 +107,8 @@ def split_subjects(ids: List[str], split: str, n_finetune: int) -> Tuple[List[st
 class SCfaceProtocol(Protocol):
     Options = SCfaceOptions
     title = "SCface identification (rank-1 per distance)"
+    provenance = ("SCface's protocol (Grgic et al. 2011) with the paper's 50/80 split (§4.1, "
+                  "[27]); no public code: the split is a file in ranface")
 
     def validate_root(self, root: str, options: Any = None) -> None:
         o = options or SCfaceOptions()

@@ -95,6 +95,8 @@ def _codes(*groups: Sequence[Any]) -> List[np.ndarray]:
 class TinyFaceProtocol(Protocol):
     Options = TinyFaceOptions
     title = "TinyFace closed-set identification"
+    provenance = ("AdaFace/CVLFace TinyFace evaluation (the release's .mat lists, ids from names, "
+                  "all distractors, CMC rank-1/5/20); differs: ties count against the probe")
 
     def validate_root(self, root: str, options: Any = None) -> None:
         test = _testing_dir(root)
