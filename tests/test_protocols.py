@@ -535,31 +535,57 @@ def test_tinyface_bad_mat_and_missing_image(tmp_path):
 
 # ----------------------------------------------------------------------------- SCface
 def make_scface(root):
+    """The release's layout: mugshot_frontal_cropped_all/, surveillance_cameras_distance_d/camc/
+    (and an uncropped mugshot copy, which must be ignored)."""
     for k, person in enumerate(PEOPLE[:4]):
         sid = f"{k + 1:03d}"
-        save(crop(lfw(person, 1)), os.path.join(root, "mugshot", f"{sid}_frontal.JPG"))
+        save(crop(lfw(person, 1)), os.path.join(root, "mugshot_frontal_cropped_all",
+                                                f"{sid}_frontal.JPG"))
+        save(lfw(person, 1), os.path.join(root, "mugshot_frontal_original_all", f"{sid}_frontal.JPG"))
         for cam in (1, 2):
             for d, px in ((1, 16), (2, 24), (3, 40)):
                 n = 2 + 3 * (cam - 1) + d - 1  # photos 2..7, never the mugshot's
-                save(crop(lfw(person, n), px), os.path.join(root, f"d{d}", f"{sid}_cam{cam}_{d}.jpg"))
-    save(crop(lfw(PEOPLE[0], 9), 20), os.path.join(root, "ir", "001_cam6_1.jpg"))  # IR: ignored
+                save(crop(lfw(person, n), px), os.path.join(
+                    root, f"surveillance_cameras_distance_{d}", f"cam{cam}", f"{sid}_cam{cam}_{d}.jpg"))
+    save(crop(lfw(PEOPLE[0], 9), 20), os.path.join(root, "surveillance_cameras_IR_cam6",
+                                                   "001_cam6_1.jpg"))  # IR: ignored
     open(os.path.join(root, "notes.txt"), "w").write("not an image\n")
     return root
+
+
+def scface_probe(root, sid, cam, d):
+    return os.path.join(root, f"surveillance_cameras_distance_{d}", f"cam{cam}", f"{sid}_cam{cam}_{d}.jpg")
+
+
+def write_split(path, finetune, test):
+    with open(path, "w") as fh:
+        fh.write("# a test split\n" + "".join(f"finetune {i}\n" for i in finetune)
+                 + "".join(f"test {i}\n" for i in test))
+    return path
+
+
+def test_scface_paper_split_file_is_fixed():
+    from ranface.eval.protocols.scface import PAPER_SPLIT_FILE, read_split
+
+    ft, test = read_split(PAPER_SPLIT_FILE)
+    assert ft == [f"{i:03d}" for i in range(1, 51)] and test == [f"{i:03d}" for i in range(51, 131)]
+    assert get_protocol("scface").Options().split == "paper"
 
 
 def test_scface_per_distance_ranks_and_paper_split(tmp_path):
     root = make_scface(str(tmp_path / "sc"))
     model = TinyNet()
     p = get_protocol("scface")
-    res = p.run(ctx_for(model), root, p.Options(ranks=[1, 2]))
+    res = p.run(ctx_for(model), root, p.Options(ranks=[1, 2], split="none"))
     from ranface.inference import Embedder
 
     emb = Embedder(model, batch_size=1)
     read = lambda f: np.array(Image.open(f).convert("RGB"))  # noqa: E731
     ids = ["001", "002", "003", "004"]
-    gf = embed_arrays(emb, [read(os.path.join(root, "mugshot", f"{i}_frontal.JPG")) for i in ids])
+    gf = embed_arrays(emb, [read(os.path.join(root, "mugshot_frontal_cropped_all",
+                                              f"{i}_frontal.JPG")) for i in ids])
     for d in (1, 2, 3):
-        files = [(i, os.path.join(root, f"d{d}", f"{i}_cam{c}_{d}.jpg")) for i in ids for c in (1, 2)]
+        files = [(i, scface_probe(root, i, c, d)) for i in ids for c in (1, 2)]
         pf = embed_arrays(emb, [read(f) for _, f in files])
         rk = brute_ranks(pf @ gf.T, [i for i, _ in files], ids)
         got = res["metrics"]["per_distance"][str(d)]
@@ -569,9 +595,14 @@ def test_scface_per_distance_ranks_and_paper_split(tmp_path):
     assert res["counts"]["scored"] == 24 and res["counts"]["gallery"] == 4
     md = p.markdown(res)
     assert "| Method | d1 (4.2 m) | d2 (2.6 m) | d3 (1.0 m) |" in md
+    assert "rank 1, 2 (%), per probe distance" in md
 
+    # The paper split on a root without subjects 051-130: one line naming the split file.
+    with pytest.raises(ProtocolError, match="scface_split.txt.*80 test subject.*051"):
+        p.run(ctx_for(), root, p.Options())
     ft = str(tmp_path / "finetune")
-    o = p.Options(split="paper", finetune_subjects=2, write_finetune=ft)
+    split = write_split(str(tmp_path / "split.txt"), ["001", "002"], ["003", "004"])
+    o = p.Options(split="file", split_file=split, write_finetune=ft)
     res = p.run(ctx_for(), root, o)
     assert res["metrics"]["split"]["finetune_ids"] == ["001", "002"]
     assert res["metrics"]["split"]["test_ids"] == ["003", "004"]
@@ -579,11 +610,56 @@ def test_scface_per_distance_ranks_and_paper_split(tmp_path):
     assert sorted(os.listdir(ft)) == ["001", "002"]
     assert sorted(os.listdir(os.path.join(ft, "001"))) == sorted(
         ["001_frontal.JPG"] + [f"001_cam{c}_{d}.jpg" for c in (1, 2) for d in (1, 2, 3)])
-    os.remove(os.path.join(root, "mugshot", "004_frontal.JPG"))
+    bad = write_split(str(tmp_path / "bad.txt"), ["001"], ["003", "001"])
+    with pytest.raises(ProtocolError, match="bad.txt.*subject 001 listed twice"):
+        p.run(ctx_for(), root, p.Options(split="file", split_file=bad))
+    os.remove(os.path.join(root, "mugshot_frontal_cropped_all", "004_frontal.JPG"))
     with pytest.raises(ProtocolError, match="no mugshot .* 1 test subject.*004"):
-        p.run(ctx_for(), root, p.Options())
-    res = p.run(ctx_for(on_error="skip"), root, p.Options())
+        p.run(ctx_for(), root, p.Options(split="none"))
+    res = p.run(ctx_for(on_error="skip"), root, p.Options(split="none"))
     assert res["counts"]["test_subjects"] == 3 and res["counts"]["scored"] == 18
+
+
+def test_scface_table3_script_without_and_with_finetuning(tmp_path):
+    """scripts/scface_table3.sh end to end on a 4-subject fixture: evaluate (w/o FT) and
+    write the fine-tuning faces, `ranface train` with configs/finetune_scface.yaml,
+    evaluate the fine-tuned model, one report with both rows."""
+    import json
+    import subprocess
+    import sys
+
+    from ranface.inference import model_package
+    from ranface.models import create_backbone
+
+    root = make_scface(str(tmp_path / "sc"))
+    split = write_split(str(tmp_path / "split.txt"), ["001", "002"], ["003", "004"])
+    torch.manual_seed(0)
+    bb = create_backbone("mobilefacenet", embedding_size=32)
+    torch.save(model_package(bb, "mobilefacenet", {"embedding_size": 32}), str(tmp_path / "hr.pt"))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, RANFACE=f"{sys.executable} -m ranface",
+               PYTHONPATH=os.path.join(repo, "src"),
+               TRAIN_ARGS=" ".join(["--set model.backbone=mobilefacenet",
+                                    "--set model.embedding_size=32", "--set optim.max_steps=2",
+                                    "--set data.batch_size=4", "--set data.num_workers=0",
+                                    "--set run.progress=false", "--set run.tensorboard=false",
+                                    "--set run.precision=fp32", "--set run.device=cpu"]))
+    out = str(tmp_path / "t3")
+    r = subprocess.run(["bash", os.path.join(repo, "scripts", "scface_table3.sh"), root,
+                        str(tmp_path / "hr.pt"), out, "--device", "cpu", "--set", "split=file",
+                        "--set", f"split_file={split}", "--set", "flip=false"],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    wo = json.load(open(os.path.join(out, "wo_ft", "result.json")))
+    w = json.load(open(os.path.join(out, "w_ft", "result.json")))
+    for res in (wo, w):
+        assert res["metrics"]["split"]["test_ids"] == ["003", "004"]
+        assert set(res["metrics"]["per_distance"]) == {"1", "2", "3"}
+    assert sorted(os.listdir(os.path.join(out, "finetune_faces"))) == ["001", "002"]
+    summary = json.load(open(os.path.join(out, "ft", "summary.json")))
+    assert summary["num_classes"] == 2 and summary["steps"] == 2
+    md = open(os.path.join(out, "table3", "report.md")).read()
+    assert "| w/o FT |" in md and "| FT |" in md and "d1" in md
 
 
 # ----------------------------------------------------------------------------- SurvFace
@@ -851,7 +927,8 @@ def test_scface_mtcnn_alignment_option(tmp_path):
     """align=mtcnn runs the project's FaceAligner on each (unaligned) SCface image."""
     root = make_scface(str(tmp_path / "sc"))
     p = get_protocol("scface")
-    res = p.run(ctx_for(on_error="skip"), root, p.Options(align="mtcnn", distances=[3]))
+    res = p.run(ctx_for(on_error="skip"), root, p.Options(align="mtcnn", distances=[3],
+                                                              split="none"))
     assert res["counts"]["scored"] >= 4 and res["counts"]["gallery"] >= 3
     assert res["metrics"]["per_distance"]["3"]["probes"] == res["counts"]["scored"]
     assert res["options"]["align"] == "mtcnn"
