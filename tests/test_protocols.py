@@ -337,8 +337,8 @@ def make_ijbc_covariate(root):
         arr = np.array(Image.fromarray(arr).resize((size, size), Image.BICUBIC))
         pts = (LFW_POINTS + 0.5) * (size / 250) - 0.5
         save(arr, os.path.join(root, "images", name))
-        rows.append(f"{tid},{sub},{name},{tid + 5000},{int(pts[0, 0]) - 5},{int(pts[0, 1]) - 5},"
-                    f"{size // 2},{size // 2},,0,30,1,3,1,5.0,-2.0")
+        x, y, w = (round(v * size / 250) for v in (65, 70, 120))  # the face's box
+        rows.append(f"{tid},{sub},{name},{tid + 5000},{x},{y},{w},{w},,0,30,1,3,1,5.0,-2.0")
         lms.append(f"{tid} " + " ".join(f"{v:.3f}" for v in pts.ravel()))
     os.makedirs(os.path.join(root, "protocols"), exist_ok=True)
     with open(os.path.join(root, "protocols", "ijbc_11_covariate_probe_reference.csv"), "w") as fh:
@@ -393,6 +393,35 @@ def test_ijbc_tinyface_paper_rule_against_reference(tmp_path):
     assert read_pairs("impostor_pairs.txt") == sorted(imp_pairs)
     md = open(tmp_path / "out" / "result.md").read()
     assert "face-level" in md and "paper 158,338" in md and "paper 39,584,639" in md
+
+
+def test_ijbc_tinyface_mtcnn_landmarks(tmp_path):
+    """landmarks=mtcnn: five points detected in each face's box, written for reuse, and the
+    tiny set is exactly the detected faces whose eye-mouth distance is in the band."""
+    root = make_ijbc_covariate(str(tmp_path / "ijbc"))
+    os.remove(os.path.join(root, "protocols", "ijbc_11_covariate_5pts.txt"))
+    p = get_protocol("ijbc-tiny")
+    o = load_config(p.Options, None, ["landmarks=mtcnn", "fars=[0.1]"])
+    assert o.landmarks == "mtcnn"
+    res = evaluate("ijbc-tiny", ctx_for(), root, o, str(tmp_path / "out"))
+    lists = tmp_path / "out" / "lists"
+    det = {}
+    for line in open(lists / "covariate_5pts.txt"):
+        t = line.split()
+        det[int(t[0])] = np.array([float(v) for v in t[1:]]).reshape(5, 2)
+    scale = {tid: sc for tid, _, _, _, _, sc in COV_FACES}
+    for tid in (101, 103, 104, 105, 106, 107, 109):  # faces of 50 and 25 px eye-mouth
+        assert tid in det, tid
+        want = (LFW_POINTS + 0.5) * scale[tid] - 0.5
+        d = np.linalg.norm(det[tid][:2].mean(0) - det[tid][3:].mean(0))
+        assert abs(d - 50 * scale[tid]) < 0.25 * 50 * scale[tid], (tid, d)
+        assert np.abs(det[tid] - want).max() < 0.2 * 50 * scale[tid] + 3, tid
+    tiny = sorted(t for t, lm in det.items()
+                  if 10 <= np.linalg.norm(lm[:2].mean(0) - lm[3:].mean(0)) <= 30)
+    rows = open(lists / "tiny_faces.txt").read().splitlines()[1:]
+    assert [int(r.split()[0]) for r in rows] == tiny == sorted(tiny)
+    assert res["counts"]["faces_tiny"] == len(tiny)
+    assert res["metrics"]["landmarks"].startswith("mtcnn")
 
 
 def test_ijbc_tinyface_wrong_files_one_line(tmp_path):

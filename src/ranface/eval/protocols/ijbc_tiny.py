@@ -11,8 +11,13 @@ The covariate protocol (Maze et al. 2018) makes every template one face (one row
 reference file) and lists 47,404,001 template pairs; a pair of two subjects is an
 impostor comparison. IJB-C ships boxes, not landmarks: ``landmarks`` is a whitespace
 file giving each covariate face's five points (left eye, right eye, nose, left and
-right mouth corner) in the original image's pixels, from a detector the user ran (the
-paper: MTCNN). The rule, from the paper's text:
+right mouth corner) in the original image's pixels, or ``mtcnn``: ranface detects them
+as the paper did, with its MTCNN on each face's box padded by half its size (upscaled
+x1, x2, x3 to reach the smallest faces; the detection nearest the box centre) and writes
+them as ``covariate_5pts.txt`` beside the lists, to be passed as ``landmarks`` next
+time. With ``mtcnn`` a face the detector misses is no tiny face, and the impostor pairs
+that need it are dropped and counted, as the paper adopts "the detected LR faces". The
+rule, from the paper's text:
 
 * tiny face: eye-midpoint to mouth-midpoint distance within the project's band
   :data:`ranface.align.select.LR_BAND` (10..30 px, both inclusive,
@@ -43,6 +48,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from ...align.select import LR_BAND
+from ...config import path_field
 from ...errors import ConfigError, DataError, ProtocolError
 from ..features import SkipLog, embed_images
 from ..report import fmt_rate, md_table, method_label
@@ -59,13 +65,15 @@ PAPER_IMPOSTOR = 39_584_639
 REFERENCE_CSV = "ijbc_11_covariate_probe_reference.csv"
 MATCHES_CSV = "ijbc_11_covariate_matches.csv"
 _NEEDED_COLUMNS = ("TEMPLATE_ID", "SUBJECT_ID", "FILENAME")
+_BOX_COLUMNS = ("FACE_X", "FACE_Y", "FACE_WIDTH", "FACE_HEIGHT")
 
 
 @dataclass
 class IjbcTinyFaceOptions:
     images: str = "images"  # FILENAME (img/..., frames/...) is relative to this folder
     protocols: str = "protocols"
-    landmarks: str = "protocols/ijbc_11_covariate_5pts.txt"  # relative to root, or absolute
+    # 5-point file (default: in the root) or "mtcnn": detect them in each face's box
+    landmarks: str = path_field("protocols/ijbc_11_covariate_5pts.txt", keywords=("mtcnn",))
     min_px: float = LR_BAND[0]
     max_px: float = LR_BAND[1]
     flip: bool = True
@@ -73,7 +81,7 @@ class IjbcTinyFaceOptions:
     fars: List[float] = field(default_factory=lambda: list(FARS))
     score_rows: int = 1024
     color: str = ""
-    lists_dir: str = ""  # where the face and pair lists go ("": <out>/lists, none without --out)
+    lists_dir: str = path_field()  # where the face and pair lists go ("": <out>/lists)
 
 
 @dataclass
@@ -84,10 +92,12 @@ class CovariateFaces:
     subjects: np.ndarray
     filenames: List[str]
     lines: np.ndarray
+    boxes: np.ndarray  # (N, 4) FACE_X, FACE_Y, FACE_WIDTH, FACE_HEIGHT; NaN where absent
 
 
 def _paths(root: str, o: IjbcTinyFaceOptions) -> Dict[str, str]:
-    lm = o.landmarks if os.path.isabs(o.landmarks) else os.path.join(root, o.landmarks)
+    lm = o.landmarks if os.path.isabs(o.landmarks) or o.landmarks == "mtcnn" else \
+        os.path.join(root, o.landmarks)
     return {"reference": os.path.join(root, o.protocols, REFERENCE_CSV),
             "matches": os.path.join(root, o.protocols, MATCHES_CSV),
             "landmarks": lm, "images": os.path.join(root, o.images)}
@@ -99,7 +109,7 @@ def read_covariate_reference(path: str) -> CovariateFaces:
         fh = open(path, "r", encoding="utf-8", newline="")
     except OSError as exc:
         raise ProtocolError(path, f"cannot read file ({exc.strerror or exc})") from None
-    tids, subs, names, lines = [], [], [], []
+    tids, subs, names, lines, boxes = [], [], [], [], []
     with fh:
         try:
             rows = csv.reader(fh)
@@ -109,6 +119,7 @@ def read_covariate_reference(path: str) -> CovariateFaces:
                 raise ProtocolError(path, f"header lacks column(s) {', '.join(missing)} "
                                     f"(expected {','.join(_NEEDED_COLUMNS)},...)", "line 1")
             ti, si, fi = (header.index(c) for c in _NEEDED_COLUMNS)
+            bi = [header.index(c) if c in header else -1 for c in _BOX_COLUMNS]
             for no, row in enumerate(rows, 2):
                 if not row or not "".join(row).strip():
                     continue
@@ -119,6 +130,7 @@ def read_covariate_reference(path: str) -> CovariateFaces:
                 subs.append(to_int(row[si], path, no, "SUBJECT_ID"))
                 names.append(row[fi].strip())
                 lines.append(no)
+                boxes.append([_maybe_float(row[i]) if 0 <= i < len(row) else np.nan for i in bi])
         except UnicodeDecodeError:
             raise ProtocolError(path, "not a UTF-8 text file") from None
     if not tids:
@@ -132,7 +144,50 @@ def read_covariate_reference(path: str) -> CovariateFaces:
         raise ProtocolError(path, f"TEMPLATE_ID {t[k]} has a second row (a covariate "
                             "template is one face)", f"line {lines[k]}")
     return CovariateFaces(ts, np.array(subs, np.int64)[order], [names[k] for k in order],
-                          np.array(lines, np.int64)[order])
+                          np.array(lines, np.int64)[order],
+                          np.array(boxes, np.float64).reshape(-1, 4)[order])
+
+
+def _maybe_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        return float("nan")
+    return v if np.isfinite(v) else float("nan")
+
+
+def detect_landmarks(paths: List[str], boxes: np.ndarray, rows: np.ndarray, ctx: EvalContext,
+                     skips: SkipLog, pad: float = 0.5) -> np.ndarray:
+    """Five points (original pixels) of each face in ``rows``, by MTCNN on its box padded
+    by ``pad`` x its larger side; NaN where the box is absent, the image unreadable or
+    no face is found. The detection whose box centre is nearest the given box's wins."""
+    from ...align.pipeline import FaceAligner
+    from ...data.image import read_image
+
+    aligner = FaceAligner(upscales=(1, 2, 3), min_face_size=12.0, device=ctx.device)
+    out = np.full((len(paths), 5, 2), np.nan)
+    for k in rows:
+        x, y, w, h = boxes[k]
+        if not (np.isfinite(boxes[k]).all() and w > 0 and h > 0):
+            continue
+        try:
+            img = read_image(paths[k])
+        except DataError as exc:
+            skips.handle(exc)
+            continue
+        p = pad * max(w, h)
+        x0, y0 = int(max(0, np.floor(x - p))), int(max(0, np.floor(y - p)))
+        x1 = int(min(img.shape[1], np.ceil(x + w + p)))
+        y1 = int(min(img.shape[0], np.ceil(y + h + p)))
+        if x1 - x0 < 2 or y1 - y0 < 2:
+            continue
+        det = aligner.detect(img[y0:y1, x0:x1])
+        if not len(det):
+            continue
+        centres = (det.boxes[:, :2] + det.boxes[:, 2:]) / 2 + [x0, y0]
+        i = int(np.argmin(np.linalg.norm(centres - [x + w / 2, y + h / 2], axis=1)))
+        out[k] = det.landmarks[i] + [x0, y0]
+    return out
 
 
 def read_covariate_matches(path: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -222,11 +277,12 @@ class IjbcTinyFaceProtocol(IjbcProtocol):
         if o.min_px > o.max_px:
             raise ConfigError(f"min_px ({o.min_px}) must not exceed max_px ({o.max_px})")
         p = _paths(root, o)
-        require(root, [(os.path.relpath(p["images"], root), "dir"),
-                       (os.path.relpath(p["reference"], root), "file"),
-                       (os.path.relpath(p["matches"], root), "file"),
-                       (p["landmarks"] if os.path.isabs(o.landmarks) else o.landmarks, "file")],
-                "IJB-C (covariate protocol)")
+        need = [(os.path.relpath(p["images"], root), "dir"),
+                (os.path.relpath(p["reference"], root), "file"),
+                (os.path.relpath(p["matches"], root), "file")]
+        if o.landmarks != "mtcnn":
+            need.append((p["landmarks"] if os.path.isabs(o.landmarks) else o.landmarks, "file"))
+        require(root, need, "IJB-C (covariate protocol)")
 
     def run(self, ctx: EvalContext, root: str, options: IjbcTinyFaceOptions) -> Dict[str, Any]:
         from ...align.select import eye_mouth_distance, lr_select
@@ -239,13 +295,18 @@ class IjbcTinyFaceProtocol(IjbcProtocol):
         p = _paths(root, o)
         faces = read_covariate_reference(p["reference"])
         m1, m2 = read_covariate_matches(p["matches"])
-        lmk = _read_landmarks(p["landmarks"])
         n = faces.tids.size
-        landmarks = np.full((n, 5, 2), np.nan)
-        for k, t in enumerate(faces.tids.tolist()):
-            got = lmk.get(t)
-            if got is not None:
-                landmarks[k] = got
+        paths = [os.path.join(p["images"], f) for f in faces.filenames]
+        detect = o.landmarks == "mtcnn"
+        if detect:
+            landmarks = detect_landmarks(paths, faces.boxes, np.arange(n), ctx, skips)
+        else:
+            lmk = _read_landmarks(p["landmarks"])
+            landmarks = np.full((n, 5, 2), np.nan)
+            for k, t in enumerate(faces.tids.tolist()):
+                got = lmk.get(t)
+                if got is not None:
+                    landmarks[k] = got
         has_lmk = np.isfinite(landmarks).all(axis=(1, 2))
         dist = np.full(n, np.nan)
         dist[has_lmk] = eye_mouth_distance(landmarks[has_lmk])
@@ -272,21 +333,24 @@ class IjbcTinyFaceProtocol(IjbcProtocol):
         if n_imp_protocol == 0:
             raise ProtocolError(p["matches"], "no pair joins two different subjects")
 
-        lists = self._write_lists(ctx, o, faces, dist, tiny, ga, gb, r1[imp], r2[imp])
+        lists = self._write_lists(ctx, o, faces, dist, tiny, ga, gb, r1[imp], r2[imp],
+                                  landmarks if detect else None)
 
         # Faces to embed: the tiny ones and every face of an impostor pair.
         want = tiny.copy()
         want[r1[imp]] = True
         want[r2[imp]] = True
         no_lmk = want & ~has_lmk
-        if no_lmk.any():
+        if no_lmk.any() and detect:  # detector misses: part of the construction, counted
+            skips.record(f"{int(no_lmk.sum())} face(s) of impostor pairs: no face detected "
+                         "in the box", 0)
+        elif no_lmk.any():
             k = int(np.argmax(no_lmk))
             msg = (f"no landmarks for TEMPLATE_ID {faces.tids[k]} ({REFERENCE_CSV} line "
                    f"{faces.lines[k]}); {int(no_lmk.sum())} face(s) in impostor pairs lack "
                    "them")
             skips.handle(ProtocolError(p["landmarks"], msg))
         want &= has_lmk
-        paths = [os.path.join(p["images"], f) for f in faces.filenames]
         missing = [k for k in np.flatnonzero(want) if not os.path.isfile(paths[k])]
         if missing:
             k = missing[0]
@@ -314,6 +378,7 @@ class IjbcTinyFaceProtocol(IjbcProtocol):
         self._finish(result, st, o)
         result["metrics"].update(
             level="face", paper={"genuine": PAPER_GENUINE, "impostor": PAPER_IMPOSTOR},
+            landmarks="mtcnn (detected in the boxes)" if detect else p["landmarks"],
             rule=(f"tiny: eye-mouth distance in [{o.min_px}, {o.max_px}] px; genuine: distinct "
                   "tiny faces of one SUBJECT_ID; impostor: covariate matches of two SUBJECT_IDs; "
                   "face-to-face cosine"))
@@ -347,7 +412,8 @@ class IjbcTinyFaceProtocol(IjbcProtocol):
 
         return prepare
 
-    def _write_lists(self, ctx, o, faces, dist, tiny, ga, gb, ia, ib) -> Optional[Dict[str, str]]:
+    def _write_lists(self, ctx, o, faces, dist, tiny, ga, gb, ia, ib,
+                     landmarks: Optional[np.ndarray] = None) -> Optional[Dict[str, str]]:
         out = o.lists_dir or (os.path.join(ctx.out_dir, "lists") if ctx.out_dir else "")
         if not out:
             return None
@@ -363,6 +429,12 @@ class IjbcTinyFaceProtocol(IjbcProtocol):
         atomic_write_text(paths["tiny_faces"], "\n".join(rows) + "\n")
         _write_pairs(paths["genuine_pairs"], faces.tids, ga, gb)
         _write_pairs(paths["impostor_pairs"], faces.tids, ia, ib)
+        if landmarks is not None:  # detected points, reusable as `landmarks`
+            paths["landmarks"] = os.path.join(out, "covariate_5pts.txt")
+            ok = np.isfinite(landmarks).all(axis=(1, 2))
+            atomic_write_text(paths["landmarks"], "".join(
+                f"{faces.tids[k]} " + " ".join(f"{v:.2f}" for v in landmarks[k].ravel()) + "\n"
+                for k in np.flatnonzero(ok)))
         return paths
 
     def markdown(self, result: Dict[str, Any]) -> str:

@@ -41,6 +41,7 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
+from ...config import path_field
 from ...errors import ConfigError, DataError, ProtocolError
 from ..features import IMAGE_EXTS, SkipLog, embed_images
 from ..report import curve, fmt_pct, md_table, method_label, plot_curves
@@ -60,9 +61,9 @@ _CAM = re.compile(r"^(?P<id>[^_]+)_cam(?P<cam>\d+)_(?P<d>\d+)$", re.IGNORECASE)
 @dataclass
 class SCfaceOptions:
     split: str = "paper"  # paper (scface_split.txt: 50 fine-tune / 80 test) | file | none
-    split_file: str = ""  # split=file: lines '<finetune|test> <id>'
+    split_file: str = path_field()  # split=file: lines '<finetune|test> <id>'
     mugshot_dir: str = "mugshot_frontal_cropped_all"  # if present, the only mugshot source
-    write_finetune: str = ""  # folder to write the fine-tuning images to (<id>/<file>)
+    write_finetune: str = path_field()  # folder to write the fine-tuning images to (<id>/<file>)
     cameras: List[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
     distances: List[int] = field(default_factory=lambda: [1, 2, 3])
     ranks: List[int] = field(default_factory=lambda: [1, 5])
