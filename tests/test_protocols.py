@@ -395,6 +395,7 @@ def test_ijbc_tinyface_paper_rule_against_reference(tmp_path):
     assert "face-level" in md and "paper 158,338" in md and "paper 39,584,639" in md
 
 
+@pytest.mark.slow
 def test_ijbc_tinyface_mtcnn_landmarks(tmp_path):
     """landmarks=mtcnn: five points detected in each face's box, written for reuse, and the
     tiny set is exactly the detected faces whose eye-mouth distance is in the band."""
@@ -649,6 +650,7 @@ def test_scface_per_distance_ranks_and_paper_split(tmp_path):
     assert res["counts"]["test_subjects"] == 3 and res["counts"]["scored"] == 18
 
 
+@pytest.mark.slow
 def test_scface_table3_script_without_and_with_finetuning(tmp_path):
     """scripts/scface_table3.sh end to end on a 4-subject fixture: evaluate (w/o FT) and
     write the fine-tuning faces, `ranface train` with configs/finetune_scface.yaml,
