@@ -18,6 +18,11 @@ against all templates, then the pairs' entries gathered; no Python loop over pai
 streamed into :class:`~ranface.eval.metrics.StreamingTarAtFar` (exact; memory bounded by
 the top 10% of impostors).
 
+``ijbc`` follows insightface's IJB evaluation (``recognition/_evaluation_/ijb``): its meta
+files, its template pooling, its pair list. Deliberate difference: TAR is read at the
+lowest threshold whose achieved FAR <= the target (exact order statistics); insightface
+takes the ROC point whose FPR is nearest the target, which may lie above it.
+
 **ijbc-tiny-templates**: a tiny-face variant on insightface's layout, *not* the paper's
 IJB-C TinyFace (that is ``ijbc-tiny``, :mod:`.ijbc_tiny`, built from the 1:1 covariate
 protocol's files with 158,338 genuine and 39,584,639 impostor face-level comparisons).

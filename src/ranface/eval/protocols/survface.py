@@ -34,6 +34,11 @@ Verification (``parts`` includes ``verification``)::
 
 TAR at FAR 0.3/0.1/0.01/0.001, ROC AUC, and 10-fold accuracy (folds interleave the pairs
 of each class, since the lists come sorted by class).
+
+Follows the benchmark's own definitions (Cheng et al. 2018) rather than any one public
+script; tests/test_protocols.py checks the numbers against those definitions written out
+probe by probe. Deliberate choices: ties count against the probe; AUC is the exact area
+(no FPIR grid); ``gallery: templates`` is an option, not the default.
 """
 from __future__ import annotations
 

@@ -16,6 +16,11 @@ Gallery_Distractor joins the gallery. The crops are small and already aligned: e
 resized to the model's input (bicubic). Ranks are pessimistic on ties
 (:func:`~ranface.eval.metrics.match_ranks`); probes are scored in blocks against the
 whole ~158k gallery, so the similarity matrix is never held at once.
+
+Follows AdaFace/CVLFace's TinyFace evaluation (Kim et al. 2022): the same lists, the same
+gallery (matches plus every distractor) and CMC ranks 1/5/20. Deliberate difference: a
+tie between the mate and another entry counts against the probe (theirs takes argsort's
+order). ``ranface evaluate --list`` prints this provenance.
 """
 from __future__ import annotations
 
