@@ -299,7 +299,13 @@ class IjbcTinyFaceProtocol(IjbcProtocol):
                 (os.path.relpath(p["matches"], root), "file")]
         if o.landmarks != "mtcnn":
             need.append((p["landmarks"] if os.path.isabs(o.landmarks) else o.landmarks, "file"))
-        require(root, need, "IJB-C (covariate protocol)")
+        try:
+            require(root, need, "covariate-protocol IJB-C")
+        except ProtocolError as exc:
+            if o.landmarks == "mtcnn" or os.path.isfile(p["landmarks"]):
+                raise
+            raise ProtocolError(root, f"{exc.problem} (five points: give landmarks=<file> or "
+                                "landmarks=mtcnn to detect them)") from None
 
     def run(self, ctx: EvalContext, root: str, options: IjbcTinyFaceOptions) -> Dict[str, Any]:
         from ...align.select import eye_mouth_distance, lr_select
