@@ -149,6 +149,32 @@ def parse_ijb(d: str) -> None:
     read_ijb_meta(d, IjbcOptions())
 
 
+COVARIATE = {
+    "ijbc_11_covariate_probe_reference.csv":
+        "TEMPLATE_ID,SUBJECT_ID,FILENAME,SIGHTING_ID,FACE_X,FACE_Y,FACE_WIDTH,FACE_HEIGHT\n"
+        "101,10,img/1.jpg,5101,10,12,40,40\n102,10,frames/2_1.png,5102,3,4,20,22\n"
+        "103,20,img/3.jpg,5103,,,,\n",
+    "ijbc_11_covariate_matches.csv": "101,102\n101,103\n102,103\n",
+    "scface_split.txt": "# split\nfinetune 001\ntest 002\ntest 003\n",
+}
+
+
+def make_covariate(d: str) -> List[str]:
+    for name, text in COVARIATE.items():
+        with open(os.path.join(d, name), "w") as fh:
+            fh.write(text)
+    return list(COVARIATE)
+
+
+def parse_covariate(d: str) -> None:
+    from ranface.eval.protocols.ijbc_tiny import read_covariate_matches, read_covariate_reference
+    from ranface.eval.protocols.scface import read_split
+
+    read_covariate_reference(os.path.join(d, "ijbc_11_covariate_probe_reference.csv"))
+    read_covariate_matches(os.path.join(d, "ijbc_11_covariate_matches.csv"))
+    read_split(os.path.join(d, "scface_split.txt"))
+
+
 def make_tinyface_mat(d: str) -> List[str]:
     import scipy.io
 
@@ -246,6 +272,7 @@ PARSERS: Dict[str, Case] = {
     "bin": Case(make_bin, parse_bin),
     "pairs.txt": Case(make_pairs, parse_pairs_file),
     "ijbc-meta": Case(make_ijb, parse_ijb),
+    "ijbc-covariate+scface-split": Case(make_covariate, parse_covariate),
     "tinyface-mat": Case(make_tinyface_mat, parse_tinyface_mat, 15),
     "survface-mat": Case(make_survface_mat, parse_survface_mat, 15),
     "yaml-config": Case(make_yaml, parse_yaml),

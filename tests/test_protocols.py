@@ -107,7 +107,8 @@ def test_options_from_set_overrides():
     p = get_protocol("pairs")
     o = load_config(p.Options, None, ["probe_sizes=[32,16]", "modes=[hr-lr]", "flip=false"])
     assert o.probe_sizes == [32, 16] and o.modes == ["hr-lr"] and o.flip is False
-    t = load_config(get_protocol("ijbc-tiny").Options, None, ["min_px=12", "faceness=true"])
+    t = load_config(get_protocol("ijbc-tiny-templates").Options, None,
+                    ["min_px=12", "faceness=true"])
     assert t.min_px == 12.0 and t.max_px == 30.0 and t.faceness is True
     with pytest.raises(ConfigError, match="probe_size"):
         load_config(p.Options, None, ["probe_size=[16]"])
@@ -287,10 +288,10 @@ def test_ijbc_end_to_end_against_reference(ijbc_root, tmp_path):
     assert "| Method | 0.1 | 0.01 |" in md
 
 
-def test_ijbc_tiny_rule_counts_and_scores(ijbc_root):
+def test_ijbc_tiny_templates_rule_counts_and_scores(ijbc_root):
     model = TinyNet()
-    o = get_protocol("ijbc-tiny").Options(fars=[0.2])
-    res = get_protocol("ijbc-tiny").run(ctx_for(model), ijbc_root, o)
+    o = get_protocol("ijbc-tiny-templates").Options(fars=[0.2])
+    res = get_protocol("ijbc-tiny-templates").run(ctx_for(model), ijbc_root, o)
     c = res["counts"]
     tiny = [r for r in IJB_FACES if r[5]]
     assert c["faces_tiny"] == len(tiny) == 7
@@ -306,13 +307,146 @@ def test_ijbc_tiny_rule_counts_and_scores(ijbc_root):
            f["7.jpg"] @ f["8.jpg"]]
     assert len(imp) == 8
     assert res["metrics"]["tar"]["0.2"]["tar"] == brute_tar(gen, imp, 0.2)
-    same = get_protocol("ijbc-tiny").run(ctx_for(), ijbc_root,
-                                         get_protocol("ijbc-tiny").Options(same_media_genuine=True,
+    same = get_protocol("ijbc-tiny-templates").run(ctx_for(), ijbc_root,
+                                         get_protocol("ijbc-tiny-templates").Options(same_media_genuine=True,
                                                                            fars=[0.2]))
     assert same["counts"]["genuine"] == 5
-    none = get_protocol("ijbc-tiny").Options(min_px=26, max_px=40)
+    none = get_protocol("ijbc-tiny-templates").Options(min_px=26, max_px=40)
     with pytest.raises(ProtocolError, match="eye-to-mouth distance in \\[26"):
-        get_protocol("ijbc-tiny").run(ctx_for(), ijbc_root, none)
+        get_protocol("ijbc-tiny-templates").run(ctx_for(), ijbc_root, none)
+
+
+# IJB-C release layout (NIST): protocols/ijbc_11_covariate_probe_reference.csv has this
+# header, one face per TEMPLATE_ID; ijbc_11_covariate_matches.csv is "tid1,tid2" lines.
+COV_HEADER = ("TEMPLATE_ID,SUBJECT_ID,FILENAME,SIGHTING_ID,FACE_X,FACE_Y,FACE_WIDTH,FACE_HEIGHT,"
+              "FRAME_NUM,FACIAL_HAIR,AGE,INDOOR_OUTDOOR,SKINTONE,GENDER,YAW,ROLL")
+# (template, subject, file, person, LFW photo, scale): eye-mouth 50 px x scale
+COV_FACES = [(101, 10, "img/1.jpg", 0, 1, 0.5), (102, 10, "frames/20_1.png", 0, 2, 0.25),
+             (103, 10, "img/3.jpg", 0, 3, 1.0), (104, 10, "img/4.jpg", 0, 4, 0.5),
+             (105, 20, "img/5.jpg", 1, 1, 0.5), (106, 20, "img/6.jpg", 1, 2, 0.5),
+             (107, 30, "img/7.jpg", 2, 1, 0.5), (108, 30, "img/8.jpg", 2, 2, 1 / 6),
+             (109, 40, "img/9.jpg", 3, 1, 1.0)]
+COV_MATCHES = [(a, b) for a in (101, 103, 105, 107) for b in range(a + 1, 110)]
+
+
+def make_ijbc_covariate(root):
+    rows, lms = [COV_HEADER], []
+    for tid, sub, name, person, n, scale in COV_FACES:
+        arr = lfw(PEOPLE[person], n)
+        size = int(round(250 * scale))
+        arr = np.array(Image.fromarray(arr).resize((size, size), Image.BICUBIC))
+        pts = (LFW_POINTS + 0.5) * (size / 250) - 0.5
+        save(arr, os.path.join(root, "images", name))
+        x, y, w = (round(v * size / 250) for v in (65, 70, 120))  # the face's box
+        rows.append(f"{tid},{sub},{name},{tid + 5000},{x},{y},{w},{w},,0,30,1,3,1,5.0,-2.0")
+        lms.append(f"{tid} " + " ".join(f"{v:.3f}" for v in pts.ravel()))
+    os.makedirs(os.path.join(root, "protocols"), exist_ok=True)
+    with open(os.path.join(root, "protocols", "ijbc_11_covariate_probe_reference.csv"), "w") as fh:
+        fh.write("\n".join(rows) + "\n")
+    with open(os.path.join(root, "protocols", "ijbc_11_covariate_matches.csv"), "w") as fh:
+        fh.writelines(f"{a},{b}\n" for a, b in COV_MATCHES)
+    with open(os.path.join(root, "protocols", "ijbc_11_covariate_5pts.txt"), "w") as fh:
+        fh.write("\n".join(lms) + "\n")
+    return root
+
+
+def test_ijbc_tinyface_paper_rule_against_reference(tmp_path):
+    from ranface.align.templates import template_for
+    from ranface.align.transform import estimate_similarity, warp_face
+    from ranface.inference import Embedder
+
+    root = make_ijbc_covariate(str(tmp_path / "ijbc"))
+    model = TinyNet()
+    p = get_protocol("ijbc-tiny")
+    o = p.Options(fars=[0.1, 0.05])
+    res = evaluate("ijbc-tiny", ctx_for(model), root, o, str(tmp_path / "out"))
+    # Independent reference: the paper's rule written out face by face.
+    emb = Embedder(model, flip=True, batch_size=1)
+    dst = template_for(emb.input_size, "arcface")
+    feat, sub, dist = {}, {}, {}
+    for tid, s_id, name, _, _, scale in COV_FACES:
+        arr = np.array(Image.open(os.path.join(root, "images", name)).convert("RGB"))
+        pts = (LFW_POINTS + 0.5) * (arr.shape[0] / 250) - 0.5
+        dist[tid] = np.linalg.norm(pts[:2].mean(0) - pts[3:].mean(0))
+        face = warp_face(arr, estimate_similarity(pts, dst), emb.input_size)
+        feat[tid] = emb.embed_arrays([face])[0].astype(float)
+        sub[tid] = s_id
+    tiny = sorted(t for t in dist if 10 <= dist[t] <= 30)
+    assert tiny == [101, 102, 104, 105, 106, 107]
+    gen_pairs = [(a, b) for a in tiny for b in tiny if a < b and sub[a] == sub[b]]
+    imp_pairs = [(a, b) for a, b in COV_MATCHES if sub[a] != sub[b]]
+    gen = [feat[a] @ feat[b] for a, b in gen_pairs]
+    imp = [feat[a] @ feat[b] for a, b in imp_pairs]
+    c = res["counts"]
+    assert (c["genuine"], c["impostor"]) == (len(gen_pairs), len(imp_pairs)) == (4, 14)
+    assert (c["genuine_paper"], c["impostor_paper"]) == (158338, 39584639)
+    for far in (0.1, 0.05):
+        assert res["metrics"]["tar"][str(far)]["tar"] == pytest.approx(brute_tar(gen, imp, far))
+    assert res["metrics"]["level"] == "face"
+    # Lists written for reuse: tiny faces, genuine and impostor pairs (template ids).
+    lists = tmp_path / "out" / "lists"
+    tf = open(lists / "tiny_faces.txt").read().splitlines()
+    assert tf[0].split() == ["TEMPLATE_ID", "SUBJECT_ID", "FILENAME", "EYE_MOUTH_PX"]
+    assert [int(r.split()[0]) for r in tf[1:]] == tiny
+    read_pairs = lambda f: sorted(tuple(map(int, ln.split())) for ln in open(lists / f))  # noqa
+    assert read_pairs("genuine_pairs.txt") == sorted(gen_pairs)
+    assert read_pairs("impostor_pairs.txt") == sorted(imp_pairs)
+    md = open(tmp_path / "out" / "result.md").read()
+    assert "face-level" in md and "paper 158,338" in md and "paper 39,584,639" in md
+
+
+@pytest.mark.slow
+def test_ijbc_tinyface_mtcnn_landmarks(tmp_path):
+    """landmarks=mtcnn: five points detected in each face's box, written for reuse, and the
+    tiny set is exactly the detected faces whose eye-mouth distance is in the band."""
+    root = make_ijbc_covariate(str(tmp_path / "ijbc"))
+    os.remove(os.path.join(root, "protocols", "ijbc_11_covariate_5pts.txt"))
+    p = get_protocol("ijbc-tiny")
+    o = load_config(p.Options, None, ["landmarks=mtcnn", "fars=[0.1]"])
+    assert o.landmarks == "mtcnn"
+    res = evaluate("ijbc-tiny", ctx_for(), root, o, str(tmp_path / "out"))
+    lists = tmp_path / "out" / "lists"
+    det = {}
+    for line in open(lists / "covariate_5pts.txt"):
+        t = line.split()
+        det[int(t[0])] = np.array([float(v) for v in t[1:]]).reshape(5, 2)
+    scale = {tid: sc for tid, _, _, _, _, sc in COV_FACES}
+    for tid in (101, 103, 104, 105, 106, 107, 109):  # faces of 50 and 25 px eye-mouth
+        assert tid in det, tid
+        want = (LFW_POINTS + 0.5) * scale[tid] - 0.5
+        d = np.linalg.norm(det[tid][:2].mean(0) - det[tid][3:].mean(0))
+        assert abs(d - 50 * scale[tid]) < 0.25 * 50 * scale[tid], (tid, d)
+        assert np.abs(det[tid] - want).max() < 0.2 * 50 * scale[tid] + 3, tid
+    tiny = sorted(t for t, lm in det.items()
+                  if 10 <= np.linalg.norm(lm[:2].mean(0) - lm[3:].mean(0)) <= 30)
+    rows = open(lists / "tiny_faces.txt").read().splitlines()[1:]
+    assert [int(r.split()[0]) for r in rows] == tiny == sorted(tiny)
+    assert res["counts"]["faces_tiny"] == len(tiny)
+    assert res["metrics"]["landmarks"].startswith("mtcnn")
+
+
+def test_ijbc_tinyface_wrong_files_one_line(tmp_path):
+    import shutil
+
+    root = make_ijbc_covariate(str(tmp_path / "ijbc"))
+    p = get_protocol("ijbc-tiny")
+    lm = os.path.join(root, "protocols", "ijbc_11_covariate_5pts.txt")
+    shutil.move(lm, lm + ".bak")
+    with pytest.raises(ProtocolError, match="ijbc_11_covariate_5pts.txt"):
+        p.validate_root(root, p.Options())
+    shutil.move(lm + ".bak", lm)
+    ref = os.path.join(root, "protocols", "ijbc_11_covariate_probe_reference.csv")
+    text = open(ref).read()
+    open(ref, "w").write(text.replace("SUBJECT_ID", "SUBJ", 1))
+    with pytest.raises(ProtocolError, match="lacks column.*SUBJECT_ID") as e:
+        p.run(ctx_for(), root, p.Options())
+    assert "ijbc_11_covariate_probe_reference.csv" in str(e.value)
+    open(ref, "w").write(text)
+    mat = os.path.join(root, "protocols", "ijbc_11_covariate_matches.csv")
+    open(mat, "a").write("101;102\n")
+    with pytest.raises(ProtocolError, match="line 21") as e:
+        p.run(ctx_for(), root, p.Options())
+    assert "ijbc_11_covariate_matches.csv" in str(e.value)
 
 
 def _copy_ijbc(src, dst):
@@ -431,31 +565,57 @@ def test_tinyface_bad_mat_and_missing_image(tmp_path):
 
 # ----------------------------------------------------------------------------- SCface
 def make_scface(root):
+    """The release's layout: mugshot_frontal_cropped_all/, surveillance_cameras_distance_d/camc/
+    (and an uncropped mugshot copy, which must be ignored)."""
     for k, person in enumerate(PEOPLE[:4]):
         sid = f"{k + 1:03d}"
-        save(crop(lfw(person, 1)), os.path.join(root, "mugshot", f"{sid}_frontal.JPG"))
+        save(crop(lfw(person, 1)), os.path.join(root, "mugshot_frontal_cropped_all",
+                                                f"{sid}_frontal.JPG"))
+        save(lfw(person, 1), os.path.join(root, "mugshot_frontal_original_all", f"{sid}_frontal.JPG"))
         for cam in (1, 2):
             for d, px in ((1, 16), (2, 24), (3, 40)):
                 n = 2 + 3 * (cam - 1) + d - 1  # photos 2..7, never the mugshot's
-                save(crop(lfw(person, n), px), os.path.join(root, f"d{d}", f"{sid}_cam{cam}_{d}.jpg"))
-    save(crop(lfw(PEOPLE[0], 9), 20), os.path.join(root, "ir", "001_cam6_1.jpg"))  # IR: ignored
+                save(crop(lfw(person, n), px), os.path.join(
+                    root, f"surveillance_cameras_distance_{d}", f"cam{cam}", f"{sid}_cam{cam}_{d}.jpg"))
+    save(crop(lfw(PEOPLE[0], 9), 20), os.path.join(root, "surveillance_cameras_IR_cam6",
+                                                   "001_cam6_1.jpg"))  # IR: ignored
     open(os.path.join(root, "notes.txt"), "w").write("not an image\n")
     return root
+
+
+def scface_probe(root, sid, cam, d):
+    return os.path.join(root, f"surveillance_cameras_distance_{d}", f"cam{cam}", f"{sid}_cam{cam}_{d}.jpg")
+
+
+def write_split(path, finetune, test):
+    with open(path, "w") as fh:
+        fh.write("# a test split\n" + "".join(f"finetune {i}\n" for i in finetune)
+                 + "".join(f"test {i}\n" for i in test))
+    return path
+
+
+def test_scface_paper_split_file_is_fixed():
+    from ranface.eval.protocols.scface import PAPER_SPLIT_FILE, read_split
+
+    ft, test = read_split(PAPER_SPLIT_FILE)
+    assert ft == [f"{i:03d}" for i in range(1, 51)] and test == [f"{i:03d}" for i in range(51, 131)]
+    assert get_protocol("scface").Options().split == "paper"
 
 
 def test_scface_per_distance_ranks_and_paper_split(tmp_path):
     root = make_scface(str(tmp_path / "sc"))
     model = TinyNet()
     p = get_protocol("scface")
-    res = p.run(ctx_for(model), root, p.Options(ranks=[1, 2]))
+    res = p.run(ctx_for(model), root, p.Options(ranks=[1, 2], split="none"))
     from ranface.inference import Embedder
 
     emb = Embedder(model, batch_size=1)
     read = lambda f: np.array(Image.open(f).convert("RGB"))  # noqa: E731
     ids = ["001", "002", "003", "004"]
-    gf = embed_arrays(emb, [read(os.path.join(root, "mugshot", f"{i}_frontal.JPG")) for i in ids])
+    gf = embed_arrays(emb, [read(os.path.join(root, "mugshot_frontal_cropped_all",
+                                              f"{i}_frontal.JPG")) for i in ids])
     for d in (1, 2, 3):
-        files = [(i, os.path.join(root, f"d{d}", f"{i}_cam{c}_{d}.jpg")) for i in ids for c in (1, 2)]
+        files = [(i, scface_probe(root, i, c, d)) for i in ids for c in (1, 2)]
         pf = embed_arrays(emb, [read(f) for _, f in files])
         rk = brute_ranks(pf @ gf.T, [i for i, _ in files], ids)
         got = res["metrics"]["per_distance"][str(d)]
@@ -465,9 +625,14 @@ def test_scface_per_distance_ranks_and_paper_split(tmp_path):
     assert res["counts"]["scored"] == 24 and res["counts"]["gallery"] == 4
     md = p.markdown(res)
     assert "| Method | d1 (4.2 m) | d2 (2.6 m) | d3 (1.0 m) |" in md
+    assert "rank 1, 2 (%), per probe distance" in md
 
+    # The paper split on a root without subjects 051-130: one line naming the split file.
+    with pytest.raises(ProtocolError, match="scface_split.txt.*80 test subject.*051"):
+        p.run(ctx_for(), root, p.Options())
     ft = str(tmp_path / "finetune")
-    o = p.Options(split="paper", finetune_subjects=2, write_finetune=ft)
+    split = write_split(str(tmp_path / "split.txt"), ["001", "002"], ["003", "004"])
+    o = p.Options(split="file", split_file=split, write_finetune=ft)
     res = p.run(ctx_for(), root, o)
     assert res["metrics"]["split"]["finetune_ids"] == ["001", "002"]
     assert res["metrics"]["split"]["test_ids"] == ["003", "004"]
@@ -475,18 +640,63 @@ def test_scface_per_distance_ranks_and_paper_split(tmp_path):
     assert sorted(os.listdir(ft)) == ["001", "002"]
     assert sorted(os.listdir(os.path.join(ft, "001"))) == sorted(
         ["001_frontal.JPG"] + [f"001_cam{c}_{d}.jpg" for c in (1, 2) for d in (1, 2, 3)])
-    os.remove(os.path.join(root, "mugshot", "004_frontal.JPG"))
+    bad = write_split(str(tmp_path / "bad.txt"), ["001"], ["003", "001"])
+    with pytest.raises(ProtocolError, match="bad.txt.*subject 001 listed twice"):
+        p.run(ctx_for(), root, p.Options(split="file", split_file=bad))
+    os.remove(os.path.join(root, "mugshot_frontal_cropped_all", "004_frontal.JPG"))
     with pytest.raises(ProtocolError, match="no mugshot .* 1 test subject.*004"):
-        p.run(ctx_for(), root, p.Options())
-    res = p.run(ctx_for(on_error="skip"), root, p.Options())
+        p.run(ctx_for(), root, p.Options(split="none"))
+    res = p.run(ctx_for(on_error="skip"), root, p.Options(split="none"))
     assert res["counts"]["test_subjects"] == 3 and res["counts"]["scored"] == 18
+
+
+@pytest.mark.slow
+def test_scface_table3_script_without_and_with_finetuning(tmp_path):
+    """scripts/scface_table3.sh end to end on a 4-subject fixture: evaluate (w/o FT) and
+    write the fine-tuning faces, `ranface train` with configs/finetune_scface.yaml,
+    evaluate the fine-tuned model, one report with both rows."""
+    import json
+    import subprocess
+    import sys
+
+    from ranface.inference import model_package
+    from ranface.models import create_backbone
+
+    root = make_scface(str(tmp_path / "sc"))
+    split = write_split(str(tmp_path / "split.txt"), ["001", "002"], ["003", "004"])
+    torch.manual_seed(0)
+    bb = create_backbone("mobilefacenet", embedding_size=32)
+    torch.save(model_package(bb, "mobilefacenet", {"embedding_size": 32}), str(tmp_path / "hr.pt"))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, RANFACE=f"{sys.executable} -m ranface",
+               PYTHONPATH=os.path.join(repo, "src"),
+               TRAIN_ARGS=" ".join(["--set model.backbone=mobilefacenet",
+                                    "--set model.embedding_size=32", "--set optim.max_steps=2",
+                                    "--set data.batch_size=4", "--set data.num_workers=0",
+                                    "--set run.progress=false", "--set run.tensorboard=false",
+                                    "--set run.precision=fp32", "--set run.device=cpu"]))
+    out = str(tmp_path / "t3")
+    r = subprocess.run(["bash", os.path.join(repo, "scripts", "scface_table3.sh"), root,
+                        str(tmp_path / "hr.pt"), out, "--device", "cpu", "--set", "split=file",
+                        "--set", f"split_file={split}", "--set", "flip=false"],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    wo = json.load(open(os.path.join(out, "wo_ft", "result.json")))
+    w = json.load(open(os.path.join(out, "w_ft", "result.json")))
+    for res in (wo, w):
+        assert res["metrics"]["split"]["test_ids"] == ["003", "004"]
+        assert set(res["metrics"]["per_distance"]) == {"1", "2", "3"}
+    assert sorted(os.listdir(os.path.join(out, "finetune_faces"))) == ["001", "002"]
+    summary = json.load(open(os.path.join(out, "ft", "summary.json")))
+    assert summary["num_classes"] == 2 and summary["steps"] == 2
+    md = open(os.path.join(out, "table3", "report.md")).read()
+    assert "| w/o FT |" in md and "| FT |" in md and "d1" in md
 
 
 # ----------------------------------------------------------------------------- SurvFace
 def make_survface(root):
     idt = os.path.join(root, "Face_Identification_Test_Set")
-    ev = os.path.join(root, "Face_Identification_Evaluation")
-    os.makedirs(ev, exist_ok=True)
+    ev = idt  # the release keeps the two .mat lists beside the image folders
     g, m = [], []
     for pid, person in enumerate(PEOPLE[:3], 1):
         for n in (1, 2):
@@ -524,16 +734,82 @@ def make_survface(root):
     return root, g, m, pos, neg
 
 
+def survface_reference(probe, p_lab, gallery, g_lab, rank, fpirs):
+    """Cheng et al. 2018's open-set definitions, written out probe by probe: a mated
+    probe is identified at threshold t when its identity is within the top ``rank``
+    gallery entries (ties with other identities against it) and its mate's score > t;
+    an unmated probe is a false alarm when its top score > t. Returns
+    ({fpir: tpir}, auc) with TPIR@FPIR the largest TPIR over thresholds whose FPIR <= fpir,
+    and AUC the trapezoid over every threshold from +inf to -inf."""
+    sim = probe @ gallery.T
+    mate_score, top = [], []
+    for i in range(len(p_lab)):
+        row = sim[i]
+        if p_lab[i] == -1 or p_lab[i] not in set(g_lab.tolist()):
+            top.append(row.max())
+            continue
+        best = max(row[j] for j in range(len(g_lab)) if g_lab[j] == p_lab[i])
+        others = sum(1 for j in range(len(g_lab)) if g_lab[j] != p_lab[i] and row[j] >= best)
+        mate_score.append(best if others + 1 <= rank else -np.inf)
+    n_mated = len(mate_score)
+    thresholds = sorted(set(np.r_[sim.ravel(), np.inf, -np.inf].tolist()), reverse=True)
+    pts = []
+    for t in thresholds:
+        tpir = sum(1 for v in mate_score if v > t) / n_mated
+        fpir = sum(1 for v in top if v > t) / len(top)
+        pts.append((fpir, tpir))
+    want = {f: max(tp for fp, tp in pts if fp <= f + 1e-12) for f in fpirs}
+    # accept score >= v at each distinct score: walk thresholds just below each value
+    curve = [(0.0, 0.0)] + [(sum(1 for v in top if v >= t) / len(top),
+                            sum(1 for v in mate_score if v >= t) / n_mated)
+                           for t in thresholds[1:]]
+    auc = sum((b[0] - a[0]) * (a[1] + b[1]) / 2 for a, b in zip(curve, curve[1:]))
+    return want, auc
+
+
+def test_survface_tpir_rank_and_templates_against_benchmark_definition():
+    from ranface.eval.protocols.survface import blocked_open_set_scores, identity_templates
+
+    rng = np.random.default_rng(11)
+    g_lab = np.repeat(np.arange(1, 31), 2)  # 30 identities, 2 images each
+    gallery = rng.standard_normal((60, 6)).astype(np.float32)
+    p_lab = np.r_[rng.integers(1, 31, 40), np.full(25, -1)]
+    probe = (rng.standard_normal((65, 6)) * 1.5).astype(np.float32)
+    probe[:40] += gallery[2 * (p_lab[:40] - 1)]  # mated probes lean towards one mate image
+    fpirs = [0.3, 0.2, 0.1, 0.04]
+    results = {}
+    for rank in (1, 5, 20):
+        want, auc = survface_reference(probe, p_lab, gallery, g_lab, rank, fpirs)
+        got = blocked_open_set_scores(probe, p_lab, gallery, g_lab, rank=rank, budget=64)
+        pts = got.tpir_at_fpir(fpirs)
+        for f in fpirs:
+            assert pts[f].tar == pytest.approx(want[f]), (rank, f)
+        assert got.auc() == pytest.approx(auc)
+        results[rank] = [want[f] for f in fpirs] + [auc]
+    assert results[1] != results[20] and results[20][-1] > results[1][-1]
+    # identity templates: the reference averages by hand
+    ids = np.unique(g_lab)
+    tmpl = np.stack([gallery[g_lab == i].mean(0) for i in ids])
+    tmpl /= np.linalg.norm(tmpl, axis=1, keepdims=True)
+    tid, tf = identity_templates(gallery, g_lab)
+    assert tid.tolist() == ids.tolist()
+    np.testing.assert_allclose(tf, tmpl, rtol=1e-5, atol=1e-6)
+    want, auc = survface_reference(probe, p_lab, tmpl.astype(np.float32), ids, 20, fpirs)
+    got = blocked_open_set_scores(probe, p_lab, tf, tid, rank=20)
+    assert [got.tpir_at_fpir(fpirs)[f].tar for f in fpirs] == pytest.approx(
+        [want[f] for f in fpirs])
+    assert got.auc() == pytest.approx(auc)
+
+
 def test_survface_identification_and_verification(tmp_path):
     from sklearn.metrics import roc_auc_score
 
-    from ranface.eval.metrics import open_set_scores
     from ranface.inference import Embedder
 
     root, g, m, pos, neg = make_survface(str(tmp_path / "sf"))
     model = TinyNet()
     p = get_protocol("survface")
-    o = p.Options(fpirs=[0.5, 0.25], fars=[0.1])
+    o = p.Options(fpirs=[0.5, 0.25], fars=[0.1], rank=2)
     res = evaluate("survface", ctx_for(model), root, o, str(tmp_path / "out"))
     emb = Embedder(model, batch_size=1)
     read = lambda f: np.array(Image.open(f).convert("RGB"))  # noqa: E731
@@ -543,13 +819,27 @@ def test_survface_identification_and_verification(tmp_path):
     pf = embed_arrays(emb, [read(os.path.join(idt, "mated_probe", a)) for a, _ in m]
                       + [read(os.path.join(idt, "unmated_probe", a)) for a in unm])
     labels = np.array([b for _, b in m] + [-1] * len(unm))
-    ref = open_set_scores(pf @ gf.T, labels, np.array([b for _, b in g]))
+    g_lab = np.array([b for _, b in g])
+    want, auc = survface_reference(pf, labels, gf, g_lab, 2, [0.5, 0.25])
     ident = res["metrics"]["identification"]
     assert (ident["n_mated"], ident["n_unmated"], ident["n_gallery"]) == (5, 6, 6)
-    want = ref.tpir_at_fpir([0.5, 0.25])
-    assert ident["tpir"]["0.5"]["tar"] == pytest.approx(want[0.5].tar)
-    assert ident["tpir"]["0.25"]["tar"] == pytest.approx(want[0.25].tar)
-    assert ident["auc"] == pytest.approx(ref.auc())
+    assert ident["rank"] == 2 and "tpir2" in ident and "tpir" not in ident
+    assert ident["tpir2"]["0.5"]["tar"] == pytest.approx(want[0.5])
+    assert ident["tpir2"]["0.25"]["tar"] == pytest.approx(want[0.25])
+    assert ident["auc_tpir2"] == pytest.approx(auc)
+    assert p.summary(res)["TPIR2@FPIR=0.5"]
+    # defaults: rank 20, one entry per gallery image; templates: one per identity
+    assert p.Options().rank == 20 and p.Options().gallery == "images"
+    o20 = p.Options(parts=["identification"], fpirs=[0.5], gallery="templates")
+    r20 = p.run(ctx_for(model), root, o20)["metrics"]["identification"]
+    tmpl = np.stack([gf[g_lab == i].mean(0) for i in (1, 2, 3)])
+    tmpl /= np.linalg.norm(tmpl, axis=1, keepdims=True)
+    want20, auc20 = survface_reference(pf, labels, tmpl, np.array([1, 2, 3]), 20, [0.5])
+    assert r20["n_gallery"] == 3 and r20["n_gallery_images"] == 6
+    assert r20["tpir20"]["0.5"]["tar"] == pytest.approx(want20[0.5])
+    assert r20["auc_tpir20"] == pytest.approx(auc20)
+    with pytest.raises(ConfigError, match="gallery must be"):
+        p.validate_root(root, p.Options(gallery="mean"))
 
     vdir = os.path.join(root, "Face_Verification_Test_Set", "verification_images")
     feat = {}
@@ -567,7 +857,7 @@ def test_survface_identification_and_verification(tmp_path):
     for f in ("result.json", "result.md", "tpir_fpir.png", "roc.png"):
         assert os.path.exists(tmp_path / "out" / f), f
     md = open(tmp_path / "out" / "result.md").read()
-    assert "TPIR20@FPIR 50%" in md and "AUC" in md
+    assert "TPIR2@FPIR 50%" in md and "AUC (TPIR2-FPIR)" in md and "within rank 2" in md
 
 
 def test_blocked_open_set_and_ranks_equal_whole_matrix():
@@ -667,7 +957,8 @@ def test_scface_mtcnn_alignment_option(tmp_path):
     """align=mtcnn runs the project's FaceAligner on each (unaligned) SCface image."""
     root = make_scface(str(tmp_path / "sc"))
     p = get_protocol("scface")
-    res = p.run(ctx_for(on_error="skip"), root, p.Options(align="mtcnn", distances=[3]))
+    res = p.run(ctx_for(on_error="skip"), root, p.Options(align="mtcnn", distances=[3],
+                                                              split="none"))
     assert res["counts"]["scored"] >= 4 and res["counts"]["gallery"] >= 3
     assert res["metrics"]["per_distance"]["3"]["probes"] == res["counts"]["scored"]
     assert res["options"]["align"] == "mtcnn"

@@ -113,8 +113,14 @@ def test_cli_evaluate_dry_run_and_list(capsys):
     assert "probe_sizes: [32, 16]" in out and "flip: false" in out
     assert main(["evaluate", "--list"]) == 0
     out = capsys.readouterr().out
-    for name in ("pairs", "bin", "ijbc", "ijbc-tiny", "tinyface", "scface", "survface"):
+    for name in ("pairs", "bin", "ijbc", "ijbc-tiny", "ijbc-tiny-templates", "tinyface",
+                 "scface", "survface"):
         assert name in out
+    lines = out.strip().splitlines()
+    assert all("Follows: " in ln and not ln.endswith("Follows: ranface") for ln in lines)
+    prov = {ln.split()[0]: ln for ln in lines}
+    assert "insightface" in prov["ijbc"] and "AdaFace" in prov["tinyface"]
+    assert "covariate" in prov["ijbc-tiny"] and "Cheng et al. 2018" in prov["survface"]
 
 
 def test_cli_errors_exit_2(tmp_path, capsys):

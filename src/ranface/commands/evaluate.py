@@ -42,8 +42,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..eval.protocols import get_protocol, list_protocols
 
     if args.list:
-        for name in list_protocols():
-            print(f"{name:<10} {get_protocol(name).title}")
+        for name in list_protocols():  # one line each: name, title, what it follows
+            proto = get_protocol(name)
+            print(f"{name:<20} {proto.title}. Follows: {proto.provenance or 'ranface'}")
         return 0
     if not args.protocol:
         raise_usage("--protocol is required (ranface evaluate --list shows them)")
@@ -85,7 +86,7 @@ def raise_usage(msg: str) -> None:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="evaluate a model on a protocol (pairs, bin, ijbc, "
-                       "ijbc-tiny, tinyface, scface, survface)")
+                       "ijbc-tiny, ijbc-tiny-templates, tinyface, scface, survface)")
     p.add_argument("--protocol", "-p", help="protocol name (see --list)")
     p.add_argument("--root", "-r", help="the protocol's data folder")
     p.add_argument("--model", "-m",

@@ -11,11 +11,15 @@ A protocol class (registered with :func:`register_protocol`) provides
   protocol, data root, counts (items scored, skipped), metrics, curves;
 * ``markdown(result) -> str``: the table shaped like the paper's table for it;
 * ``plots(result, out_dir) -> [png paths]``;
-* ``summary(result) -> {column: value}``: one row of ``ranface report``'s comparison.
+* ``summary(result) -> {column: value}``: one row of ``ranface report``'s comparison;
+* ``provenance``: one line naming the public evaluation code (or benchmark definition)
+  it follows and where it deliberately differs (``ranface evaluate --list``).
 
 Built-in protocols: ``pairs`` (LFW ``pairs.txt`` on any aligned folder, probe-resolution
-sweep), ``bin`` (insightface ``.bin`` sets, Fig. 6b), ``ijbc`` / ``ijbc-tiny`` (Tables
-1-2), ``tinyface``, ``scface`` (Table 3), ``survface`` (Table 4).
+sweep), ``bin`` (insightface ``.bin`` sets, Fig. 6b), ``ijbc`` (IJB-C 1:1 templates),
+``ijbc-tiny`` (IJB-C TinyFace as the paper built it, Tables 1-2), ``ijbc-tiny-templates``
+(ranface's earlier template variant), ``tinyface``, ``scface`` (Table 3), ``survface``
+(Table 4).
 """
 from __future__ import annotations
 
@@ -38,7 +42,8 @@ RESULT_FORMAT = "ranface-eval/1"
 
 # Modules defining the built-in protocols, imported on first registry use (never at
 # import of this package, and never discovered by file name).
-_BUILTIN_MODULES = ("pairs", "binset", "ijbc", "tinyface", "scface", "survface", "realism")
+_BUILTIN_MODULES = ("pairs", "binset", "ijbc", "ijbc_tiny", "tinyface", "scface", "survface",
+                    "realism")
 
 # Filled only by @register_protocol; names are never reused, entries never replaced.
 _PROTOCOLS: Dict[str, Type["Protocol"]] = {}
@@ -95,6 +100,7 @@ class EvalContext:
     on_error: str = "raise"
     progress: bool = False
     workers: int = 0  # threads decoding/aligning images (0: in the calling thread)
+    out_dir: Optional[str] = None  # set by evaluate(): where a protocol may write its lists
 
     def __post_init__(self) -> None:
         if self.on_error not in ("raise", "skip"):
@@ -132,6 +138,7 @@ class Protocol:
     name: ClassVar[str] = ""
     Options: ClassVar[type]
     title: ClassVar[str] = ""
+    provenance: ClassVar[str] = ""
 
     def validate_root(self, root: str, options: Any = None) -> None:
         raise NotImplementedError
@@ -180,6 +187,7 @@ def evaluate(name: str, ctx: EvalContext, root: str, options: Any = None,
         from ...io_utils import check_writable_dir
 
         check_writable_dir(out_dir)
+        ctx = dataclasses.replace(ctx, out_dir=out_dir)
     t0 = time.perf_counter()
     result = proto.run(ctx, root, opts)
     result["elapsed_s"] = round(time.perf_counter() - t0, 3)

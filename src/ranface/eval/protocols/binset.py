@@ -6,6 +6,10 @@ scores, 10 contiguous folds (insightface's unshuffled ``KFold``, so the numbers 
 with published ones), accuracy mean ± population std, plus ROC/AUC. Several sets in one
 call: ``--root`` a folder of ``*.bin`` (all of them) or option ``files`` (names without
 ``.bin``, or paths).
+
+Follows insightface's ``eval/verification.py``. Deliberate difference: the best-accuracy
+threshold of each fold is searched exactly between observed scores
+(:func:`~ranface.eval.metrics.best_accuracy_threshold`), not on its 0..4 distance grid.
 """
 from __future__ import annotations
 
@@ -64,6 +68,8 @@ def _order(names: List[str]) -> List[str]:
 class BinProtocol(Protocol):
     Options = BinOptions
     title = "Verification on insightface .bin sets"
+    provenance = ("insightface eval/verification.py (.bin pairs, flip-sum, 10 unshuffled folds); "
+                  "differs: the best threshold is searched exactly, not on its 0..4 distance grid")
 
     def validate_root(self, root: str, options: Any = None) -> None:
         o = options or BinOptions()

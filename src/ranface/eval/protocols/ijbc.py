@@ -1,4 +1,4 @@
-"""``ijbc`` and ``ijbc-tiny``: IJB-C 1:1 template verification, TAR at FAR 1e-7..1e-1
+"""``ijbc`` and ``ijbc-tiny-templates``: IJB-C 1:1 template verification, TAR at FAR 1e-7..1e-1
 (paper Tables 1-2, Fig. 6a), on insightface's IJB-C layout::
 
     <root>/loose_crop/<img>.jpg
@@ -18,13 +18,21 @@ against all templates, then the pairs' entries gathered; no Python loop over pai
 streamed into :class:`~ranface.eval.metrics.StreamingTarAtFar` (exact; memory bounded by
 the top 10% of impostors).
 
-**ijbc-tiny** (paper §4.1, "IJB-C TinyFace"): the paper builds it from the IJB-C 1:1
-*covariate* protocol (image-to-image, 158,338 genuine and 39,584,639 impostor
-comparisons), whose lists insightface's layout lacks. ranface's rule on this layout:
+``ijbc`` follows insightface's IJB evaluation (``recognition/_evaluation_/ijb``): its meta
+files, its template pooling, its pair list. Deliberate difference: TAR is read at the
+lowest threshold whose achieved FAR <= the target (exact order statistics); insightface
+takes the ROC point whose FPR is nearest the target, which may lie above it.
+
+**ijbc-tiny-templates**: a tiny-face variant on insightface's layout, *not* the paper's
+IJB-C TinyFace (that is ``ijbc-tiny``, :mod:`.ijbc_tiny`, built from the 1:1 covariate
+protocol's files with 158,338 genuine and 39,584,639 impostor face-level comparisons).
+Its genuine comparisons are face to face but its impostors template to template, a far
+smaller set, so its low-FAR TARs do not compare with Tables 1-2. Its rule:
 
 * tiny face: eye-midpoint to mouth-midpoint distance of its five points (in the
   landmark file's pixels, i.e. the loose crop's) within ``[min_px, max_px]`` = [10, 30],
-  both inclusive (:func:`ranface.align.select.lr_select`, the rule ``prepare`` uses);
+  both inclusive (:func:`ranface.align.select.lr_select` with the project's
+  :data:`~ranface.align.select.LR_BAND`, the rule ``prepare`` uses);
 * subject: templates joined by a genuine (label-1) pair belong to one subject (connected
   components over all label-1 pairs of the pair file; a template in no genuine pair is
   its own subject). The meta files carry no subject ids;
@@ -49,6 +57,7 @@ import numpy as np
 from ...errors import ConfigError, DataError, ProtocolError
 from ..features import SkipLog, embed_images
 from ..report import curve, far_label, fmt_rate, md_table, method_label, plot_curves
+from ...align.select import LR_BAND
 from . import EvalContext, Protocol, base_result, register_protocol
 from .common import operating_points, read_columns, require, to_float, to_int
 
@@ -74,8 +83,8 @@ class IjbcOptions:
 
 @dataclass
 class IjbcTinyOptions(IjbcOptions):
-    min_px: float = 10.0  # eye-to-mouth distance band of a tiny face (inclusive)
-    max_px: float = 30.0
+    min_px: float = LR_BAND[0]  # eye-to-mouth distance band of a tiny face (inclusive)
+    max_px: float = LR_BAND[1]
     same_media_genuine: bool = False  # also pair tiny faces of the same media
 
 
@@ -347,6 +356,9 @@ def _pair_rows(template_ids: np.ndarray, t1: np.ndarray, t2: np.ndarray
 class IjbcProtocol(Protocol):
     Options = IjbcOptions
     title = "IJB-C 1:1 template verification"
+    provenance = ("insightface recognition/_evaluation_/ijb (meta/ files, media-averaged "
+                  "templates); differs: TAR at the achieved FAR <= target, not the nearest "
+                  "ROC point")
 
     def validate_root(self, root: str, options: Any = None) -> None:
         o = options or self.Options()
@@ -407,7 +419,8 @@ class IjbcProtocol(Protocol):
         fpr, tpr, _ = st.roc(max_points=300)
         result["metrics"] = {"fars": [far_label(f) for f in o.fars],
                              "tar": operating_points(pts),
-                             "n_genuine": st.n_genuine, "n_impostor": st.n_impostor}
+                             "n_genuine": st.n_genuine, "n_impostor": st.n_impostor,
+                             "level": "template"}
         result["curves"] = {"roc": curve(fpr, tpr, "FAR", "TAR", log_x=True, compare=True)}
 
     def markdown(self, result: Dict[str, Any]) -> str:
@@ -415,8 +428,9 @@ class IjbcProtocol(Protocol):
         head = ["Method"] + m["fars"]
         row = [method_label(result)] + [fmt_rate(m["tar"][f]["tar"]) for f in m["fars"]]
         return md_table(head, [row]) + (
-            f"\nTAR at FAR; {m['n_genuine']} genuine and {m['n_impostor']} impostor "
-            "comparisons; n/m: FAR below 1/impostors, not measurable.\n")
+            f"\nTAR at FAR ({m.get('level', 'template')} level); {m['n_genuine']} genuine and "
+            f"{m['n_impostor']} impostor comparisons; n/m: FAR below 1/impostors, not "
+            "measurable.\n")
 
     def plots(self, result: Dict[str, Any], out_dir: str) -> List[str]:
         return [plot_curves({method_label(result): result["curves"]["roc"]},
@@ -427,10 +441,12 @@ class IjbcProtocol(Protocol):
         return {f"TAR@{f}": fmt_rate(m["tar"][f]["tar"]) for f in m["fars"]}
 
 
-@register_protocol("ijbc-tiny")
+@register_protocol("ijbc-tiny-templates")
 class IjbcTinyProtocol(IjbcProtocol):
     Options = IjbcTinyOptions
-    title = "IJB-C TinyFace 1:1 verification"
+    title = "IJB-C tiny faces, template impostors (not the paper's IJB-C TinyFace)"
+    provenance = ("ranface's own variant on insightface's IJB-C layout: face-level genuine, "
+                  "template-level label-0 impostors")
 
     def run(self, ctx: EvalContext, root: str, options: IjbcTinyOptions) -> Dict[str, Any]:
         from ...align.select import eye_mouth_distance, lr_select
@@ -503,6 +519,7 @@ class IjbcTinyProtocol(IjbcProtocol):
                             "templates_tiny": int(tids.size), "subjects_with_genuine": n_subjects,
                             "genuine": st.n_genuine, "impostor": st.n_impostor,
                             "impostor_pairs_outside_tiny": int((~meta.pair_label).sum() - imp.size)}
+        result["metrics"]["level"] = "genuine: face; impostor: template"
         result["metrics"]["rule"] = (
             f"tiny: eye-mouth distance in [{o.min_px}, {o.max_px}] px; genuine: distinct tiny "
             "faces of one subject (subjects = components of label-1 template pairs)"

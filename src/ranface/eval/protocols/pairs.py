@@ -182,6 +182,8 @@ def _metrics(s: np.ndarray, same: np.ndarray, folds: np.ndarray, fars: Sequence[
 class PairsProtocol(Protocol):
     Options = PairsOptions
     title = "Pair verification (LFW pairs.txt) at probe resolutions"
+    provenance = ("LFW View 2 pairs.txt folds with insightface's verification scoring (flip-sum "
+                  "cosine, best threshold on the other folds); the probe-size sweep is ranface's")
 
     @staticmethod
     def _paths(root: str, o: PairsOptions) -> Tuple[str, str]:

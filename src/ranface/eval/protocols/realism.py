@@ -129,6 +129,7 @@ def _subsample(paths: List[str], k: int, seed: int) -> List[str]:
 class RealismProtocol(Protocol):
     Options = RealismOptions
     title = "Realism of synthesized LR faces against real LR faces"
+    provenance = "ranface's own measure (no benchmark)"
 
     def validate_root(self, root: str, options: Any = None) -> None:
         o = options or RealismOptions()

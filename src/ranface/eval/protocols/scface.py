@@ -7,16 +7,25 @@ folder of crops)::
     {id}_cam{c}_{d}.{ext}     surveillance image, camera c = 1..5, distance d:
                               1 = 4.2 m (d1), 2 = 2.6 m (d2), 3 = 1.0 m (d3)
 
-(the IR cameras 6-7 and other files are ignored). For each distance the probes are that
+(the IR cameras 6-7 and other files are ignored). The release's layout
+(``mugshot_frontal_cropped_all/001_frontal.JPG``,
+``surveillance_cameras_distance_1/cam1/001_cam1_1.jpg``, ...) also holds the uncropped
+mugshots (``mugshot_frontal_original_all``): when ``mugshot_dir`` exists under the root
+the mugshots are read from it only. A surveillance file name met twice (a release copy
+of the same image in two folders) is used once. For each distance the probes are that
 distance's images of the test subjects and the gallery is the test subjects' mugshots
 (paper §4.4: "HR faces are used as the gallery set and LR images ... as the probe").
 
-``split``: ``none`` tests on every subject; ``paper`` follows [27] as the paper does: 50
-subjects for fine-tuning, 80 for testing. Which 50 is not published; ranface takes the
-first ``finetune_subjects`` ids in sorted order (``001``..``050`` of SCface) for
-fine-tuning and tests on the rest. ``write_finetune`` copies the fine-tuning subjects'
-images (mugshot and surveillance; aligned crops when ``align`` is on) to
-``<dir>/<id>/<file>``, an image folder ``ranface train`` reads.
+``split``: ``paper`` (default) follows [27] as the paper does (§4.1, Table 3): 50 subjects
+for fine-tuning, 80 for testing. Which 50 is not published; ranface fixes them in the
+file ``scface_split.txt`` next to this module (``finetune 001`` .. ``finetune 050``,
+``test 051`` .. ``test 130``), so every run tests the same 80. ``file`` reads a split of
+the same format from ``split_file``; ``none`` tests every subject found. A test subject
+of the split with no image under ``--root`` is an error naming it. ``write_finetune``
+copies the fine-tuning subjects' images (mugshot and surveillance; aligned crops when
+``align`` is on) to ``<dir>/<id>/<file>``, an image folder ``ranface train`` reads: the
+fine-tuning recipe is ``configs/finetune_scface.yaml`` and ``scripts/scface_table3.sh``
+runs Table 3 (rank-1 per distance on the 80, without and with fine-tuning).
 
 SCface photos are not aligned. ``align: none`` (default) expects crops that are already
 aligned faces (e.g. made by ``ranface prepare``); ``align: mtcnn`` detects and aligns each
@@ -32,24 +41,29 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
+from ...config import path_field
 from ...errors import ConfigError, DataError, ProtocolError
 from ..features import IMAGE_EXTS, SkipLog, embed_images
 from ..report import curve, fmt_pct, md_table, method_label, plot_curves
 from . import EvalContext, Protocol, base_result, register_protocol
 from .common import listing
 
-__all__ = ["SCfaceOptions", "SCfaceProtocol", "scan_scface", "split_subjects", "DISTANCES_M"]
+__all__ = ["SCfaceOptions", "SCfaceProtocol", "scan_scface", "split_subjects", "read_split",
+           "DISTANCES_M", "PAPER_SPLIT_FILE", "SPLITS"]
 
 DISTANCES_M = {1: 4.2, 2: 2.6, 3: 1.0}
+PAPER_SPLIT_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scface_split.txt")
+SPLITS = ("paper", "file", "none")
 _MUG = re.compile(r"^(?P<id>[^_]+)_frontal$", re.IGNORECASE)
 _CAM = re.compile(r"^(?P<id>[^_]+)_cam(?P<cam>\d+)_(?P<d>\d+)$", re.IGNORECASE)
 
 
 @dataclass
 class SCfaceOptions:
-    split: str = "none"  # none | paper
-    finetune_subjects: int = 50  # split=paper: the first N sorted ids fine-tune, the rest test
-    write_finetune: str = ""  # folder to write the fine-tuning images to (<id>/<file>)
+    split: str = "paper"  # paper (scface_split.txt: 50 fine-tune / 80 test) | file | none
+    split_file: str = path_field()  # split=file: lines '<finetune|test> <id>'
+    mugshot_dir: str = "mugshot_frontal_cropped_all"  # if present, the only mugshot source
+    write_finetune: str = path_field()  # folder to write the fine-tuning images to (<id>/<file>)
     cameras: List[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
     distances: List[int] = field(default_factory=lambda: [1, 2, 3])
     ranks: List[int] = field(default_factory=lambda: [1, 5])
@@ -65,10 +79,15 @@ class SCfaceFiles:
     probes: List[Tuple[str, int, int, str]]  # (id, camera, distance, path)
 
 
-def scan_scface(root: str, cameras: List[int], distances: List[int]) -> SCfaceFiles:
+def scan_scface(root: str, cameras: List[int], distances: List[int],
+                mugshot_dir: str = "mugshot_frontal_cropped_all") -> SCfaceFiles:
     """Find mugshots and surveillance images under ``root`` by their SCface names."""
     mugs: Dict[str, str] = {}
     probes: List[Tuple[str, int, int, str]] = []
+    seen: set = set()
+    mug_only = os.path.join(root, mugshot_dir) if mugshot_dir else ""
+    if mug_only and not os.path.isdir(mug_only):
+        mug_only = ""
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for f in sorted(filenames):
@@ -78,6 +97,8 @@ def scan_scface(root: str, cameras: List[int], distances: List[int]) -> SCfaceFi
             path = os.path.join(dirpath, f)
             m = _MUG.match(stem)
             if m:
+                if mug_only and os.path.normpath(dirpath) != os.path.normpath(mug_only):
+                    continue
                 sid = m.group("id")
                 if sid in mugs:
                     raise ProtocolError(path, f"second mugshot of subject {sid} (first: "
@@ -86,36 +107,79 @@ def scan_scface(root: str, cameras: List[int], distances: List[int]) -> SCfaceFi
                 continue
             m = _CAM.match(stem)
             if m and int(m.group("cam")) in cameras and int(m.group("d")) in distances:
+                if stem.lower() in seen:
+                    continue
+                seen.add(stem.lower())
                 probes.append((m.group("id"), int(m.group("cam")), int(m.group("d")), path))
     return SCfaceFiles(mugs, probes)
 
 
-def split_subjects(ids: List[str], split: str, n_finetune: int) -> Tuple[List[str], List[str]]:
-    """(fine-tune ids, test ids): ``none`` -> ([], all); ``paper`` -> first N sorted, rest."""
+def read_split(path: str) -> Tuple[List[str], List[str]]:
+    """(fine-tune ids, test ids) of a split file: ``<finetune|test> <subject id>`` lines;
+    ``#`` starts a comment."""
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProtocolError(path, f"cannot read split file ({getattr(exc, 'strerror', None) or exc})"
+                            ) from None
+    parts: Dict[str, List[str]] = {"finetune": [], "test": []}
+    seen: Dict[str, int] = {}
+    for no, line in enumerate(text.splitlines(), 1):
+        tok = line.split("#", 1)[0].split()
+        if not tok:
+            continue
+        if len(tok) != 2 or tok[0] not in parts:
+            raise ProtocolError(path, "expected '<finetune|test> <subject id>'", f"line {no}")
+        kind, sid = tok
+        if sid in seen:
+            raise ProtocolError(path, f"subject {sid} listed twice (first on line {seen[sid]})",
+                                f"line {no}")
+        seen[sid] = no
+        parts[kind].append(sid)
+    if not parts["test"]:
+        raise ProtocolError(path, "lists no test subject")
+    return sorted(parts["finetune"]), sorted(parts["test"])
+
+
+def split_subjects(ids: List[str], split: str, split_file: str = "") -> Tuple[List[str], List[str]]:
+    """(fine-tune ids, test ids): ``none`` -> ([], all found); ``paper`` / ``file`` -> the
+    split file's lists (every test subject must be among ``ids``)."""
     ids = sorted(set(ids))
     if split == "none":
         return [], ids
-    if split != "paper":
-        raise ConfigError(f"split must be none or paper, got {split!r}")
-    if not 0 < n_finetune < len(ids):
-        raise ConfigError(f"finetune_subjects={n_finetune} must leave test subjects out of "
-                          f"{len(ids)}")
-    return ids[:n_finetune], ids[n_finetune:]
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
+    path = PAPER_SPLIT_FILE if split == "paper" else split_file
+    if not path:
+        raise ConfigError("split=file needs split_file=<path>")
+    ft, test = read_split(path)
+    absent = sorted(set(test) - set(ids))
+    if absent:
+        raise ProtocolError(path, f"{len(absent)} test subject(s) of this split have no image "
+                            f"under the SCface root: {listing(absent)}")
+    return ft, test
 
 
 @register_protocol("scface")
 class SCfaceProtocol(Protocol):
     Options = SCfaceOptions
     title = "SCface identification (rank-1 per distance)"
+    provenance = ("SCface's protocol (Grgic et al. 2011) with the paper's 50/80 split (§4.1, "
+                  "[27]); no public code: the split is a file in ranface")
 
     def validate_root(self, root: str, options: Any = None) -> None:
         o = options or SCfaceOptions()
+        if o.split not in SPLITS:
+            raise ConfigError(f"split must be one of {SPLITS}, got {o.split!r}")
+        if o.split == "file" and not os.path.isfile(o.split_file):
+            raise ProtocolError(o.split_file or "split_file", "split file not found (split=file)")
         if o.align not in ("none", "mtcnn"):
             raise ConfigError(f"align must be none or mtcnn, got {o.align!r}")
         bad = [d for d in o.distances if d not in DISTANCES_M]
         if bad or not o.distances:
             raise ConfigError(f"distances must be among 1, 2, 3, got {o.distances}")
-        files = scan_scface(root, o.cameras, o.distances)
+        files = scan_scface(root, o.cameras, o.distances, o.mugshot_dir)
         missing = []
         if not files.mugshots:
             missing.append("mugshots {id}_frontal.jpg")
@@ -148,9 +212,9 @@ class SCfaceProtocol(Protocol):
         o = options
         skips = SkipLog(ctx.on_error)
         result = base_result(self.name, ctx, root, o)
-        files = scan_scface(root, o.cameras, o.distances)
+        files = scan_scface(root, o.cameras, o.distances, o.mugshot_dir)
         all_ids = sorted(set(files.mugshots) | {p[0] for p in files.probes})
-        ft_ids, test_ids = split_subjects(all_ids, o.split, o.finetune_subjects)
+        ft_ids, test_ids = split_subjects(all_ids, o.split, o.split_file)
         test_set = set(test_ids)
         no_mug = sorted(test_set - set(files.mugshots))
         if no_mug:
@@ -205,8 +269,9 @@ class SCfaceProtocol(Protocol):
             metrics["finetune_written"] = self._write_finetune(
                 o, ctx, files, ft_ids, skips, counter)
         result["metrics"] = metrics
-        result["metrics"]["split"] = {"kind": o.split, "finetune_ids": ft_ids,
-                                      "test_ids": sorted(test_set)}
+        result["metrics"]["split"] = {
+            "kind": o.split, "finetune_ids": ft_ids, "test_ids": sorted(test_set),
+            "file": {"paper": PAPER_SPLIT_FILE, "file": o.split_file}.get(o.split, "")}
         result["curves"] = curves
         result["counts"] = {"scored": scored, "skipped": skips.count, "subjects": len(all_ids),
                             "test_subjects": len(test_set), "gallery": int(gallery.shape[0]),
@@ -256,9 +321,12 @@ class SCfaceProtocol(Protocol):
                 + [fmt_pct(m["per_distance"][str(d)]["rank"][str(r)]) for d in ds]
                 for r in m["ranks"]]
         sp = m["split"]
+        where = {"paper": " (scface_split.txt, the paper's 80 of 130)",
+                 "file": f" ({sp.get('file', '')})"}.get(sp["kind"], "")
         return md_table(head, rows) + (
-            f"\nRank-{m['ranks'][0]} identification rate (%); gallery: one mugshot per test "
-            f"subject ({len(sp['test_ids'])} subjects, split {sp['kind']}).\n")
+            f"\nClosed-set identification rate at rank {', '.join(map(str, m['ranks']))} (%), "
+            f"per probe distance; gallery: one mugshot per test subject "
+            f"({len(sp['test_ids'])} subjects, split {sp['kind']}{where}).\n")
 
     def plots(self, result: Dict[str, Any], out_dir: str) -> List[str]:
         series = {k.split("/")[1]: c for k, c in result["curves"].items()}

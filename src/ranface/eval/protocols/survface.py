@@ -9,12 +9,22 @@ Open-set identification (``parts`` includes ``identification``)::
     Face_Identification_Test_Set/mated_probe_img_ID_pairs.mat    mated_probe_set, mated_probe_ids
 
 The two ``.mat`` files are read from ``Face_Identification_Test_Set/`` or, where the
-release keeps them there, ``Face_Identification_Evaluation/``. Each gallery image is a
-gallery entry (several per identity); a probe's score is its best gallery score; TPIR at
-FPIR 0.3/0.2/0.1/0.01 (rank 1) and the area under the TPIR-FPIR curve come from
-:class:`~ranface.eval.metrics.OpenSetScores`, computed in probe blocks (each block mixes
-mated and unmated probes, so the 200k x gallery similarity is never held at once; the
-per-block scores are exact and simply concatenated).
+release keeps them there, ``Face_Identification_Evaluation/``.
+
+Metric (Cheng et al. 2018, §5 "open-set face identification"; paper Table 4): at a
+threshold t, a mated probe is a true positive identification when its true identity is
+among the top ``rank`` (default 20) gallery entries *and* that mate's score is above t;
+TPIR_r(t) = true positives / mated probes. An unmated probe is a false positive
+identification when its best (rank-1) gallery score is above t; FPIR(t) = false
+positives / unmated probes. The table reports TPIR20@FPIR = 0.3/0.2/0.1 (and 0.01) and
+AUC = the area under the whole TPIR_r-FPIR curve for FPIR in [0, 1] (trapezoidal, ties
+count half; its right end is the rank-r identification rate). ``gallery``: ``images``
+(default) makes each gallery image one entry (several per identity, a mate's rank is
+that of its best image); ``templates`` averages each identity's gallery features into
+one L2-normalised template first, as several public SurvFace scripts do. Scores come
+from :class:`~ranface.eval.metrics.OpenSetScores`, computed in probe blocks (each block
+mixes mated and unmated probes, so the 200k x gallery similarity is never held at once;
+the per-block scores are exact and simply concatenated).
 
 Verification (``parts`` includes ``verification``)::
 
@@ -24,6 +34,11 @@ Verification (``parts`` includes ``verification``)::
 
 TAR at FAR 0.3/0.1/0.01/0.001, ROC AUC, and 10-fold accuracy (folds interleave the pairs
 of each class, since the lists come sorted by class).
+
+Follows the benchmark's own definitions (Cheng et al. 2018) rather than any one public
+script; tests/test_protocols.py checks the numbers against those definitions written out
+probe by probe. Deliberate choices: ties count against the probe; AUC is the exact area
+(no FPIR grid); ``gallery: templates`` is an option, not the default.
 """
 from __future__ import annotations
 
@@ -41,17 +56,31 @@ from . import EvalContext, Protocol, base_result, register_protocol
 from .common import (first_existing, listing, load_mat, mat_ints, mat_string_pairs,
                      mat_strings, operating_points)
 
-__all__ = ["SurvFaceOptions", "SurvFaceProtocol", "blocked_open_set_scores"]
+__all__ = ["SurvFaceOptions", "SurvFaceProtocol", "blocked_open_set_scores",
+           "identity_templates", "GALLERY_KINDS"]
 
 ID_DIR = "Face_Identification_Test_Set"
 ID_EVAL_DIR = "Face_Identification_Evaluation"
 VER_DIR = "Face_Verification_Test_Set"
 PARTS = ("identification", "verification")
+GALLERY_KINDS = ("images", "templates")
+
+
+def identity_templates(feats: np.ndarray, ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(sorted identity ids, one L2-normalised mean feature per identity)."""
+    uniq, inv = np.unique(ids, return_inverse=True)
+    out = np.zeros((uniq.size, feats.shape[1]), np.float64)
+    np.add.at(out, inv, feats)
+    norm = np.linalg.norm(out, axis=1, keepdims=True)
+    out /= np.where(norm > 0, norm, 1.0)
+    return uniq, out.astype(feats.dtype, copy=False)
 
 
 @dataclass
 class SurvFaceOptions:
     parts: List[str] = field(default_factory=lambda: list(PARTS))
+    rank: int = 20  # TPIR counts a mate within the top `rank` gallery entries (benchmark: 20)
+    gallery: str = "images"  # images: one entry per image | templates: one mean per identity
     fpirs: List[float] = field(default_factory=lambda: [0.3, 0.2, 0.1, 0.01])
     fars: List[float] = field(default_factory=lambda: [0.3, 0.1, 0.01, 0.001])
     flip: bool = True
@@ -92,16 +121,27 @@ def blocked_open_set_scores(probe: np.ndarray, probe_labels: np.ndarray, gallery
                          unmated=np.concatenate(unm), rank=rank)
 
 
+def _pct_label(f: str) -> str:
+    """'0.3' -> '30', '0.01' -> '1', '0.001' -> '0.1' (the benchmark's column titles)."""
+    return f"{100 * float(f):g}"
+
+
 @register_protocol("survface")
 class SurvFaceProtocol(Protocol):
     Options = SurvFaceOptions
     title = "QMUL-SurvFace"
+    provenance = ("metric: Cheng et al. 2018 benchmark definitions (TPIR20@FPIR, AUC); files: "
+                  "the release's .mat lists")
 
     def validate_root(self, root: str, options: Any = None) -> None:
         o = options or SurvFaceOptions()
         bad = [p for p in o.parts if p not in PARTS]
         if bad or not o.parts:
             raise ConfigError(f"parts must be a non-empty list of {PARTS}, got {o.parts}")
+        if int(o.rank) < 1:
+            raise ConfigError(f"rank must be >= 1, got {o.rank}")
+        if o.gallery not in GALLERY_KINDS:
+            raise ConfigError(f"gallery must be one of {GALLERY_KINDS}, got {o.gallery!r}")
         need: List[Tuple[str, str]] = []
         missing: List[str] = []
         if "identification" in o.parts:
@@ -178,18 +218,24 @@ class SurvFaceProtocol(Protocol):
         p_ok = ok[n_g:]
         labels = np.concatenate([m_ids, np.full(len(u_files), -1, np.int64)])[p_ok]
         probe = f[n_g:][p_ok]
+        gallery, gal_ids = f[:n_g][g_ok], g_ids[g_ok]
+        if o.gallery == "templates":
+            gal_ids, gallery = identity_templates(gallery, gal_ids)
+        r = int(o.rank)
         try:
-            s = blocked_open_set_scores(probe, labels, f[:n_g][g_ok], g_ids[g_ok])
+            s = blocked_open_set_scores(probe, labels, gallery, gal_ids, rank=r)
         except ValueError as exc:
             raise ProtocolError(os.path.join(root, ID_DIR), str(exc)) from None
         fp, tp, _ = s.curve(max_points=300)
         n_unmated_mate = int((labels != -1).sum() - s.n_mated)  # mated ids absent from gallery
         metrics["identification"] = {
-            "fpirs": [far_label(x) for x in o.fpirs],
-            "tpir": operating_points(s.tpir_at_fpir(o.fpirs)), "auc": s.auc(),
+            "rank": r, "gallery": o.gallery, "fpirs": [far_label(x) for x in o.fpirs],
+            f"tpir{r}": operating_points(s.tpir_at_fpir(o.fpirs)), f"auc_tpir{r}": s.auc(),
             "n_mated": s.n_mated, "n_unmated": int(s.unmated.size),
-            "n_gallery": int(g_ok.sum()), "mated_without_gallery_mate": n_unmated_mate}
-        curves["tpir-fpir"] = curve(fp, tp, "FPIR", "TPIR (rank 1)", log_x=True, compare=True)
+            "n_gallery": int(gallery.shape[0]), "n_gallery_images": int(g_ok.sum()),
+            "mated_without_gallery_mate": n_unmated_mate}
+        curves["tpir-fpir"] = curve(fp, tp, "FPIR", f"TPIR{r} (mate within rank {r})",
+                                    log_x=True, compare=True)
         counts["scored"] += int(labels.size)
         counts.update(identification_probes=int(labels.size), gallery=int(g_ok.sum()),
                       identification_images_skipped=int(len(files) - ok.sum()))
@@ -260,13 +306,20 @@ class SurvFaceProtocol(Protocol):
         out = []
         if "identification" in m:
             i = m["identification"]
-            head = ["Method"] + [f"TPIR20@FPIR {fmt_pct(float(f), digits=0)}%"
-                                 for f in i["fpirs"]] + ["AUC"]
-            row = [method_label(result)] + [fmt_pct(i["tpir"][f]["tar"], digits=1)
-                                            for f in i["fpirs"]] + [fmt_pct(i["auc"], digits=1)]
+            r = i["rank"]
+            head = ["Method"] + [f"TPIR{r}@FPIR {_pct_label(f)}%"
+                                 for f in i["fpirs"]] + [f"AUC (TPIR{r}-FPIR)"]
+            row = [method_label(result)] + [fmt_pct(i[f"tpir{r}"][f]["tar"], digits=1)
+                                            for f in i["fpirs"]] + \
+                [fmt_pct(i[f"auc_tpir{r}"], digits=1)]
+            gal = (f"{i['n_gallery']} gallery images" if i["gallery"] == "images" else
+                   f"{i['n_gallery']} identity templates (mean of {i['n_gallery_images']} "
+                   "gallery images)")
             out.append("## Identification (open set)\n\n" + md_table(head, [row]) + (
-                f"\n{i['n_mated']} mated and {i['n_unmated']} unmated probes, {i['n_gallery']} "
-                "gallery images; TPIR at rank 1 (%), AUC of the TPIR-FPIR curve (%).\n"))
+                f"\n{i['n_mated']} mated and {i['n_unmated']} unmated probes, {gal}; "
+                f"TPIR{r}: true identity within rank {r} and above the threshold (%); FPIR: "
+                f"unmated probes whose rank-1 score is above it; AUC: area under the "
+                f"TPIR{r}-FPIR curve, FPIR in [0, 1] (%).\n"))
         if "verification" in m:
             v = m["verification"]
             head = ["Method"] + [f"TAR@FAR={f}" for f in v["fars"]] + ["AUC (%)", "acc (%)"]
@@ -281,7 +334,8 @@ class SurvFaceProtocol(Protocol):
         label = method_label(result)
         if "tpir-fpir" in result["curves"]:
             out.append(plot_curves({label: result["curves"]["tpir-fpir"]},
-                                   os.path.join(out_dir, "tpir_fpir.png"), "TPIR-FPIR (rank 1)"))
+                                   os.path.join(out_dir, "tpir_fpir.png"),
+                                   f"TPIR{result['metrics']['identification']['rank']}-FPIR"))
         if "roc" in result["curves"]:
             out.append(plot_curves({label: result["curves"]["roc"]},
                                    os.path.join(out_dir, "roc.png"), "ROC (verification)"))
@@ -292,9 +346,10 @@ class SurvFaceProtocol(Protocol):
         row: Dict[str, str] = {}
         if "identification" in m:
             i = m["identification"]
+            r = i["rank"]
             for f in i["fpirs"]:
-                row[f"TPIR@FPIR={f}"] = fmt_pct(i["tpir"][f]["tar"], digits=1)
-            row["id AUC"] = fmt_pct(i["auc"], digits=1)
+                row[f"TPIR{r}@FPIR={f}"] = fmt_pct(i[f"tpir{r}"][f]["tar"], digits=1)
+            row[f"AUC TPIR{r}"] = fmt_pct(i[f"auc_tpir{r}"], digits=1)
         if "verification" in m:
             v = m["verification"]
             for f in v["fars"]:

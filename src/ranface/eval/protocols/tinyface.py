@@ -16,6 +16,12 @@ Gallery_Distractor joins the gallery. The crops are small and already aligned: e
 resized to the model's input (bicubic). Ranks are pessimistic on ties
 (:func:`~ranface.eval.metrics.match_ranks`); probes are scored in blocks against the
 whole ~158k gallery, so the similarity matrix is never held at once.
+
+Follows AdaFace/CVLFace's TinyFace evaluation (Kim et al. 2022): the same lists, the same
+gallery (matches plus every distractor) and CMC ranks 1/5/20. ranface's own convention:
+a tie between the mate and another entry counts against the probe (how the reference
+script breaks exact ties was not checked; with float scores ties are rare).
+``ranface evaluate --list`` prints this provenance.
 """
 from __future__ import annotations
 
@@ -95,6 +101,8 @@ def _codes(*groups: Sequence[Any]) -> List[np.ndarray]:
 class TinyFaceProtocol(Protocol):
     Options = TinyFaceOptions
     title = "TinyFace closed-set identification"
+    provenance = ("AdaFace/CVLFace TinyFace evaluation (the release's .mat lists, ids from names, "
+                  "all distractors, CMC rank-1/5/20); ranface's choice: ties count against the probe")
 
     def validate_root(self, root: str, options: Any = None) -> None:
         test = _testing_dir(root)
