@@ -422,13 +422,13 @@ def _read_list(path: str, root: str = "") -> List[Tuple[Optional[str], str]]:
 
 
 def _images_under(folder: str) -> List[str]:
-    from ..eval.features import IMAGE_EXTS  # noqa: PLC0415
+    from ..data.image import is_image_file  # noqa: PLC0415
 
     out = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
         out.extend(os.path.join(dirpath, f) for f in sorted(filenames)
-                   if f.lower().endswith(IMAGE_EXTS))
+                   if is_image_file(f))
     return out
 
 
@@ -488,6 +488,6 @@ def list_probes(inputs: Sequence[str], root: str = "") -> List[Tuple[Optional[st
 
 
 def _image_exts() -> Tuple[str, ...]:
-    from ..eval.features import IMAGE_EXTS  # noqa: PLC0415
+    from ..data.image import image_extensions  # noqa: PLC0415
 
-    return tuple(IMAGE_EXTS)
+    return image_extensions()

@@ -33,7 +33,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..config import to_dict
-from ..data.datasets import IMAGE_EXTENSIONS, Skipped
+from ..data.datasets import Skipped
+from ..data.image import is_image_file
 from ..data.image import encode_image, read_image
 from ..errors import ConfigError, DataError
 from ..train.loop import BatchStream, Phase, StepContext, Trainer, TrainerOptions
@@ -70,11 +71,11 @@ class LRPoolDataset(Dataset):
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for f in sorted(filenames):
-                if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS):
+                if not f.startswith(".") and is_image_file(f):
                     self.files.append(os.path.relpath(os.path.join(dirpath, f), root))
         self.files.sort()
         if not self.files:
-            raise DataError(root, f"LR pool holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise DataError(root, "LR pool holds no images (any format PIL reads)")
         self.labels = np.zeros(len(self.files), dtype=np.int64)
 
     def __len__(self) -> int:

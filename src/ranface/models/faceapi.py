@@ -14,7 +14,7 @@ import json
 import math
 import os
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -23,8 +23,11 @@ from ..errors import CheckpointError, PathLike
 from .registry import register_backbone
 from .resnet29 import ResNet29Dlib
 
+if TYPE_CHECKING:
+    from .card import ModelCard
+
 __all__ = ["MANIFEST_NAME", "read_tfjs_weights", "faceapi_to_torch_name",
-           "load_faceapi_weights", "resnet29_dlib"]
+           "load_faceapi_weights", "resnet29_dlib", "faceapi_card"]
 
 MANIFEST_NAME = "face_recognition_model-weights_manifest.json"
 
@@ -219,3 +222,25 @@ def resnet29_dlib(pretrained: Optional[PathLike] = None) -> ResNet29Dlib:
     if pretrained is not None:
         model.load_state_dict(load_faceapi_weights(pretrained))
     return model
+
+
+# Calibrated on LFW View-2 (see FACEAPI_THRESHOLDS' ``data``); filled by
+# benchmarks/calibrate_faceapi.py, whose output docs/results.md records.
+FACEAPI_THRESHOLDS: Dict[str, object] = {}
+
+
+def faceapi_card(model_dir: PathLike) -> "ModelCard":
+    """The card of the imported face-api ResNet-29: dlib chips (150x150 RGB, template
+    'dlib'), dlib's normalisation, 128-d flip-summed embeddings, and the thresholds
+    calibrated on LFW pairs."""
+    from .card import ModelCard, Provenance, Thresholds
+
+    from .resnet29 import DLIB_MEAN_RGB, DLIB_STD
+
+    return ModelCard(architecture="resnet29_dlib", arch_args={}, embedding_size=128,
+                     input_size=(150, 150), color="rgb", mean=tuple(DLIB_MEAN_RGB),
+                     std=tuple(DLIB_STD), template="dlib", flip=True,
+                     thresholds=Thresholds(**FACEAPI_THRESHOLDS),
+                     provenance=Provenance(stage="imported", kind="faceapi",
+                                           training_data="dlib face recognition set (about 3M faces)",
+                                           source=os.path.abspath(os.fspath(model_dir))))

@@ -33,7 +33,8 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 
 from ...errors import ConfigError, DataError, ProtocolError
-from ..features import IMAGE_EXTS, SkipLog, embed_images
+from ...data.image import image_extensions
+from ..features import SkipLog, embed_images
 from ..report import curve, fmt_pct, md_table, method_label, plot_curves
 from . import EvalContext, Protocol, base_result, register_protocol
 from .common import listing
@@ -73,7 +74,7 @@ def scan_scface(root: str, cameras: List[int], distances: List[int]) -> SCfaceFi
         dirnames.sort()
         for f in sorted(filenames):
             stem, ext = os.path.splitext(f)
-            if ext.lower() not in IMAGE_EXTS:
+            if ext.lower() not in image_extensions():
                 continue
             path = os.path.join(dirpath, f)
             m = _MUG.match(stem)
