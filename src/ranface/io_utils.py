@@ -133,3 +133,12 @@ def progress_bar(total: Optional[int], desc: str, enabled: bool, unit: str = "im
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def text_table(header: "list[str]", rows: "list[list[str]]") -> str:
+    """A plain, column-aligned text table for a terminal (header, rule, rows)."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines) + "\n"

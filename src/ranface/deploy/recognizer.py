@@ -73,6 +73,7 @@ class GalleryConfig(RecognizerConfig):
     """``ranface gallery enrol|add|search|calibrate``."""
 
     aligned: bool = False  # inputs are aligned faces (no detection)
+    force: bool = False  # aligned folder made with another template than the model's: warn, not refuse
     root: str = ""  # base folder of relative paths in list files ("" = the list's folder)
     on_error: str = "raise"  # unreadable image: raise | skip (counted and reported)
     on_exists: str = "error"  # add: identity already enrolled -> error | merge | replace
@@ -158,6 +159,8 @@ class FaceRecognizer:
         self.face_size = (int(face_size[0]), int(face_size[1]))
         self.flip = bool(card.flip if flip is None else flip)
         self.min_eye_mouth = float(min_eye_mouth)
+        self.progress = False  # a progress bar over embedded items (CLI: on unless --no-progress)
+        self.force = False  # aligned folders of another template: warn instead of refusing
         self._detect = dict(upscales=tuple(float(u) for u in upscales), pad_ratio=float(pad_ratio),
                             min_face_size=float(min_face_size), min_score=float(min_score),
                             policy=policy)
@@ -192,6 +195,7 @@ class FaceRecognizer:
                   batch_size=cfg.batch_size, precision=cfg.precision)
         if gallery is not None:
             rec.check_gallery(gallery)
+        rec.force = bool(getattr(cfg, "force", False))
         return rec
 
     @classmethod
@@ -296,6 +300,9 @@ class FaceRecognizer:
                      degrade: int = 0) -> Tuple[np.ndarray, List[int], List[Tuple[int, str]]]:
         """Embeddings of the items whose face was found: (E, kept indices, [(index, why)])."""
         _check_choice("on_error", on_error, ("raise", "skip"))
+        from ..io_utils import progress_bar  # noqa: PLC0415
+
+        bar = progress_bar(len(items), "embed", self.progress)
         feats: List[np.ndarray] = []
         kept: List[int] = []
         failed: List[Tuple[int, str]] = []
@@ -310,6 +317,8 @@ class FaceRecognizer:
                 bidx.clear()
 
         for i, item in enumerate(items):
+            if bar is not None:
+                bar.update(1)
             try:
                 face, why = self.face_of(item, aligned)
             except DataError as exc:
@@ -325,8 +334,17 @@ class FaceRecognizer:
             if len(batch) >= self.embedder.batch_size:
                 flush()
         flush()
+        if bar is not None:
+            bar.close()
         e = np.concatenate(feats) if feats else np.zeros((0, self.dim), np.float32)
         return e, kept, failed
+
+    def check_aligned_source(self, source: Any) -> None:
+        """An aligned folder made by ``prepare`` must use this recogniser's template."""
+        if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
+            from ..align.prepare import check_template  # noqa: PLC0415
+
+            check_template(os.fspath(source), self.template, self.force)
 
     # -------------------------------------------------------------- gallery
     def new_gallery(self, aligned_input: bool = False) -> Gallery:
@@ -344,6 +362,8 @@ class FaceRecognizer:
         Returns (gallery, report).
         """
         _check_choice("on_exists", on_exists, ("error", "merge", "replace"))
+        if aligned:
+            self.check_aligned_source(source)
         if isinstance(source, dict):
             pairs = [(str(n), im) for n, ims in source.items() for im in ims]
         else:
@@ -430,6 +450,8 @@ class FaceRecognizer:
         faces like the probes: ``degrade`` as in :meth:`search` (low-resolution faces
         score higher against everyone, so an HR threshold lets more LR strangers in)."""
         self.check_gallery(gallery)
+        if aligned:
+            self.check_aligned_source(source)
         if isinstance(source, str):
             pairs = list_probes([source], root)
         else:

@@ -3,12 +3,15 @@ periodic validation during training): flip-sum embeddings, cosine scores, 10-fol
 accuracy (paper §4.3, Fig. 6b)."""
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import TYPE_CHECKING, Callable, Dict, Sequence
 
 import numpy as np
 import torch
 
 from ..inference import Embedder
+
+if TYPE_CHECKING:
+    from ..models.card import Thresholds
 
 
 def pair_scores(feats: np.ndarray) -> np.ndarray:
@@ -104,3 +107,20 @@ def make_validator(path: str, get_backbone: Callable[[], torch.nn.Module], devic
         return BinValidator(path, get_backbone, device, precision)
     raise DataError(path, "validation set must be an insightface .bin file or an aligned folder "
                     "with a pairs.txt")
+
+
+def card_thresholds(scores: Sequence[float], issame: Sequence[bool], data: str, far: float = 1e-3,
+                    note: str = "") -> "Thresholds":
+    """The model card's calibrated thresholds from pair cosines: the best-accuracy
+    threshold (:func:`ranface.eval.metrics.best_accuracy_threshold`, all pairs at once)
+    and the exact threshold at ``far`` (:func:`ranface.eval.metrics.tar_at_far`), with
+    the accuracy / TAR reached there and the ``data`` they came from."""
+    from ..models.card import Thresholds
+    from .metrics import best_accuracy_threshold, tar_at_far
+
+    s = np.asarray(scores, dtype=np.float64)
+    same = np.asarray(issame, dtype=bool)
+    t_acc, acc = best_accuracy_threshold(s, same)
+    op = tar_at_far(s[same], s[~same], (far,))[far]
+    return Thresholds(best_accuracy=float(t_acc), at_far=op.threshold, far=float(far), accuracy=float(acc),
+                      tar=op.tar, pairs=int(s.size), data=data, note=note)

@@ -22,7 +22,7 @@ import torch
 from ..errors import CheckpointError
 from .card import ModelCard, Provenance, config_digest
 
-__all__ = ["load_model", "model_package", "card_for_module", "resolve_model_path", "backbone_kwargs",
+__all__ = ["load_model", "read_card", "model_package", "card_for_module", "resolve_model_path", "backbone_kwargs",
            "MODEL_FORMAT", "OnnxBackbone", "init_state"]
 
 MODEL_FORMAT = "ranface-model/1"
@@ -142,6 +142,23 @@ def init_state(path: str) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]], Opt
     return sd, head, state.get("config"), card
 
 
+def read_card(path: str) -> ModelCard:
+    """The card of the model at ``path`` without building it (e.g. ``prepare --model``)."""
+    if not path or not os.path.exists(path):
+        raise CheckpointError(path or None, "model not found")
+    if is_faceapi_dir(path):
+        from .faceapi import faceapi_card
+
+        return faceapi_card(path)
+    path = resolve_model_path(path)
+    if path.lower().endswith(".onnx"):
+        return _onnx_card(path)
+    _refuse_foreign(path)
+    card = _read_ranface(path, "")[3]
+    card.provenance.source = os.path.abspath(path)
+    return card
+
+
 def load_model(path: str, backbone: str = "", device: Any = "cpu") -> Tuple[torch.nn.Module, ModelCard]:
     """Load a backbone for inference (eval mode, frozen) and its card."""
     if not path:
@@ -242,6 +259,12 @@ class OnnxBackbone(torch.nn.Module):
 
 
 def _load_onnx(path: str) -> Tuple[torch.nn.Module, ModelCard]:
+    card = _onnx_card(path)
+    bb = OnnxBackbone(path, card)
+    return bb.eval(), card
+
+
+def _onnx_card(path: str) -> ModelCard:
     sidecar = os.path.join(os.path.dirname(os.path.abspath(path)), "model.json")
     if not os.path.isfile(sidecar):
         raise CheckpointError(path, "an ONNX model needs its model.json (written by `ranface export`) "
@@ -254,10 +277,9 @@ def _load_onnx(path: str) -> Tuple[torch.nn.Module, ModelCard]:
     if not isinstance(meta, dict) or not isinstance(meta.get("card"), dict):
         raise CheckpointError(sidecar, "export sidecar without a model card (re-export with this ranface)")
     card = ModelCard.from_dict(meta["card"], sidecar)
-    bb = OnnxBackbone(path, card)
     card.provenance.kind = "onnx"
     card.provenance.source = os.path.abspath(path)
-    return bb.eval(), card
+    return card
 
 
 def _refuse_foreign(path: str) -> None:
