@@ -25,7 +25,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text + " (default: %(default)s)"
 
 
-def _add_config_args(p: argparse.ArgumentParser, example: str = "optim.lr=0.01") -> None:
+def _add_config_args(p: argparse.ArgumentParser, example: str) -> None:
     """``-c``, ``--set`` (with an ``example`` that fits the command) and ``--dry-run``."""
     p.add_argument("--config", "-c", help="YAML config file of this command's settings (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -76,7 +76,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = args.out or default_out_dir(args.model, args.protocol)
     res = evaluate(args.protocol, ctx, args.root, options, out)
     print(json.dumps({"protocol": res["protocol"], "out": out, "counts": res["counts"],
-                      "elapsed_s": res.get("elapsed_s"), "markdown": res["files"]["markdown"]}))
+                      "elapsed_s": res.get("elapsed_s"), "markdown": res["files"]["markdown"],
+                      "html": res["files"]["html"]}))
     return 0
 
 
@@ -106,10 +107,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", "-m",
                    help="model.pt, training checkpoint/run dir, or face-api folder")
     p.add_argument("--backbone", default="", help="backbone name (only for a face-api folder)")
-    p.add_argument("--out", "-o", help="output folder (default <run dir or cwd>/eval/<protocol>)")
+    p.add_argument("--out", "-o", help="output folder: result.json, result.md, result.html "
+                   "(self-contained) and plots (default <run dir or cwd>/eval/<protocol>)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 | auto")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="faces per forward pass")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="threads that decode, align and resize images (0: none)")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
@@ -118,5 +120,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true",
                    help="use faces aligned with another template than the model card's (warn only)")
     p.add_argument("--list", action="store_true", help="list the protocols and exit")
-    _add_config_args(p)
+    _add_config_args(p, "probe_sizes=[24,16,12]")
     p.set_defaults(func=cmd_evaluate)

@@ -34,7 +34,7 @@ __all__ = ["EvalContext", "Protocol", "register_protocol", "get_protocol", "list
 if TYPE_CHECKING:  # torch is imported only where a model runs
     import torch
 
-RESULT_FORMAT = "ranface-eval/1"
+from ..report import RESULT_FORMAT  # the report owns the file format; protocols use it
 
 # Modules defining the built-in protocols, imported on first registry use (never at
 # import of this package, and never discovered by file name).
@@ -192,7 +192,7 @@ def evaluate(name: str, ctx: EvalContext, root: str, options: Any = None,
     result = proto.run(ctx, root, opts)
     result["elapsed_s"] = round(time.perf_counter() - t0, 3)
     if out_dir:
-        from ..report import write_result
+        from ..report import write_result  # one direction: protocols -> report
 
         result["files"] = write_result(proto, result, out_dir)
     return result
