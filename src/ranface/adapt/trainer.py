@@ -40,7 +40,7 @@ from ..models import create_backbone
 from ..models.loader import backbone_kwargs, is_faceapi_dir, load_model, model_package
 from ..train.checkpoint import CKPT_RE, CheckpointManager, load_checkpoint, load_state_strict, save_checkpoint
 from ..train.loop import BatchStream, Phase, StepContext, Trainer
-from ..train.recognition import (ClassificationLoss, build_head, load_init, make_to_device, make_validator,
+from ..train.recognition import (ClassificationLoss, build_head, load_init, make_to_device, make_validator, trained_card,
                                  expected_size, init_head_from_centres, input_resize, stage_transforms,
                                  trainer_options, wrap_ddp)
 from ..train.runs import setup_run, seed_everything, write_json
@@ -435,6 +435,7 @@ def run_adaption(cfg: TrainConfig) -> Dict[str, Any]:
     if ctx.dist.is_main:
         summary["gate"] = _gate_trajectory(ctx.run_dir)
         save_checkpoint(os.path.join(ctx.run_dir, "model.pt"),
-                        model_package(backbone, cfg.model.backbone, kw, to_dict(cfg)))
+                        model_package(backbone, cfg.model.backbone, kw, to_dict(cfg),
+                                      card=trained_card(backbone, cfg, kw, validator)))
         write_json(os.path.join(ctx.run_dir, "summary.json"), summary)
     return summary

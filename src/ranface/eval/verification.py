@@ -3,7 +3,7 @@ periodic validation during training): flip-sum embeddings, cosine scores, 10-fol
 accuracy (paper §4.3, Fig. 6b)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Dict, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,8 @@ def verify_aligned_pairs(embedder: Embedder, images: np.ndarray, issame: np.ndar
     feats = embedder.embed_arrays(images, color)
     scores = pair_scores(feats)
     res = kfold_verification_accuracy(scores, np.asarray(issame, dtype=bool), n_folds=n_folds)
-    return {"acc": float(res["mean"]), "acc_std": float(res["std"]), "pairs": int(len(scores))}
+    return {"acc": float(res["mean"]), "acc_std": float(res["std"]), "pairs": int(len(scores)),
+            "scores": scores}
 
 
 class BinValidator:
@@ -43,6 +44,7 @@ class BinValidator:
         self.device = device
         self.precision = precision
         self.batch_size = batch_size
+        self.thresholds: Optional["Thresholds"] = None  # of the last call, for the model card
 
     def __call__(self, step: int) -> Dict[str, float]:
         bb = self.get_backbone()
@@ -52,6 +54,8 @@ class BinValidator:
             res = verify_aligned_pairs(emb, self.images, self.issame)
         finally:
             bb.train(was_training)
+        self.thresholds = card_thresholds(res["scores"], self.issame,
+                                          data=f"{self.path} (validation pairs at step {step})")
         return {"val/acc": res["acc"], "val/acc_std": res["acc_std"]}
 
 
@@ -73,6 +77,7 @@ class PairsValidator:
         self.precision = precision
         self.batch_size = batch_size
         self.probe_size = probe_size
+        self.thresholds: Optional["Thresholds"] = None  # of the last call, for the model card
 
     def __call__(self, step: int) -> Dict[str, float]:
         from .protocols import EvalContext, get_protocol
@@ -87,6 +92,14 @@ class PairsValidator:
         finally:
             bb.train(was_training)
         m = res["metrics"]
+        from ..models.card import Thresholds
+
+        full = m["full"]
+        at = (full.get("tar") or {}).get("1e-3") or {}
+        self.thresholds = Thresholds(best_accuracy=full.get("best_threshold"), at_far=at.get("threshold"),
+                                     accuracy=full.get("best_threshold_acc"), tar=at.get("tar"),
+                                     pairs=int(full.get("pairs", 0)),
+                                     data=f"{self.root} pairs.txt (validation at step {step})")
         out = {"val/acc": float(m["full"]["acc"]), "val/acc_std": float(m["full"]["acc_std"])}
         if self.probe_size:
             out["val/acc_lr"] = float(m["hr-lr"][str(self.probe_size)]["acc"])

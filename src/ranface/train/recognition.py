@@ -185,6 +185,17 @@ def make_validator(cfg: TrainConfig, backbone: nn.Module, ctx: RunContext):
     return make(cfg.data.val, lambda: unwrap(backbone), ctx.device, ctx.precision, cfg.data.val_probe_size)
 
 
+def trained_card(backbone: nn.Module, cfg: TrainConfig, kw: Dict[str, Any], validator: Any):
+    """The model card of a finished run; with a pairs validator, its last thresholds."""
+    from ..models.loader import training_card
+
+    card = training_card(unwrap(backbone), cfg.model.backbone, kw, to_dict(cfg))
+    thr = getattr(validator, "thresholds", None)
+    if thr is not None:
+        card.thresholds = thr
+    return card
+
+
 def stage_transforms(cfg: TrainConfig, spec: Any) -> FaceTransform:
     extra = None
     if cfg.stage == "lr":
@@ -274,7 +285,8 @@ def run_recognition(cfg: TrainConfig) -> Dict[str, Any]:
                "world_size": ctx.dist.world_size, **init_info, **result}
     if ctx.dist.is_main:
         save_checkpoint(os.path.join(ctx.run_dir, "model.pt"),
-                        model_package(backbone, cfg.model.backbone, kw, to_dict(cfg)))
+                        model_package(backbone, cfg.model.backbone, kw, to_dict(cfg),
+                                      card=trained_card(backbone, cfg, kw, validator)))
         write_json(os.path.join(ctx.run_dir, "summary.json"), summary)
     return summary
 
