@@ -45,6 +45,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .config import TrainConfig, dump_yaml, load_config
 
     overrides = list(args.overrides)
+    if args.no_progress:
+        overrides.append("run.progress=false")
     if args.stage:
         overrides.insert(0, f"stage={args.stage}")
     cfg = load_config(TrainConfig, args.config, overrides)
@@ -140,6 +142,7 @@ def build_parser(extra: Optional[Dict[str, Callable[[argparse._SubParsersAction]
                        description="Train a recognition model; writes runs/<stage>-NNNN/ (config.yaml, "
                        "checkpoints/, metrics.jsonl, summary.json and model.pt with its model card).")
     p.add_argument("--stage", choices=("hr", "lr", "mr"), help="overrides the config's stage")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (same as --set run.progress=false)")
     _add_config_args(p, "optim.lr=0.05")
     p.set_defaults(func=cmd_train)
 

@@ -297,12 +297,11 @@ def run_prepare(cfg: PrepareConfig) -> Dict[str, Any]:
     done_before = len(chunks) - len(todo)
     t0 = time.time()
     n_photos_now = sum(len(j[3]) for j in todo)
-    bar = None
-    if cfg.progress:
-        from tqdm import tqdm
+    from ..io_utils import progress_bar
 
-        bar = tqdm(total=len(rels), initial=len(rels) - n_photos_now, desc="prepare", unit="img",
-                   dynamic_ncols=True, mininterval=1.0)
+    bar = progress_bar(len(rels), "prepare", cfg.progress)
+    if bar is not None:
+        bar.update(len(rels) - n_photos_now)
 
     def record(result: Tuple[int, List[Dict[str, Any]], List[Dict[str, str]], int]) -> None:
         cid, rows, fails, filtered = result

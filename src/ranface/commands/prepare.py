@@ -19,6 +19,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--format", choices=("folder", "rec"), help="output layout (rec also writes train.rec/idx)")
     p.add_argument("--model", "-m", help="align for this model: its card's template and input size "
                    "(model.pt, run dir, face-api folder, .onnx); --set template=/size= still win")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (same as --set progress=false)")
     _add_config_args(p, "template=dlib")
     p.set_defaults(func=run)
 
@@ -28,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from ..config import PrepareConfig, dump_yaml, load_config
 
     over = list(args.overrides)
+    if args.no_progress:
+        over.append("progress=false")
     if args.model:
         from ..models.loader import read_card
 

@@ -17,6 +17,8 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
                        ("seed", args.seed)):
         if value is not None:
             setattr(cfg, key, value)
+    if args.no_progress:
+        cfg.progress = False
     if args.checkpoint:
         cfg.options = {**(cfg.options or {}), "checkpoint": args.checkpoint}
     if args.dry_run:
@@ -47,5 +49,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--degrader", "-d", help="mrgan | bicubic | random-degrade | a registered name")
     p.add_argument("--checkpoint", help="mrgan: generator.pt or train-gan run dir (options.checkpoint)")
     p.add_argument("--seed", type=int, help="random seed of the degradations (reproducible twins)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (same as --set progress=false)")
     _add_config_args(p, "'options={\"eye_mouth_range\": [10, 30]}'")
     p.set_defaults(func=cmd_synthesize)

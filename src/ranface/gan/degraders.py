@@ -328,9 +328,9 @@ def _manifest_key(m: Mapping[str, Any]) -> Dict[str, Any]:
 class _Progress:
     def __init__(self, total: int, initial: int, enabled: bool):
         self.bar = None
-        if enabled:
-            import sys
+        import sys
 
+        if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=initial, desc="synthesize", unit="face",
