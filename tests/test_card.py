@@ -206,3 +206,22 @@ def test_compare_raw_lfw_photos_with_the_cards_threshold(capsys):
     diff = json.loads(capsys.readouterr().out)
     assert diff["same"] is False and diff["threshold"] == same["threshold"]
     assert diff["cosine"] < diff["threshold"] < same["cosine"]
+
+
+def test_gallery_aligned_enrol_checks_and_records_the_template(tmp_path, small, capsys):
+    from PIL import Image
+
+    from ranface.api import FaceRecognizer
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(rng.integers(0, 255, (112, 112, 3), dtype=np.uint8)).save(tmp_path / name / "1.png")
+    (tmp_path / "prepare_config.yaml").write_text("template: dlib\n")
+    rec = FaceRecognizer(small, device="cpu", template="arcface")
+    with pytest.raises(DataError, match="'dlib' template, but the model expects 'arcface'"):
+        rec.enrol(str(tmp_path), aligned=True)
+    rec.force = True
+    g, report = rec.enrol(str(tmp_path), aligned=True)
+    assert report["identities"] == 2 and g.embedding["template"] == "dlib"
+    assert "warning" in capsys.readouterr().err

@@ -339,12 +339,14 @@ class FaceRecognizer:
         e = np.concatenate(feats) if feats else np.zeros((0, self.dim), np.float32)
         return e, kept, failed
 
-    def check_aligned_source(self, source: Any) -> None:
-        """An aligned folder made by ``prepare`` must use this recogniser's template."""
+    def check_aligned_source(self, source: Any) -> Optional[str]:
+        """An aligned folder made by ``prepare`` must use this recogniser's template;
+        returns the folder's template (None when unrecorded)."""
         if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
             from ..align.prepare import check_template  # noqa: PLC0415
 
-            check_template(os.fspath(source), self.template, self.force)
+            return check_template(os.fspath(source), self.template, self.force)
+        return None
 
     # -------------------------------------------------------------- gallery
     def new_gallery(self, aligned_input: bool = False) -> Gallery:
@@ -362,13 +364,15 @@ class FaceRecognizer:
         Returns (gallery, report).
         """
         _check_choice("on_exists", on_exists, ("error", "merge", "replace"))
-        if aligned:
-            self.check_aligned_source(source)
+        folder_template = self.check_aligned_source(source) if aligned else None
         if isinstance(source, dict):
             pairs = [(str(n), im) for n, ims in source.items() for im in ims]
         else:
             pairs = list_enrolment(os.fspath(source), root)
         g = gallery if gallery is not None else self.new_gallery(aligned)
+        if gallery is None and folder_template:
+            # record how the faces really were aligned (differs only with force)
+            g.meta.setdefault("embedding", {})["template"] = folder_template
         if gallery is not None:
             self.check_gallery(g)
         if on_exists == "error":
