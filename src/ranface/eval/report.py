@@ -18,7 +18,6 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import DataError
 from ..io_utils import atomic_write_bytes, atomic_write_text
 
 __all__ = ["fmt_pct", "fmt_rate", "md_table", "curve", "plot_curves", "write_result",
