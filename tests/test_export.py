@@ -72,6 +72,7 @@ def test_onnx_and_torchscript_match_pytorch(tmp_path, small_model):
         onnx_model, card = load_model(target)
         assert card.provenance.kind == "onnx" and tuple(card.input_size) == (112, 112)
         np.testing.assert_allclose(onnx_model(x).numpy(), ref, rtol=1e-4, atol=1e-4)
+        assert model_fingerprint(onnx_model) == side["fingerprint"]  # galleries work with either
 
 
 def test_failed_parity_check_writes_nothing(tmp_path, small_model, monkeypatch):

@@ -59,10 +59,15 @@ def model_fingerprint(model: Any) -> str:
     ``spec`` (input size, mean, std, colour order, embedding size) as sorted JSON. Two
     models give the same fingerprint iff they compute the same embedding from the same
     aligned face. Weights are hashed as float32 CPU tensors, so the device does not
-    matter.
+    matter. An exported ONNX model (:class:`ranface.models.loader.OnnxBackbone`) carries
+    the fingerprint of the PyTorch model it was exported from (its parity was checked),
+    so a gallery enrolled with one can be searched with the other.
     """
     import torch  # noqa: PLC0415
 
+    given = getattr(model, "fingerprint", None)
+    if isinstance(given, str) and given.startswith("sha256:"):
+        return given
     h = hashlib.sha256()
     state = model.state_dict()
     for name in sorted(state):

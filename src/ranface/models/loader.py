@@ -235,7 +235,7 @@ class OnnxBackbone(torch.nn.Module):
     """An exported ``.onnx`` backbone on onnxruntime (CPU), usable wherever a ranface
     backbone is: ``forward`` maps normalised (N, 3, H, W) to (N, D); ``spec`` from the card."""
 
-    def __init__(self, path: str, card: ModelCard):
+    def __init__(self, path: str, card: ModelCard, fingerprint: str = ""):
         super().__init__()
         from ..deploy.export import require_onnxruntime
         from .registry import BackboneSpec
@@ -252,6 +252,8 @@ class OnnxBackbone(torch.nn.Module):
 
         with open(path, "rb") as fh:
             self.digest = "sha256:" + hashlib.sha256(fh.read()).hexdigest()
+        # the PyTorch model's fingerprint the export recorded, else the file's own digest
+        self.fingerprint = fingerprint or self.digest
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.session.run(None, {self.input_name: x.detach().cpu().float().numpy()})[0]
@@ -259,12 +261,16 @@ class OnnxBackbone(torch.nn.Module):
 
 
 def _load_onnx(path: str) -> Tuple[torch.nn.Module, ModelCard]:
-    card = _onnx_card(path)
-    bb = OnnxBackbone(path, card)
+    card, meta = _onnx_sidecar(path)
+    bb = OnnxBackbone(path, card, str(meta.get("fingerprint") or ""))
     return bb.eval(), card
 
 
 def _onnx_card(path: str) -> ModelCard:
+    return _onnx_sidecar(path)[0]
+
+
+def _onnx_sidecar(path: str) -> Tuple[ModelCard, Dict[str, Any]]:
     sidecar = os.path.join(os.path.dirname(os.path.abspath(path)), "model.json")
     if not os.path.isfile(sidecar):
         raise CheckpointError(path, "an ONNX model needs its model.json (written by `ranface export`) "
@@ -279,7 +285,7 @@ def _onnx_card(path: str) -> ModelCard:
     card = ModelCard.from_dict(meta["card"], sidecar)
     card.provenance.kind = "onnx"
     card.provenance.source = os.path.abspath(path)
-    return card
+    return card, meta
 
 
 def _refuse_foreign(path: str) -> None:
