@@ -12,7 +12,7 @@ from ranface.adapt.trainer import load_lr_stream, run_adaption
 from ranface.cli import main
 from ranface.config import TrainConfig, load_config
 from ranface.errors import CheckpointError
-from ranface.inference import load_model
+from ranface.models.loader import load_model
 from ranface.train.checkpoint import load_checkpoint
 from ranface.train.recognition import run_recognition
 from ranface.train.stats import read_metrics
@@ -67,8 +67,9 @@ def test_mr_summary_and_outputs(stages):
     assert pkg["format"] == hr_pkg["format"] and pkg["backbone"] == "mobilefacenet"
     assert pkg["state_dict"].keys() == hr_pkg["state_dict"].keys()
     assert any(not torch.equal(pkg["state_dict"][k], hr_pkg["state_dict"][k]) for k in pkg["state_dict"])
-    bb, info = load_model(os.path.join(run, "model.pt"))
-    assert info["spec"]["embedding_size"] == 64
+    bb, card = load_model(os.path.join(run, "model.pt"))
+    assert card.embedding_size == 64 and card.provenance.stage == "mr"
+    assert pkg["card"]["architecture"] == "mobilefacenet"  # the card travels in model.pt
     ck = load_checkpoint(os.path.join(run, "checkpoints", "ckpt-00000004.pt"))
     assert set(ck["modules"]) == {"backbone", "head", "translator", "disc"}
     assert torch.equal(ck["modules"]["backbone"]["features.weight"], pkg["state_dict"]["features.weight"])

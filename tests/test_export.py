@@ -64,6 +64,16 @@ def test_onnx_and_torchscript_match_pytorch(tmp_path, small_model):
     with torch.inference_mode(), torch.jit.optimized_execution(False):
         np.testing.assert_allclose(ts(x).numpy(), ref, rtol=1e-4, atol=1e-5)
 
+    # the sidecar's model card lets the one loader run the ONNX file (and the folder)
+    from ranface.models.loader import load_model
+
+    assert side["card"]["architecture"] == "mobilefacenet" and side["card"]["embedding_size"] == 64
+    for target in (os.path.join(out, "model.onnx"), out):
+        onnx_model, card = load_model(target)
+        assert card.provenance.kind == "onnx" and tuple(card.input_size) == (112, 112)
+        np.testing.assert_allclose(onnx_model(x).numpy(), ref, rtol=1e-4, atol=1e-4)
+        assert model_fingerprint(onnx_model) == side["fingerprint"]  # galleries work with either
+
 
 def test_failed_parity_check_writes_nothing(tmp_path, small_model, monkeypatch):
     from ranface.models import create_backbone

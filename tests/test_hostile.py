@@ -66,12 +66,12 @@ def env(tmp_path_factory):
 # ---------------------------------------------------------------------------- consumers
 
 def c_embed(e, path, tmp):
-    return ["embed", e["faces"], "--model", path, "--out", os.path.join(tmp, "emb")]
+    return ["embed", e["faces"], "--aligned", "--model", path, "--out", os.path.join(tmp, "emb")]
 
 
 def c_compare(e, path, tmp):
     a = os.path.join(e["faces"], "id000", "000.png")
-    return ["compare", a, a, "--model", path]
+    return ["compare", a, a, "--aligned", "--model", path]
 
 
 def c_evaluate(e, path, tmp):

@@ -60,9 +60,10 @@ def setup(tmp_path_factory):
     return rec, gallery, video, tmp
 
 
-def test_gallery_uses_the_dlib_template_at_112(setup):
+def test_gallery_uses_the_cards_dlib_template_and_input_size(setup):
     rec, gallery, _, _ = setup
-    assert rec.template == "dlib" and rec.face_size == (112, 112)
+    # the model card: dlib template, aligned straight to the ResNet-29's 150x150 input
+    assert rec.template == "dlib" and rec.face_size == (150, 150)
     assert gallery.embedding["template"] == "dlib" and gallery.dim == 128
 
 

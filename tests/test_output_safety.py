@@ -98,7 +98,7 @@ COMMANDS: Dict[str, Command] = {
     "evaluate": Command(lambda e, o: ["evaluate", "--protocol", "pairs", "--root", e["pairs"], "--model", e["model"],
                                       "--out", o, "--no-progress", "--workers", "0"] + sets(
         ["probe_sizes=[16]", "modes=[hr-lr]"]), "ranface.eval.protocols.pairs:embed_images"),
-    "embed": Command(lambda e, o: ["embed", e["faces"], "--model", e["model"], "--out", os.path.join(o, "emb")],
+    "embed": Command(lambda e, o: ["embed", e["faces"], "--aligned", "--model", e["model"], "--out", os.path.join(o, "emb")],
                      "ranface.inference:Embedder.embed_arrays", out_is_prefix=True),
 }
 

@@ -8,8 +8,9 @@ import pytest
 from ranface.cli import main
 from ranface.errors import DataError
 from ranface.eval.protocols import get_protocol
-from ranface.eval.report import (compare_results, far_label, fmt_pct, fmt_rate, md_table,
-                                 method_label, plot_curves, write_comparison, write_result)
+from ranface.eval.comparison import compare_results, write_comparison
+from ranface.eval.report import (far_label, fmt_pct, fmt_rate, md_table, method_label, plot_curves,
+                                 write_result)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -12,11 +12,30 @@ from . import __version__
 from .errors import RanfaceError
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", help="YAML config file (see configs/)")
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default (when it has a meaningful one) after its help."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" in text or default is None or default is argparse.SUPPRESS
+                or isinstance(default, bool) or default == [] or default == ""
+                or not action.option_strings):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _add_config_args(p: argparse.ArgumentParser, example: str) -> None:
+    """``-c``, ``--set`` (with an ``example`` that fits the command) and ``--dry-run``."""
+    p.add_argument("--config", "-c", help="YAML config file of this command's settings (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="dotted override, e.g. --set optim.lr=0.01 (repeatable)")
+                   help=f"dotted override of a setting, e.g. --set {example} (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+
+
+def _progress_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (bars go to stderr and only to a terminal)")
 
 
 # ------------------------------------------------------------------------- train
@@ -26,6 +45,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .config import TrainConfig, dump_yaml, load_config
 
     overrides = list(args.overrides)
+    if args.no_progress:
+        overrides.append("run.progress=false")
     if args.stage:
         overrides.insert(0, f"stage={args.stage}")
     cfg = load_config(TrainConfig, args.config, overrides)
@@ -59,22 +80,22 @@ def _is_main() -> bool:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     from .config import EmbedConfig, dump_yaml, load_config
-    from .embed import embed_folder
+    from .deploy.embed import embed_folder
 
-    cfg = load_config(EmbedConfig, args.config, [f"model={args.model}"] * bool(args.model) + args.overrides)
+    cfg = load_config(EmbedConfig, args.config, _embed_overrides(args))
     if args.dry_run:
         sys.stdout.write(dump_yaml(cfg))
         return 0
-    res = embed_folder(cfg, args.input, args.out, on_error=args.on_error)
+    res = embed_folder(cfg, args.input, args.out, on_error=args.on_error, progress=not args.no_progress)
     print(json.dumps(res))
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .config import EmbedConfig, dump_yaml, load_config
-    from .embed import compare_images
+    from .deploy.embed import compare_images
 
-    over = [f"model={args.model}"] * bool(args.model) + args.overrides
+    over = _embed_overrides(args)
     if args.threshold is not None:
         over.append(f"threshold={args.threshold}")
     cfg = load_config(EmbedConfig, args.config, over)
@@ -85,43 +106,85 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _embed_overrides(args: argparse.Namespace) -> list:
+    over = [f"model={json.dumps(args.model)}"] * bool(args.model) + list(args.overrides)
+    if args.aligned:
+        over.append("aligned=true")
+    if args.force:
+        over.append("force=true")
+    return over
+
+
+def _embed_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", help="model.pt, run dir, training checkpoint, face-api folder "
+                   "or exported model.onnx (its model card says how to align and when two faces match)")
+    p.add_argument("--aligned", action="store_true",
+                   help="inputs are already aligned faces (any size; resized to the model's input); "
+                   "default: detect (MTCNN) and align with the model card's template")
+    p.add_argument("--force", action="store_true",
+                   help="with --aligned: use faces aligned with another template than the card's "
+                   "(warn instead of refusing)")
+
+
 # ------------------------------------------------------------------------- parser
 
 Handler = Callable[[argparse.Namespace], int]
 
 
 def build_parser(extra: Optional[Dict[str, Callable[[argparse._SubParsersAction], None]]] = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ranface", description=(
+    parser = argparse.ArgumentParser(prog="ranface", formatter_class=HelpFormatter, description=(
         "Low-resolution face recognition: Resolution Adaption Network (Fang et al., ECCV 2020)."))
     parser.add_argument("--version", action="version", version=f"ranface {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("train", help="train a recognition model (stage hr, lr or mr)")
+    p = sub.add_parser("train", help="train a recognition model (stage hr, lr or mr)",
+                       description="Train a recognition model; writes runs/<stage>-NNNN/ (config.yaml, "
+                       "checkpoints/, metrics.jsonl, summary.json and model.pt with its model card).")
     p.add_argument("--stage", choices=("hr", "lr", "mr"), help="overrides the config's stage")
-    _add_config_args(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (same as --set run.progress=false)")
+    _add_config_args(p, "optim.lr=0.05")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("embed", help="embed a folder of aligned faces to .npy + index")
-    p.add_argument("input", help="folder of aligned face images (searched recursively)")
-    p.add_argument("--model", "-m", help="model.pt, training checkpoint/run dir, or face-api folder")
-    p.add_argument("--out", "-o", required=True, help="output prefix: writes PREFIX.npy and PREFIX.tsv")
+    p = sub.add_parser("embed", help="embed a folder of photos (or aligned faces) to .npy + index",
+                       description="Embed every image under a folder: faces detected and aligned "
+                       "with the model card's template (or --aligned faces of any size).")
+    p.add_argument("input", help="folder of photos or aligned faces (searched recursively; every "
+                   "image format PIL reads)")
+    _embed_args(p)
+    p.add_argument("--out", "-o", required=True, help="output prefix: writes PREFIX.npy (N x D float32, "
+                   "L2-normalised) and PREFIX.tsv (row, relative path)")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
-                   help="unreadable image: stop (default) or skip it and report the count")
-    _add_config_args(p)
+                   help="unreadable image: stop or skip it and report the count")
+    _progress_arg(p)
+    _add_config_args(p, "batch_size=32")
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser("compare", help="cosine similarity (and a decision) of two aligned faces")
-    p.add_argument("image1")
-    p.add_argument("image2")
-    p.add_argument("--model", "-m")
-    p.add_argument("--threshold", type=float, help="cosine threshold for a same/different decision")
-    _add_config_args(p)
+    p = sub.add_parser("compare", help="are two photos the same person? (cosine and a decision)",
+                       description="Detect and align the face of each photo with the model card's "
+                       "template, embed, and print JSON: cosine, same (cosine > threshold), the "
+                       "threshold and where it came from (the card's calibration unless --threshold).")
+    p.add_argument("image1", help="first photo (or aligned face with --aligned)")
+    p.add_argument("image2", help="second photo (or aligned face with --aligned)")
+    _embed_args(p)
+    p.add_argument("--threshold", type=float, help="cosine threshold for same (default: the model "
+                   "card's calibrated threshold at best accuracy)")
+    _add_config_args(p, "device=cpu")
     p.set_defaults(func=cmd_compare)
 
     for adder in (extra or {}).values():
         adder(sub)
+    _set_formatter(parser)
     return parser
+
+
+def _set_formatter(parser: argparse.ArgumentParser) -> None:
+    """Every (sub)command's help shows defaults."""
+    parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sp in action.choices.values():
+                _set_formatter(sp)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

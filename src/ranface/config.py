@@ -194,16 +194,18 @@ class TrainConfig:
 
 @dataclass
 class EmbedConfig:
-    """``ranface embed`` / ``ranface compare``."""
+    """``ranface embed`` / ``ranface compare``: photos are detected and aligned with the
+    model card's template at its input size unless ``aligned``."""
 
-    model: str = ""  # checkpoint of a training run, or a face-api model folder
+    model: str = ""  # model.pt, run dir, checkpoint, face-api folder or exported .onnx
     backbone: str = ""  # needed only for a face-api folder (default resnet29_dlib)
     batch_size: int = 64
-    flip: bool = True  # flip-sum embeddings
+    flip: Optional[bool] = None  # flip-sum embeddings; None: the model card's policy
     device: str = "auto"
-    color: str = ""  # "" : the model's own order
-    num_workers: int = 0
-    threshold: Optional[float] = None  # compare: cosine threshold for a decision
+    aligned: bool = False  # inputs are aligned faces (any size): no detection
+    template: str = "auto"  # alignment template; auto: the model card's
+    force: bool = False  # aligned input made with another template than the card's: warn, not refuse
+    threshold: Optional[float] = None  # compare: cosine threshold; None: the card's calibrated one
 
 
 @dataclass

@@ -9,7 +9,7 @@ import contextlib
 import os
 import re
 import tempfile
-from typing import IO, Callable, Iterator
+from typing import IO, Any, Callable, Iterator, Optional
 
 from .errors import DataError
 
@@ -121,3 +121,24 @@ def check_writable_dir(directory: str) -> None:
         os.unlink(tmp)
     except OSError as exc:
         raise DataError(directory, f"output directory is not writable ({exc.strerror or exc})") from None
+
+
+def progress_bar(total: Optional[int], desc: str, enabled: bool, unit: str = "img") -> Any:
+    """The one progress bar of long commands: tqdm on stderr, only when ``enabled`` and
+    stderr is a terminal (never in logs or pipes); else None."""
+    import sys
+
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def text_table(header: "list[str]", rows: "list[list[str]]") -> str:
+    """A plain, column-aligned text table for a terminal (header, rule, rows)."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines) + "\n"

@@ -36,10 +36,11 @@ from torch import nn
 from ..config import AdaptConfig, TrainConfig, to_dict
 from ..data.loader import AugmentedView, FaceTransform, build_train_loader, dataset_labels, open_dataset
 from ..errors import CheckpointError, ConfigError, DataError
-from ..inference import backbone_kwargs, build_backbone, is_faceapi_dir, load_model, model_package
+from ..models import create_backbone
+from ..models.loader import backbone_kwargs, is_faceapi_dir, load_model, model_package
 from ..train.checkpoint import CKPT_RE, CheckpointManager, load_checkpoint, load_state_strict, save_checkpoint
 from ..train.loop import BatchStream, Phase, StepContext, Trainer
-from ..train.recognition import (ClassificationLoss, build_head, load_init, make_to_device, make_validator,
+from ..train.recognition import (ClassificationLoss, build_head, load_init, make_to_device, make_validator, trained_card,
                                  expected_size, init_head_from_centres, input_resize, stage_transforms,
                                  trainer_options, wrap_ddp)
 from ..train.runs import setup_run, seed_everything, write_json
@@ -166,15 +167,16 @@ def load_lr_stream(spec: str, device: torch.device, backbone: str, embedding_siz
                    need_head: bool = True, channels_last: bool = False) -> LRStream:
     """Load the frozen LR model (``adapt.lr_model``: run dir, model.pt or ckpt-*.pt).
 
-    The backbone comes through :func:`ranface.inference.load_model`. The classifier of
+    The backbone and its card come through :func:`ranface.models.loader.load_model`. The classifier of
     p^Real / p^Translate (L_p) is the LR run's own ArcFace head, taken from its training
     checkpoint (model.pt holds no head); that checkpoint's backbone must equal the loaded
     one, so the classifier belongs to the same LR model.
     """
-    bb, info = load_model(spec, device=device)
-    lr_emb = int(info.get("spec", {}).get("embedding_size", -1))
-    if info.get("backbone") != backbone or lr_emb != embedding_size:
-        raise ConfigError(f"adapt.lr_model {spec} is a {info.get('backbone')} with {lr_emb}-d embeddings but "
+    bb, card = load_model(spec, device=device)
+    info = card.info()
+    lr_emb = card.embedding_size
+    if card.architecture != backbone or lr_emb != embedding_size:
+        raise ConfigError(f"adapt.lr_model {spec} is a {card.architecture} with {lr_emb}-d embeddings but "
                           f"the MR backbone is a {backbone} with {embedding_size}-d embeddings: the LR model "
                           "must be the same architecture (fine-tune the HR model with `ranface train --stage lr`)")
     _freeze(bb)
@@ -351,7 +353,7 @@ def run_adaption(cfg: TrainConfig) -> Dict[str, Any]:
     seed_everything(cfg.run.seed, cfg.run.deterministic)
 
     kw = backbone_kwargs(to_dict(cfg.model))
-    backbone = build_backbone(cfg.model.backbone, kw)
+    backbone = create_backbone(cfg.model.backbone, **kw)
     spec = backbone.spec
     emb = spec.embedding_size
     hr_ds, lr_ds = open_paired(cfg, expected_size(cfg, spec))
@@ -433,6 +435,7 @@ def run_adaption(cfg: TrainConfig) -> Dict[str, Any]:
     if ctx.dist.is_main:
         summary["gate"] = _gate_trajectory(ctx.run_dir)
         save_checkpoint(os.path.join(ctx.run_dir, "model.pt"),
-                        model_package(backbone, cfg.model.backbone, kw, to_dict(cfg)))
+                        model_package(backbone, cfg.model.backbone, kw, to_dict(cfg),
+                                      card=trained_card(backbone, cfg, kw, validator)))
         write_json(os.path.join(ctx.run_dir, "summary.json"), summary)
     return summary

@@ -13,7 +13,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--profile", choices=("quick", "default"),
                    help="quick: CI-sized (about 4 min on 2 cores); default: about 17 min on 2 cores (limit 40)")
     p.add_argument("--out", "-o", help="output folder (default runs/demo-<profile>)")
-    _add_config_args(p)
+    _add_config_args(p, "probe_sizes=[16,12]")
     p.set_defaults(func=run)
 
 

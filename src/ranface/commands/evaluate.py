@@ -24,7 +24,7 @@ def default_out_dir(model: str, protocol: str) -> str:
     checkpoint, or a folder given as the model itself. A face-api model folder is not a
     run (and usually read-only): the current directory is used then.
     """
-    from ..inference import is_faceapi_dir
+    from ..models.loader import is_faceapi_dir
 
     p = os.path.abspath(model) if model else ""
     run = None
@@ -62,11 +62,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     proto.validate_root(args.root, options)  # before loading the model: fail fast
 
     from ..eval.protocols import EvalContext, evaluate
-    from ..inference import load_model
+    from ..align.prepare import check_template
+    from ..models.loader import load_model
     from ..train.precision import resolve_device, resolve_precision
 
     device = resolve_device(args.device)
     model, info = load_model(args.model, args.backbone, device)
+    for folder in _aligned_folders(args.root, options):
+        check_template(folder, info.template, args.force)
     ctx = EvalContext(model, info, device=device,
                       precision=resolve_precision(args.precision, device),
                       batch_size=args.batch_size, on_error=args.on_error, workers=args.workers,
@@ -74,8 +77,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = args.out or default_out_dir(args.model, args.protocol)
     res = evaluate(args.protocol, ctx, args.root, options, out)
     print(json.dumps({"protocol": res["protocol"], "out": out, "counts": res["counts"],
-                      "elapsed_s": res.get("elapsed_s"), "markdown": res["files"]["markdown"]}))
+                      "elapsed_s": res.get("elapsed_s"), "markdown": res["files"]["markdown"],
+                      "html": res["files"]["html"]}))
     return 0
+
+
+def _aligned_folders(root: str, options: object) -> list:
+    """The root and the option folders (e.g. pairs' ``images``) that may hold aligned faces."""
+    out = [root]
+    for key in ("images", "hr", "lr", "gallery", "probes"):
+        val = getattr(options, key, None)
+        if isinstance(val, str) and val:
+            path = val if os.path.isabs(val) else os.path.join(root, val)
+            if os.path.isdir(path):
+                out.append(path)
+    return out
 
 
 def raise_usage(msg: str) -> None:
@@ -92,15 +108,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", "-m",
                    help="model.pt, training checkpoint/run dir, or face-api folder")
     p.add_argument("--backbone", default="", help="backbone name (only for a face-api folder)")
-    p.add_argument("--out", "-o", help="output folder (default <run dir or cwd>/eval/<protocol>)")
+    p.add_argument("--out", "-o", help="output folder: result.json, result.md, result.html "
+                   "(self-contained) and plots (default <run dir or cwd>/eval/<protocol>)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 | auto")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="faces per forward pass")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="threads that decode, align and resize images (0: none)")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                    help="unreadable image or dangling id: stop (default) or skip and count it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true",
+                   help="use faces aligned with another template than the model card's (warn only)")
     p.add_argument("--list", action="store_true", help="list the protocols and exit")
-    _add_config_args(p)
+    _add_config_args(p, "probe_sizes=[24,16,12]")
     p.set_defaults(func=cmd_evaluate)

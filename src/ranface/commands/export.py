@@ -22,7 +22,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--formats", help="comma-separated: onnx,torchscript (default both)")
     p.add_argument("--check-images", nargs="+", metavar="IMG",
                    help="faces (files or folders) for the parity check (default: LFW centre crops)")
-    _add_config_args(p)
+    _add_config_args(p, "tolerance=0.001")
     p.set_defaults(func=run)
 
 

@@ -11,12 +11,16 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
 
     p = sub.add_parser("prepare", help="raw photos -> aligned faces (+ manifest, failures, LR selection)")
     p.add_argument("input", nargs="?", help="folder of photos (recursive) or a list file")
-    p.add_argument("--out", "-o", help="output folder")
+    p.add_argument("--out", "-o", help="output folder: aligned faces <identity>/<photo>.jpg, manifest.csv, "
+                   "failures.csv, summary.json and prepare_config.yaml (records the template)")
     p.add_argument("--lr-select", metavar="MIN:MAX",
                    help="keep only faces whose eye-to-mouth distance is MIN..MAX original pixels (paper: 10:30)")
     p.add_argument("--mode", choices=("one", "all"), help="one face per photo (default) or every face")
     p.add_argument("--format", choices=("folder", "rec"), help="output layout (rec also writes train.rec/idx)")
-    _add_config_args(p)
+    p.add_argument("--model", "-m", help="align for this model: its card's template and input size "
+                   "(model.pt, run dir, face-api folder, .onnx); --set template=/size= still win")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (same as --set progress=false)")
+    _add_config_args(p, "template=dlib")
     p.set_defaults(func=run)
 
 
@@ -25,6 +29,15 @@ def run(args: argparse.Namespace) -> int:
     from ..config import PrepareConfig, dump_yaml, load_config
 
     over = list(args.overrides)
+    if args.no_progress:
+        over.append("progress=false")
+    if args.model:
+        from ..models.loader import read_card
+
+        card = read_card(args.model)
+        if card.template:
+            over.insert(0, f"template={card.template}")
+        over.insert(0, f"size=[{card.input_size[0]},{card.input_size[1]}]")
     for key, val in (("input", args.input), ("out", args.out), ("lr_select", args.lr_select),
                      ("mode", args.mode), ("format", args.format)):
         if val is not None:

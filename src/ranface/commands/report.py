@@ -2,7 +2,8 @@
 
     ranface report runs/a/eval/ijbc/result.json runs/b/eval/ijbc/result.json --out cmp/
 
-Writes ``report.md`` (one table per protocol, one row per result) and ``report.json``,
+Writes ``report.md`` and ``report.html`` (one table per protocol, one row per result, with
+the fold count and data folder of each) and ``report.json``,
 and overlays the results' comparable curves (ROC, CMC, TPIR-FPIR, accuracy vs pixels).
 """
 from __future__ import annotations
@@ -12,11 +13,11 @@ import json
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..eval.report import write_comparison
+    from ..eval.comparison import write_comparison
 
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
     res = write_comparison(args.results, args.out, labels)
-    print(json.dumps({"out": args.out, "markdown": res["files"]["markdown"],
+    print(json.dumps({"out": args.out, "markdown": res["files"]["markdown"], "html": res["files"]["html"],
                       "protocols": {k: len(t["rows"]) for k, t in res["tables"].items()}}))
     return 0
 
@@ -24,8 +25,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="merge result.json files of `ranface evaluate` into one "
                        "comparison table")
-    p.add_argument("results", nargs="+", metavar="RESULT.json")
-    p.add_argument("--out", "-o", required=True, help="output folder")
+    p.add_argument("results", nargs="+", metavar="RESULT.json", help="result.json files of `ranface evaluate`")
+    p.add_argument("--out", "-o", required=True, help="output folder: report.md, report.html "
+                   "(self-contained, figures embedded), report.json and the overlaid curves (PNG)")
     p.add_argument("--labels", help="comma-separated row labels, one per result "
                    "(default: the models' run names)")
     p.set_defaults(func=cmd_report)

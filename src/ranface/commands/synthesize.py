@@ -17,6 +17,8 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
                        ("seed", args.seed)):
         if value is not None:
             setattr(cfg, key, value)
+    if args.no_progress:
+        cfg.progress = False
     if args.checkpoint:
         cfg.options = {**(cfg.options or {}), "checkpoint": args.checkpoint}
     if args.dry_run:
@@ -42,9 +44,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        ".rec) through a degrader. Degrader options go in --set options.KEY=VALUE "
                        "(e.g. options.size_range=[12,32]); an interrupted folder run resumes.")
     p.add_argument("input", nargs="?", help="HR dataset: image folder, train.rec folder or .rec file")
-    p.add_argument("output", nargs="?", help="output folder")
+    p.add_argument("output", nargs="?", help="output folder: the LR twins in the input's layout, "
+                   "a manifest and the degrader's settings")
     p.add_argument("--degrader", "-d", help="mrgan | bicubic | random-degrade | a registered name")
     p.add_argument("--checkpoint", help="mrgan: generator.pt or train-gan run dir (options.checkpoint)")
-    p.add_argument("--seed", type=int)
-    _add_config_args(p)
+    p.add_argument("--seed", type=int, help="random seed of the degradations (reproducible twins)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (same as --set progress=false)")
+    _add_config_args(p, "'options={\"eye_mouth_range\": [10, 30]}'")
     p.set_defaults(func=cmd_synthesize)

@@ -44,5 +44,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr-pool", help="folder of real LR faces, flat or <id>/<file> (data.lr_pool)")
     p.add_argument("--expert", help="frozen expert for the perceptual loss: face-api folder, "
                    "model.pt or run dir of `ranface train` (expert)")
-    _add_config_args(p)
+    _add_config_args(p, "optim.max_steps=200")
     p.set_defaults(func=cmd_train_gan)

@@ -21,13 +21,12 @@ from torch.utils.data import Dataset
 from torch.utils.data import default_collate
 
 from ..errors import DataError
-from .image import decode_image, read_image
+from .image import decode_image, image_extensions, read_image
 from .recordio import RecordReader, header_label, read_insightface_index, unpack
 
 PathLike = Union[str, "os.PathLike[str]"]
 Transform = Callable[[np.ndarray], Any]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 ON_ERROR = ("raise", "skip")
 
 
@@ -110,10 +109,10 @@ class ImageFolderDataset(_FaceDataset):
     def __init__(self, root: PathLike, color: str = "rgb",
                  expect_size: Optional[Tuple[int, int]] = None,
                  transform: Optional[Transform] = None, on_error: str = "raise",
-                 extensions: Sequence[str] = IMAGE_EXTENSIONS):
+                 extensions: Optional[Sequence[str]] = None):
         super().__init__(color, expect_size, transform, on_error)
         self.root = os.fspath(root)
-        exts = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
+        exts = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in (extensions or image_extensions()))
         if not os.path.isdir(self.root):
             raise DataError(self.root, "image folder not found" if not os.path.exists(self.root)
                             else "not a folder")

@@ -6,6 +6,7 @@ Arrays are HxWx3 uint8 in the requested channel order ("rgb" or "bgr").
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
 from typing import Optional, Sequence, Tuple
@@ -16,8 +17,27 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import DataError
 
 COLOR_ORDERS = ("rgb", "bgr")
+# Extensions PIL registers but that are no photos ranface can decode without external
+# tools or at all (stub plugins, vector formats, MPEG streams that `identify` treats as video).
+_NOT_PHOTOS = frozenset({".bufr", ".grib", ".h5", ".hdf", ".emf", ".wmf", ".eps", ".ps",
+                         ".mpeg", ".mpg"})
 # Stop PIL from allocating for absurd headers (a 2^31-pixel "image" in 40 bytes).
 MAX_IMAGE_PIXELS = 64_000_000
+
+
+@functools.lru_cache(maxsize=None)
+def image_extensions() -> Tuple[str, ...]:
+    """The one list of image file extensions (lower case, with the dot) every command
+    accepts: every format this PIL can open (JPEG, PNG, BMP, WebP, TIFF, PGM/PPM/PBM, GIF,
+    ...), minus stubs and vector formats."""
+    Image.init()
+    exts = {e.lower() for e, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    return tuple(sorted(exts - _NOT_PHOTOS))
+
+
+def is_image_file(name: str) -> bool:
+    """``name`` ends with one of :func:`image_extensions` (case-insensitive)."""
+    return name.lower().endswith(image_extensions())
 
 
 def _check_order(color: str) -> str:

@@ -20,14 +20,14 @@ import json
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import ConfigError, DataError, RanfaceError
 from ..io_utils import atomic_write_bytes, atomic_write_text, check_writable_dir
 
-__all__ = ["ExportConfig", "export_model", "model_template", "EXPORT_FORMAT", "require_onnxruntime",
+__all__ = ["ExportConfig", "export_model", "EXPORT_FORMAT", "require_onnxruntime",
            "check_images"]
 
 EXPORT_FORMAT = "ranface-export/1"
@@ -57,14 +57,6 @@ def require_onnxruntime() -> Any:
         raise RanfaceError("checking an ONNX export needs the optional package onnxruntime: "
                            "pip install -r requirements-deploy.txt (or onnxruntime)") from None
     return onnxruntime
-
-
-def model_template(info: Dict[str, Any]) -> Optional[str]:
-    """The alignment template a loaded model expects, when it is known: the imported
-    dlib ResNet-29 is trained on dlib chips; ranface checkpoints don't record it."""
-    if info.get("kind") == "faceapi" or str(info.get("backbone", "")).startswith("resnet29_dlib"):
-        return "dlib"
-    return None
 
 
 def check_images(paths: Sequence[str], data_root: str, count: int) -> Tuple[List[np.ndarray], List[str]]:
@@ -141,14 +133,17 @@ def _export_torchscript(module: Any, example: Any) -> bytes:
     return buf.getvalue()
 
 
-def export_model(cfg: ExportConfig, module: Any = None, info: Optional[Dict[str, Any]] = None
-                 ) -> Dict[str, Any]:
-    """Export ``cfg.model`` (or an already loaded ``module`` with its ``info``), check
-    parity and write the files; returns the sidecar (also written as ``model.json``)."""
+def export_model(cfg: ExportConfig, module: Any = None, card: Any = None) -> Dict[str, Any]:
+    """Export ``cfg.model`` (or an already loaded ``module`` with its model ``card``, or a
+    dict with ``backbone``/``kwargs``/``template`` to derive one), check parity and write
+    the files; returns the sidecar (also written as ``model.json``, with the card, so
+    the ONNX file can be loaded back by :func:`ranface.models.loader.load_model`)."""
     import torch  # noqa: PLC0415
 
     from .. import __version__  # noqa: PLC0415
-    from ..inference import Embedder, load_model  # noqa: PLC0415
+    from ..inference import Embedder  # noqa: PLC0415
+    from ..models.card import ModelCard  # noqa: PLC0415
+    from ..models.loader import card_for_module, load_model  # noqa: PLC0415
     from .gallery import model_fingerprint  # noqa: PLC0415
 
     formats = list(dict.fromkeys(cfg.formats))
@@ -163,13 +158,20 @@ def export_model(cfg: ExportConfig, module: Any = None, info: Optional[Dict[str,
         require_onnxruntime()
     check_writable_dir(cfg.out)
     if module is None:
-        module, info = load_model(cfg.model, cfg.backbone, "cpu")
-    info = dict(info or {})
+        module, card = load_model(cfg.model, cfg.backbone, "cpu")
     module = module.eval().cpu()
     spec = getattr(module, "spec", None)
     if spec is None:
         raise ConfigError(f"{type(module).__name__} has no .spec: not a ranface backbone")
-    template = model_template(info) if cfg.template == "auto" else (cfg.template or None)
+    if not isinstance(card, ModelCard):
+        given = dict(card or {})
+        card = card_for_module(module, str(given.get("backbone") or type(module).__name__),
+                               dict(given.get("kwargs") or {}), template=given.get("template"))
+        card.provenance.kind = str(given.get("kind") or "module")
+    if cfg.template != "auto":
+        card.template = cfg.template or None
+    template = card.template
+    info = card.info()
     h, w = spec.input_size
 
     images, files = check_images(cfg.check_images, cfg.data_root, cfg.check_count)
@@ -203,6 +205,7 @@ def export_model(cfg: ExportConfig, module: Any = None, info: Optional[Dict[str,
     names = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
     sidecar = {
         "format": EXPORT_FORMAT,
+        "card": card.to_dict(),
         "fingerprint": model_fingerprint(module),
         "backbone": info.get("backbone"),
         "backbone_kwargs": info.get("kwargs", {}),

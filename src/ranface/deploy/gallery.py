@@ -59,10 +59,15 @@ def model_fingerprint(model: Any) -> str:
     ``spec`` (input size, mean, std, colour order, embedding size) as sorted JSON. Two
     models give the same fingerprint iff they compute the same embedding from the same
     aligned face. Weights are hashed as float32 CPU tensors, so the device does not
-    matter.
+    matter. An exported ONNX model (:class:`ranface.models.loader.OnnxBackbone`) carries
+    the fingerprint of the PyTorch model it was exported from (its parity was checked),
+    so a gallery enrolled with one can be searched with the other.
     """
     import torch  # noqa: PLC0415
 
+    given = getattr(model, "fingerprint", None)
+    if isinstance(given, str) and given.startswith("sha256:"):
+        return given
     h = hashlib.sha256()
     state = model.state_dict()
     for name in sorted(state):
@@ -422,13 +427,13 @@ def _read_list(path: str, root: str = "") -> List[Tuple[Optional[str], str]]:
 
 
 def _images_under(folder: str) -> List[str]:
-    from ..eval.features import IMAGE_EXTS  # noqa: PLC0415
+    from ..data.image import is_image_file  # noqa: PLC0415
 
     out = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
         out.extend(os.path.join(dirpath, f) for f in sorted(filenames)
-                   if f.lower().endswith(IMAGE_EXTS))
+                   if is_image_file(f))
     return out
 
 
@@ -488,6 +493,6 @@ def list_probes(inputs: Sequence[str], root: str = "") -> List[Tuple[Optional[st
 
 
 def _image_exts() -> Tuple[str, ...]:
-    from ..eval.features import IMAGE_EXTS  # noqa: PLC0415
+    from ..data.image import image_extensions  # noqa: PLC0415
 
-    return tuple(IMAGE_EXTS)
+    return image_extensions()

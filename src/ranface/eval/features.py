@@ -21,13 +21,11 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from ..data.image import read_image
+from ..data.image import is_image_file, read_image
 from ..errors import DataError, RanfaceError
 
-__all__ = ["SkipLog", "Features", "embed_images", "embed_arrays", "resize_to", "IMAGE_EXTS",
-           "list_image_files"]
+__all__ = ["SkipLog", "Features", "embed_images", "embed_arrays", "resize_to", "list_image_files"]
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 # prepare(image, index) -> aligned image, or None to skip it (reason via SkipLog).
 Prepare = Callable[[np.ndarray, int], Optional[np.ndarray]]
@@ -78,9 +76,9 @@ def list_image_files(folder: str, recursive: bool = False) -> List[str]:
         for dirpath, dirnames, filenames in os.walk(folder):
             dirnames.sort()
             out.extend(os.path.relpath(os.path.join(dirpath, f), folder)
-                       for f in sorted(filenames) if f.lower().endswith(IMAGE_EXTS))
+                       for f in sorted(filenames) if is_image_file(f))
     else:
-        out = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTS)
+        out = sorted(f for f in os.listdir(folder) if is_image_file(f)
                      and os.path.isfile(os.path.join(folder, f)))
     return out
 

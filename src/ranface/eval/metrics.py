@@ -419,6 +419,21 @@ def best_accuracy_threshold(scores, issame) -> Tuple[float, float]:
     return t, float(correct[j] / s.size)
 
 
+def equal_error_rate(genuine, impostor) -> Tuple[float, float]:
+    """(EER, threshold): where the false-accept rate (impostors ``> t``) and the
+    false-reject rate (genuine ``<= t``) meet. Both rates only change at observed
+    scores, so every distinct score is tried as ``t``; at the first ``t`` where FRR
+    reaches FAR the EER is the mean of the two there (they differ by at most one
+    step of 1/n)."""
+    g = np.sort(_scores(genuine, "genuine scores").astype(np.float64))
+    imp = np.sort(_scores(impostor, "impostor scores").astype(np.float64))
+    t = np.unique(np.concatenate([g, imp]))
+    frr = np.searchsorted(g, t, side="right") / g.size
+    far = 1.0 - np.searchsorted(imp, t, side="right") / imp.size
+    j = int(np.argmax(frr >= far))
+    return float((frr[j] + far[j]) / 2), float(t[j])
+
+
 class KFoldResult(TypedDict):
     mean: float
     std: float

@@ -1,5 +1,7 @@
-"""Evaluation reports: ``result.json`` / ``result.md`` / PNG plots of one protocol run,
-and the comparison table that ``ranface report`` builds from several results.
+"""Evaluation reports: ``result.json`` / ``result.md`` / ``result.html`` / PNG plots of one
+protocol run, and the formatting pieces protocols use. (The comparison of several
+results, which needs the protocol registry, is :mod:`ranface.eval.comparison`; this
+module imports no protocol, so protocols can import it.)
 
 Every file is written atomically. Plots use matplotlib's object API on an Agg canvas
 created inside the plotting function (no pyplot, no global backend switch at import).
@@ -16,14 +18,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import DataError
 from ..io_utils import atomic_write_bytes, atomic_write_text
 
 __all__ = ["fmt_pct", "fmt_rate", "md_table", "curve", "plot_curves", "write_result",
-           "render_markdown", "load_result", "compare_results", "write_comparison",
-           "REPORT_FORMAT"]
+           "render_markdown", "markdown_to_html", "REPORT_FORMAT", "RESULT_FORMAT"]
 
 REPORT_FORMAT = "ranface-report/1"
+RESULT_FORMAT = "ranface-eval/1"
 NOT_MEASURABLE = "n/m"
 
 
@@ -186,9 +187,12 @@ def render_markdown(proto, result: Mapping[str, Any], plots: Sequence[str] = ())
              f"- protocol: `{result['protocol']}`",
              f"- model: `{result['model'].get('source', '')}`"
              + (f" ({result['model']['backbone']})" if result["model"].get("backbone") else ""),
-             f"- data root: `{result['data_root']}`",
+             f"- data root: `{result['data_root']}`"
+             + "".join(f"; {k}: `{v}`" for k, v in sorted(result.get("options", {}).items())
+                       if k in ("images", "pairs", "hr", "lr", "synth", "real") and v),
+             *([f"- folds: {c['folds']} (from the pair file)"] if c.get("folds") else []),
              f"- scored: {c.get('scored', 0)}, skipped: {c.get('skipped', 0)}"
-             + "".join(f", {k}: {v}" for k, v in c.items() if k not in ("scored", "skipped")),
+             + "".join(f", {k}: {v}" for k, v in c.items() if k not in ("scored", "skipped", "folds")),
              ""]
     if result.get("skipped_examples"):
         lines += ["Skipped (first ones):", ""]
@@ -206,110 +210,91 @@ def write_result(proto, result: Dict[str, Any], out_dir: str) -> Dict[str, Any]:
     plots = proto.plots(result, out_dir)
     md_path = os.path.join(out_dir, "result.md")
     json_path = os.path.join(out_dir, "result.json")
-    files = {"json": json_path, "markdown": md_path, "plots": list(plots)}
-    atomic_write_text(md_path, render_markdown(proto, result, plots))
+    html_path = os.path.join(out_dir, "result.html")
+    files = {"json": json_path, "markdown": md_path, "html": html_path, "plots": list(plots)}
+    md = render_markdown(proto, result, plots)
+    atomic_write_text(md_path, md)
+    atomic_write_text(html_path, markdown_to_html(md, out_dir))
     result = dict(result, files=files)
     atomic_write_text(json_path, json.dumps(_clean(result), indent=1,
                                             default=_json_default) + "\n")
     return files
 
 
-def load_result(path: str) -> Dict[str, Any]:
-    """Read a ``result.json`` written by ``ranface evaluate``."""
-    from .protocols import RESULT_FORMAT
-
-    try:
-        with open(path, "r", encoding="utf-8") as fh:
-            res = json.load(fh)
-    except OSError as exc:
-        raise DataError(path, f"cannot read result ({exc.strerror or exc})") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(path, f"not valid JSON ({exc.msg})", f"line {exc.lineno}") from None
-    if not isinstance(res, dict) or res.get("format") != RESULT_FORMAT:
-        raise DataError(path, f"not a ranface evaluation result (expected format "
-                        f"{RESULT_FORMAT!r})")
-    for key in ("protocol", "model", "metrics"):
-        if key not in res:
-            raise DataError(path, f"result has no {key!r}", f"key {key}")
-    return res
 
 
-# ----------------------------------------------------------------------------- comparison
-def compare_results(paths: Sequence[str], labels: Optional[Sequence[str]] = None
-                    ) -> Dict[str, Any]:
-    """One comparison table per protocol over several results.
+# ----------------------------------------------------------------------------- HTML
+_HTML_STYLE = ("body{font-family:sans-serif;max-width:75em;margin:2em auto;padding:0 1em;color:#222}"
+               "table{border-collapse:collapse;margin:1em 0;font-size:90%}"
+               "th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}"
+               "th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}"
+               "img{max-width:100%;display:block;margin:1em 0}code{background:#f6f6f6}")
 
-    Rows are results (labelled by ``labels`` or the model's run name, made unique),
-    columns the union of each protocol's summary columns in first-seen order.
-    """
-    from .protocols import get_protocol
 
-    if labels and len(labels) != len(paths):
-        raise DataError(None, f"{len(labels)} labels for {len(paths)} results")
-    tables: Dict[str, Dict[str, Any]] = {}
-    seen: Dict[str, int] = {}
-    results = []
-    for i, path in enumerate(paths):
-        res = load_result(path)
-        proto = get_protocol(res["protocol"])
-        label = labels[i] if labels else method_label(res)
-        if label in seen:
-            seen[label] += 1
-            label = f"{label} #{seen[label]}"
-        else:
-            seen[label] = 1
+def markdown_to_html(md: str, base_dir: str, title: str = "") -> str:
+    """The report's Markdown as one self-contained HTML page: headings, lists, tables,
+    paragraphs and ``code``; images (PNG files next to the report) embedded as base64,
+    so the page can be mailed or archived alone."""
+    import base64
+    import html as _html
+    import re
+
+    def inline(text: str) -> str:
+        t = _html.escape(text)
+        t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
+        return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", t)
+
+    def image(alt: str, src: str) -> str:
+        path = src if os.path.isabs(src) else os.path.join(base_dir, src)
         try:
-            row = proto.summary(res)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(path, f"result metrics do not fit protocol {res['protocol']!r} "
-                            f"({type(exc).__name__}: {exc})") from None
-        t = tables.setdefault(res["protocol"], {"title": proto.title or proto.name,
-                                                "columns": [], "rows": []})
-        for col in row:
-            if col not in t["columns"]:
-                t["columns"].append(col)
-        t["rows"].append({"label": label, "source": os.path.abspath(path),
-                          "model": res["model"].get("source", ""),
-                          "data_root": res.get("data_root", ""),
-                          "scored": res.get("counts", {}).get("scored"),
-                          "skipped": res.get("counts", {}).get("skipped"),
-                          "values": row})
-        results.append((label, res))
-    return {"format": REPORT_FORMAT, "tables": tables, "_results": results}
+            with open(path, "rb") as fh:
+                data = base64.b64encode(fh.read()).decode("ascii")
+        except OSError:
+            return f"<p>[missing figure {_html.escape(src)}]</p>"
+        return f'<img alt="{_html.escape(alt)}" src="data:image/png;base64,{data}">'
 
+    def cells(line: str) -> List[str]:
+        parts = re.split(r"(?<!\\)\|", line.strip().strip("|"))
+        return [p.strip().replace("\\|", "|") for p in parts]
 
-def write_comparison(paths: Sequence[str], out_dir: str,
-                     labels: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """``ranface report``: ``report.md`` + ``report.json`` + overlaid curves in ``out_dir``."""
-    cmp = compare_results(paths, labels)
-    results = cmp.pop("_results")
-    os.makedirs(out_dir, exist_ok=True)
-    # Overlay the curves marked for comparison, one figure per protocol and curve name.
-    plots: Dict[str, List[str]] = {}
-    for proto_name in cmp["tables"]:
-        names: List[str] = []
-        for _, res in results:
-            if res["protocol"] == proto_name:
-                names += [n for n, c in res.get("curves", {}).items()
-                          if c.get("compare") and n not in names]
-        for n in names:
-            series = {label: res["curves"][n] for label, res in results
-                      if res["protocol"] == proto_name and n in res.get("curves", {})}
-            fname = f"{proto_name}_{n}".replace("/", "_").replace(" ", "_") + ".png"
-            plots.setdefault(proto_name, []).append(
-                plot_curves(series, os.path.join(out_dir, fname), f"{proto_name}: {n}"))
-    lines = ["# Evaluation comparison", ""]
-    for proto_name, t in cmp["tables"].items():
-        lines += [f"## {t['title']} (`{proto_name}`)", ""]
-        rows = [[r["label"], *[r["values"].get(c, "") for c in t["columns"]], r["scored"]]
-                for r in t["rows"]]
-        lines.append(md_table(["Method", *t["columns"], "scored"], rows))
-        for p in plots.get(proto_name, []):
-            lines.append(f"![{os.path.basename(p)}]({os.path.basename(p)})\n")
-        t["plots"] = plots.get(proto_name, [])
-    md_path = os.path.join(out_dir, "report.md")
-    json_path = os.path.join(out_dir, "report.json")
-    atomic_write_text(md_path, "\n".join(lines))
-    cmp["files"] = {"markdown": md_path, "json": json_path}
-    atomic_write_text(json_path, json.dumps(_clean(cmp), indent=1, default=_json_default) + "\n")
-    return cmp
+    out: List[str] = []
+    lines = md.splitlines()
+    i, heading = 0, title
+    while i < len(lines):
+        ln = lines[i]
+        img = re.fullmatch(r"\s*!\[([^\]]*)\]\(([^)]+)\)\s*", ln)
+        if img:
+            out.append(image(img.group(1), img.group(2)))
+        elif ln.startswith("#"):
+            level = min(len(ln) - len(ln.lstrip("#")), 6)
+            text = ln[level:].strip()
+            heading = heading or text
+            out.append(f"<h{level}>{inline(text)}</h{level}>")
+        elif ln.lstrip().startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].lstrip().startswith("|"):
+                rows.append(lines[i])
+                i += 1
+            body = [r for r in rows[1:] if not re.fullmatch(r"\s*\|[\s|:-]+\|?\s*", r)]
+            t = ["<table>", "<tr>" + "".join(f"<th>{inline(c)}</th>" for c in cells(rows[0])) + "</tr>"]
+            t += ["<tr>" + "".join(f"<td>{inline(c)}</td>" for c in cells(r)) + "</tr>" for r in body]
+            out.append("\n".join(t + ["</table>"]))
+            continue
+        elif ln.lstrip().startswith(("- ", "* ")):
+            items = []
+            while i < len(lines) and lines[i].lstrip().startswith(("- ", "* ")):
+                items.append(f"<li>{inline(lines[i].lstrip()[2:])}</li>")
+                i += 1
+            out.append("<ul>" + "".join(items) + "</ul>")
+            continue
+        elif ln.strip():
+            para = [ln.strip()]
+            while i + 1 < len(lines) and lines[i + 1].strip() and not lines[i + 1].lstrip().startswith(
+                    ("#", "|", "- ", "* ", "![")):
+                i += 1
+                para.append(lines[i].strip())
+            out.append(f"<p>{inline(' '.join(para))}</p>")
+        i += 1
+    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+            f"<title>{_html.escape(heading or 'ranface report')}</title>"
+            f"<style>{_HTML_STYLE}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")

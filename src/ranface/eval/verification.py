@@ -3,12 +3,15 @@ periodic validation during training): flip-sum embeddings, cosine scores, 10-fol
 accuracy (paper §4.3, Fig. 6b)."""
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence
 
 import numpy as np
 import torch
 
 from ..inference import Embedder
+
+if TYPE_CHECKING:
+    from ..models.card import Thresholds
 
 
 def pair_scores(feats: np.ndarray) -> np.ndarray:
@@ -23,7 +26,8 @@ def verify_aligned_pairs(embedder: Embedder, images: np.ndarray, issame: np.ndar
     feats = embedder.embed_arrays(images, color)
     scores = pair_scores(feats)
     res = kfold_verification_accuracy(scores, np.asarray(issame, dtype=bool), n_folds=n_folds)
-    return {"acc": float(res["mean"]), "acc_std": float(res["std"]), "pairs": int(len(scores))}
+    return {"acc": float(res["mean"]), "acc_std": float(res["std"]), "pairs": int(len(scores)),
+            "scores": scores}
 
 
 class BinValidator:
@@ -40,6 +44,7 @@ class BinValidator:
         self.device = device
         self.precision = precision
         self.batch_size = batch_size
+        self.thresholds: Optional["Thresholds"] = None  # of the last call, for the model card
 
     def __call__(self, step: int) -> Dict[str, float]:
         bb = self.get_backbone()
@@ -49,6 +54,8 @@ class BinValidator:
             res = verify_aligned_pairs(emb, self.images, self.issame)
         finally:
             bb.train(was_training)
+        self.thresholds = card_thresholds(res["scores"], self.issame,
+                                          data=f"{self.path} (validation pairs at step {step})")
         return {"val/acc": res["acc"], "val/acc_std": res["acc_std"]}
 
 
@@ -70,6 +77,7 @@ class PairsValidator:
         self.precision = precision
         self.batch_size = batch_size
         self.probe_size = probe_size
+        self.thresholds: Optional["Thresholds"] = None  # of the last call, for the model card
 
     def __call__(self, step: int) -> Dict[str, float]:
         from .protocols import EvalContext, get_protocol
@@ -84,6 +92,14 @@ class PairsValidator:
         finally:
             bb.train(was_training)
         m = res["metrics"]
+        from ..models.card import Thresholds
+
+        full = m["full"]
+        at = (full.get("tar") or {}).get("1e-3") or {}
+        self.thresholds = Thresholds(best_accuracy=full.get("best_threshold"), at_far=at.get("threshold"),
+                                     accuracy=full.get("best_threshold_acc"), tar=at.get("tar"),
+                                     pairs=int(full.get("pairs", 0)),
+                                     data=f"{self.root} pairs.txt (validation at step {step})")
         out = {"val/acc": float(m["full"]["acc"]), "val/acc_std": float(m["full"]["acc_std"])}
         if self.probe_size:
             out["val/acc_lr"] = float(m["hr-lr"][str(self.probe_size)]["acc"])
@@ -104,3 +120,20 @@ def make_validator(path: str, get_backbone: Callable[[], torch.nn.Module], devic
         return BinValidator(path, get_backbone, device, precision)
     raise DataError(path, "validation set must be an insightface .bin file or an aligned folder "
                     "with a pairs.txt")
+
+
+def card_thresholds(scores: Sequence[float], issame: Sequence[bool], data: str, far: float = 1e-3,
+                    note: str = "") -> "Thresholds":
+    """The model card's calibrated thresholds from pair cosines: the best-accuracy
+    threshold (:func:`ranface.eval.metrics.best_accuracy_threshold`, all pairs at once)
+    and the exact threshold at ``far`` (:func:`ranface.eval.metrics.tar_at_far`), with
+    the accuracy / TAR reached there and the ``data`` they came from."""
+    from ..models.card import Thresholds
+    from .metrics import best_accuracy_threshold, tar_at_far
+
+    s = np.asarray(scores, dtype=np.float64)
+    same = np.asarray(issame, dtype=bool)
+    t_acc, acc = best_accuracy_threshold(s, same)
+    op = tar_at_far(s[same], s[~same], (far,))[far]
+    return Thresholds(best_accuracy=float(t_acc), at_far=op.threshold, far=float(far), accuracy=float(acc),
+                      tar=op.tar, pairs=int(s.size), data=data, note=note)

@@ -380,17 +380,20 @@ def _to_uint8(t: torch.Tensor) -> np.ndarray:
 
 def _image_format(path: str) -> str:
     ext = os.path.splitext(path)[1].lower()
-    return {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".bmp": "bmp", ".webp": "webp"}[ext]
+    from PIL import Image
+
+    Image.init()
+    return Image.registered_extensions().get(ext, "PNG").lower()  # PGM/PPM/... kept as they came
 
 
 def _list_images(root: str) -> List[str]:
-    from ..data.datasets import IMAGE_EXTENSIONS
+    from ..data.image import is_image_file
 
     out: List[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for f in filenames:
-            if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS):
+            if not f.startswith(".") and is_image_file(f):
                 out.append(os.path.relpath(os.path.join(dirpath, f), root))
     return sorted(out)
 
@@ -403,9 +406,9 @@ def _manifest_key(m: Mapping[str, Any]) -> Dict[str, Any]:
 class _Progress:
     def __init__(self, total: int, initial: int, enabled: bool):
         self.bar = None
-        if enabled:
-            import sys
+        import sys
 
+        if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=initial, desc="synthesize", unit="face",
@@ -551,14 +554,12 @@ def _loader(items: Dataset, batches: List[List[int]], num_workers: int) -> DataL
 
 class _FolderJob:
     def __init__(self, cfg: Any):
-        from ..data.datasets import IMAGE_EXTENSIONS
-
         self.cfg = cfg
         if not os.path.isdir(cfg.input):
             raise DataError(cfg.input, "expected an image folder (or a .rec dataset)")
         self.files = _list_images(cfg.input)
         if not self.files:
-            raise DataError(cfg.input, f"no images ({', '.join(IMAGE_EXTENSIONS)}) in the folder")
+            raise DataError(cfg.input, "no images (any format PIL reads) in the folder")
         self.count = len(self.files)
         self.levels: Dict[str, int] = {}  # relative path -> width (px) it was shrunk to
 

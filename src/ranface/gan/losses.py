@@ -100,8 +100,8 @@ def load_expert(spec: str, backbone: str = "", device: Any = "cpu", normalize: b
                 stages: Sequence[int] = ()) -> ExpertNetwork:
     """An expert from a face-api folder (imported ResNet-29), a ``model.pt``, a training
     checkpoint or a run directory of ``ranface train`` (e.g. the paper's MobileFaceNet);
-    loaded frozen through :func:`ranface.inference.load_model`."""
-    from ..inference import load_model
+    loaded frozen through :func:`ranface.models.loader.load_model`."""
+    from ..models.loader import load_model
 
     module, _ = load_model(spec, backbone=backbone, device=device)
     return ExpertNetwork(module, normalize=normalize, stages=stages, source=spec)

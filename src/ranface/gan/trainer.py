@@ -35,7 +35,8 @@ from torch.utils.data import Dataset
 
 from ..config import to_dict
 from ..train.distributed import unwrap
-from ..data.datasets import IMAGE_EXTENSIONS, Skipped
+from ..data.datasets import Skipped
+from ..data.image import is_image_file
 from ..data.image import encode_image, read_image
 from ..errors import ConfigError, DataError
 from ..train.loop import BatchStream, Phase, StepContext, Trainer, TrainerOptions
@@ -72,11 +73,11 @@ class LRPoolDataset(Dataset):
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for f in sorted(filenames):
-                if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS):
+                if not f.startswith(".") and is_image_file(f):
                     self.files.append(os.path.relpath(os.path.join(dirpath, f), root))
         self.files.sort()
         if not self.files:
-            raise DataError(root, f"LR pool holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise DataError(root, "LR pool holds no images (any format PIL reads)")
         self.labels = np.zeros(len(self.files), dtype=np.int64)
 
     def __len__(self) -> int:

@@ -14,7 +14,7 @@ import json
 import math
 import os
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -23,8 +23,11 @@ from ..errors import CheckpointError, PathLike
 from .registry import register_backbone
 from .resnet29 import ResNet29Dlib
 
+if TYPE_CHECKING:
+    from .card import ModelCard
+
 __all__ = ["MANIFEST_NAME", "read_tfjs_weights", "faceapi_to_torch_name",
-           "load_faceapi_weights", "resnet29_dlib"]
+           "load_faceapi_weights", "resnet29_dlib", "faceapi_card"]
 
 MANIFEST_NAME = "face_recognition_model-weights_manifest.json"
 
@@ -219,3 +222,30 @@ def resnet29_dlib(pretrained: Optional[PathLike] = None) -> ResNet29Dlib:
     if pretrained is not None:
         model.load_state_dict(load_faceapi_weights(pretrained))
     return model
+
+
+# Calibrated on LFW View-2 by benchmarks/calibrate_faceapi.py (output recorded in
+# docs/results.md): photos aligned as `compare` aligns them, flip-sum cosines.
+FACEAPI_THRESHOLDS: Dict[str, object] = {
+    "best_accuracy": 0.9126482307910919, "accuracy": 0.9909698996655518,
+    "at_far": 0.9278337359428406, "far": 0.001, "tar": 0.9511215266153331, "pairs": 5980,
+    "data": "LFW View-2 pairs.txt (5980 of 6000 pairs; grey photos, MTCNN + dlib template at 150x150)",
+    "note": "20 pairs dropped: no face found in a photo",
+}
+
+
+def faceapi_card(model_dir: PathLike) -> "ModelCard":
+    """The card of the imported face-api ResNet-29: dlib chips (150x150 RGB, template
+    'dlib'), dlib's normalisation, 128-d flip-summed embeddings, and the thresholds
+    calibrated on LFW pairs."""
+    from .card import ModelCard, Provenance, Thresholds
+
+    from .resnet29 import DLIB_MEAN_RGB, DLIB_STD
+
+    return ModelCard(architecture="resnet29_dlib", arch_args={}, embedding_size=128,
+                     input_size=(150, 150), color="rgb", mean=tuple(DLIB_MEAN_RGB),
+                     std=tuple(DLIB_STD), template="dlib", flip=True,
+                     thresholds=Thresholds(**FACEAPI_THRESHOLDS),
+                     provenance=Provenance(stage="imported", kind="faceapi",
+                                           training_data="dlib face recognition set (about 3M faces)",
+                                           source=os.path.abspath(os.fspath(model_dir))))

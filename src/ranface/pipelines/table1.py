@@ -193,10 +193,10 @@ def run_degrader_chain(cfg: Any, out: str, st: Any, faces: str, pool: str, hr_mo
 
 # ------------------------------------------------------------------------- outputs
 def _images(root: str) -> List[str]:
-    from ..data.datasets import IMAGE_EXTENSIONS
+    from ..data.image import is_image_file
 
     return sorted(os.path.relpath(os.path.join(dp, f), root) for dp, _, fs in os.walk(root)
-                  for f in fs if f.lower().endswith(IMAGE_EXTENSIONS))
+                  for f in fs if is_image_file(f))
 
 
 def degrader_grid(faces: str, twins: Mapping[str, str], pool: str, path: str, n: int = 6,

@@ -150,7 +150,8 @@ def run_train_expert(cfg: ExpertConfig) -> Dict[str, Any]:
     from ..data.loader import AugmentedView, FaceTransform, build_train_loader, open_dataset
     from ..gan.losses import ExpertNetwork
     from ..gan.trainer import default_expert
-    from ..inference import backbone_kwargs, build_backbone, load_model, model_package
+    from ..models import create_backbone
+    from ..models.loader import backbone_kwargs, load_model, model_package, training_card
     from .checkpoint import save_checkpoint
     from .recognition import make_to_device, wrap_ddp
     from .runs import seed_everything, setup_run, write_json
@@ -166,7 +167,7 @@ def run_train_expert(cfg: ExpertConfig) -> Dict[str, Any]:
     teacher = ExpertNetwork(t_module, normalize=True, source=teacher_path)
     dim = cfg.embedding_size or int(teacher.spec.embedding_size)
     kw = backbone_kwargs({"embedding_size": dim})
-    student = build_backbone(cfg.backbone, kw)
+    student = create_backbone(cfg.backbone, **kw)
     spec = student.spec
     size = None if tuple(spec.input_size) == (S, S) else tuple(spec.input_size)  # resized to the student
     targets = teacher_targets(teacher, dataset, cfg.teacher_batch, ctx.device)
@@ -203,7 +204,9 @@ def run_train_expert(cfg: ExpertConfig) -> Dict[str, Any]:
                "backbone": cfg.backbone, "embedding_size": dim, "num_images": len(dataset),
                "final_cosine_to_teacher": round(final_cos, 4), "precision": ctx.precision, **result}
     if ctx.dist.is_main:
+        card = training_card(student, cfg.backbone, kw, to_dict(cfg))
+        card.provenance.stage = "expert"
         save_checkpoint(os.path.join(ctx.run_dir, "model.pt"),
-                        model_package(student, cfg.backbone, kw, to_dict(cfg)))
+                        model_package(student, cfg.backbone, kw, to_dict(cfg), card=card))
         write_json(os.path.join(ctx.run_dir, "summary.json"), summary)
     return summary

@@ -306,7 +306,7 @@ class Trainer:
 
     def fit(self) -> Dict[str, Any]:
         bar = None
-        if self.dist.is_main and self.opt.progress:
+        if self.dist.is_main and self.opt.progress and sys.stderr.isatty():
             from tqdm import tqdm
 
             bar = tqdm(total=self.opt.max_steps, initial=self.step, desc="train", dynamic_ncols=True,

@@ -17,9 +17,9 @@ from torch import nn
 
 from ..config import TrainConfig, to_dict
 from ..data.loader import AugmentedView, FaceTransform, build_train_loader, dataset_labels, open_dataset
-from ..errors import CheckpointError, ConfigError
-from ..inference import backbone_kwargs, build_backbone, is_faceapi_dir, model_package
-from .checkpoint import load_checkpoint, load_state_strict, save_checkpoint
+from ..errors import ConfigError
+from ..models.loader import backbone_kwargs, model_package
+from .checkpoint import load_state_strict, save_checkpoint
 from .distributed import unwrap
 from .loop import BatchStream, Phase, StepContext, Trainer, TrainerOptions
 from .runs import RunContext, seed_everything, setup_run, write_json
@@ -38,36 +38,13 @@ def build_head(cfg: TrainConfig, embedding_size: int, num_classes: int) -> nn.Mo
 
 
 def load_init(backbone: nn.Module, head: Optional[nn.Module], spec: str) -> Dict[str, Any]:
-    """Initialise from a ranface checkpoint / model.pt (backbone, and the head when it
-    fits) or from a face-api folder (imported ResNet-29 weights)."""
+    """Initialise from anything :func:`ranface.models.loader.init_state` reads (run dir,
+    checkpoint, model.pt, face-api folder): the backbone, and the head when it fits."""
     if not spec:
         return {}
-    if is_faceapi_dir(spec):
-        from ..models.faceapi import load_faceapi_weights
+    from ..models.loader import init_state
 
-        load_state_strict(backbone, load_faceapi_weights(spec), spec, what="backbone")
-        return {"init": spec, "head": False}
-    if os.path.isdir(spec):
-        # a run directory: its latest checkpoint carries the head too (model.pt does not)
-        from .checkpoint import CheckpointManager
-
-        latest = CheckpointManager(os.path.join(spec, "checkpoints")).latest()
-        if latest is not None:
-            spec = latest
-        elif os.path.exists(os.path.join(spec, "model.pt")):
-            spec = os.path.join(spec, "model.pt")
-        else:
-            raise CheckpointError(spec, "no checkpoint or model.pt to initialise from")
-    state = load_checkpoint(spec)
-    if "modules" in state:
-        bb_state = state["modules"].get("backbone")
-        head_state = state["modules"].get("head")
-    elif "state_dict" in state:
-        bb_state, head_state = state["state_dict"], None
-    else:
-        raise CheckpointError(spec, "not a ranface checkpoint")
-    if bb_state is None:
-        raise CheckpointError(spec, "has no backbone weights")
+    bb_state, head_state, _, card = init_state(spec)
     load_state_strict(backbone, bb_state, spec, what="backbone")
     used_head = False
     if head is not None and head_state is not None:
@@ -75,7 +52,9 @@ def load_init(backbone: nn.Module, head: Optional[nn.Module], spec: str) -> Dict
         if all(k in head_state and head_state[k].shape == v.shape for k, v in own.items()):
             head.load_state_dict(head_state)
             used_head = True
-    return {"init": spec, "head": used_head, **({"head_source": spec} if used_head else {})}
+    source = card.provenance.source
+    return {"init": source, "head": used_head, "init_template": card.template,
+            **({"head_source": source} if used_head else {})}
 
 
 @torch.no_grad()
@@ -206,6 +185,17 @@ def make_validator(cfg: TrainConfig, backbone: nn.Module, ctx: RunContext):
     return make(cfg.data.val, lambda: unwrap(backbone), ctx.device, ctx.precision, cfg.data.val_probe_size)
 
 
+def trained_card(backbone: nn.Module, cfg: TrainConfig, kw: Dict[str, Any], validator: Any):
+    """The model card of a finished run; with a pairs validator, its last thresholds."""
+    from ..models.loader import training_card
+
+    card = training_card(unwrap(backbone), cfg.model.backbone, kw, to_dict(cfg))
+    thr = getattr(validator, "thresholds", None)
+    if thr is not None:
+        card.thresholds = thr
+    return card
+
+
 def stage_transforms(cfg: TrainConfig, spec: Any) -> FaceTransform:
     extra = None
     if cfg.stage == "lr":
@@ -242,7 +232,9 @@ def run_recognition(cfg: TrainConfig) -> Dict[str, Any]:
     seed_everything(cfg.run.seed, cfg.run.deterministic)
 
     kw = backbone_kwargs(to_dict(cfg.model))
-    backbone = build_backbone(cfg.model.backbone, kw)
+    from ..models import create_backbone
+
+    backbone = create_backbone(cfg.model.backbone, **kw)
     spec = backbone.spec
     dataset = open_dataset(cfg.data.train, cfg.data.format, cfg.data.color, expected_size(cfg, spec),
                            cfg.data.on_error)
@@ -293,7 +285,8 @@ def run_recognition(cfg: TrainConfig) -> Dict[str, Any]:
                "world_size": ctx.dist.world_size, **init_info, **result}
     if ctx.dist.is_main:
         save_checkpoint(os.path.join(ctx.run_dir, "model.pt"),
-                        model_package(backbone, cfg.model.backbone, kw, to_dict(cfg)))
+                        model_package(backbone, cfg.model.backbone, kw, to_dict(cfg),
+                                      card=trained_card(backbone, cfg, kw, validator)))
         write_json(os.path.join(ctx.run_dir, "summary.json"), summary)
     return summary
 

@@ -38,7 +38,7 @@ __all__ = ["EvalContext", "Protocol", "register_protocol", "get_protocol", "list
 if TYPE_CHECKING:  # torch is imported only where a model runs
     import torch
 
-RESULT_FORMAT = "ranface-eval/1"
+from ..report import RESULT_FORMAT  # the report owns the file format; protocols use it
 
 # Modules defining the built-in protocols, imported on first registry use (never at
 # import of this package, and never discovered by file name).
@@ -87,7 +87,8 @@ class EvalContext:
     """What every protocol needs besides its data: the model and how to run it.
 
     ``model`` is a backbone in eval mode (``.spec`` gives input size and colour order);
-    ``info`` is :func:`ranface.inference.load_model`'s description of it. ``on_error``
+    ``info`` is the model card :func:`ranface.models.loader.load_model` returns (or
+    its ``info()`` dict). ``on_error``
     'raise' stops at the first unreadable image or dangling reference, 'skip' counts it
     and goes on (the result says how many).
     """
@@ -103,12 +104,19 @@ class EvalContext:
     out_dir: Optional[str] = None  # set by evaluate(): where a protocol may write its lists
 
     def __post_init__(self) -> None:
+        if hasattr(self.info, "info") and hasattr(self.info, "provenance"):  # a ModelCard
+            self.card = self.info
+            self.info = self.info.info()
+        else:
+            self.card = None
         if self.on_error not in ("raise", "skip"):
             raise ConfigError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
 
     def embedder(self, flip: bool = True):
         from ...inference import Embedder
 
+        if self.card is not None and not self.card.flip:
+            flip = False
         return Embedder(self.model, self.device, flip=flip, precision=self.precision,
                         batch_size=self.batch_size)
 
@@ -163,7 +171,7 @@ def base_result(protocol: str, ctx: EvalContext, root: str, options: Any) -> Dic
     """The fields every result carries; the protocol adds counts, metrics and curves."""
     from ... import __version__
 
-    info = {k: v for k, v in ctx.info.items() if k in ("source", "backbone", "kind", "spec")}
+    info = {k: v for k, v in ctx.info.items() if k in ("source", "backbone", "kind", "spec", "template")}
     info.setdefault("source", ctx.model_name)
     return {"format": RESULT_FORMAT, "protocol": protocol, "model": info,
             "data_root": os.path.abspath(root),
@@ -192,7 +200,7 @@ def evaluate(name: str, ctx: EvalContext, root: str, options: Any = None,
     result = proto.run(ctx, root, opts)
     result["elapsed_s"] = round(time.perf_counter() - t0, 3)
     if out_dir:
-        from ..report import write_result
+        from ..report import write_result  # one direction: protocols -> report
 
         result["files"] = write_result(proto, result, out_dir)
     return result

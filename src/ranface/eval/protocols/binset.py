@@ -24,7 +24,7 @@ from ...data.binfile import read_bin
 from ...data.image import decode_image
 from ...errors import DataError, ProtocolError
 from ..features import SkipLog, embed_arrays
-from ..report import curve, fmt_pct, md_table, plot_curves
+from ..report import curve, fmt_pct, fmt_rate, md_table, plot_curves
 from ..verification import pair_scores
 from . import EvalContext, Protocol, base_result, register_protocol
 from .common import listing
@@ -82,7 +82,8 @@ class BinProtocol(Protocol):
             raise ProtocolError(root, f"missing {len(missing)} .bin file(s): {listing(missing)}")
 
     def run(self, ctx: EvalContext, root: str, options: BinOptions) -> Dict[str, Any]:
-        from ..metrics import (kfold_verification_accuracy, roc_auc, roc_curve_points)
+        from ..metrics import (best_accuracy_threshold, equal_error_rate, kfold_verification_accuracy, roc_auc,
+                               roc_curve_points, tar_at_far)
 
         o = options
         result = base_result(self.name, ctx, root, o)
@@ -117,7 +118,12 @@ class BinProtocol(Protocol):
             metrics[name] = {"acc": k["mean"], "acc_std": k["std"],
                              "fold_acc": [float(v) for v in k["fold_accuracies"]],
                              "auc": roc_auc(s[same], s[~same]), "pairs": int(valid.sum()),
-                             "pairs_skipped": int((~valid).sum()), "file": path}
+                             "pairs_skipped": int((~valid).sum()), "file": path,
+                             "folds": int(min(o.n_folds, s.size))}
+            metrics[name]["eer"], _ = equal_error_rate(s[same], s[~same])
+            metrics[name]["best_threshold"], metrics[name]["best_threshold_acc"] = best_accuracy_threshold(s, same)
+            op = tar_at_far(s[same], s[~same], (1e-3,))[1e-3]
+            metrics[name]["tar_1e-3"] = op.tar
             curves[f"roc/{name}"] = curve(fpr, tpr, "FAR", "TAR", log_x=True, compare=True)
             scored += int(valid.sum())
             skipped += int((~valid).sum())
@@ -135,7 +141,12 @@ class BinProtocol(Protocol):
         from ..report import method_label
 
         row = [method_label(result)] + [fmt_pct(m[s]["acc"], m[s]["acc_std"]) for s in sets]
-        return md_table(head, [row]) + "\nAccuracy (%), 10-fold mean ± std.\n"
+        folds = sorted({int(m[s].get("folds", 10)) for s in sets})
+        ops = [[PAPER_NAMES.get(s, s), fmt_rate(m[s].get("tar_1e-3")), fmt_pct(m[s].get("eer")),
+                "n/m" if m[s].get("best_threshold") is None else f"{m[s]['best_threshold']:.4f}",
+                fmt_rate(m[s].get("auc"))] for s in sets]
+        return (md_table(head, [row]) + f"\nAccuracy (%), {'/'.join(map(str, folds))}-fold mean ± std.\n\n"
+                + md_table(["set", "TAR@FAR=1e-3", "EER (%)", "threshold at best acc", "AUC"], ops))
 
     def plots(self, result: Dict[str, Any], out_dir: str) -> List[str]:
         series = {PAPER_NAMES.get(s, s): result["curves"][f"roc/{s}"]

@@ -32,7 +32,7 @@ from ...config import path_field
 from ...errors import ConfigError, ProtocolError
 from ...io_utils import atomic_write_text
 from ..features import SkipLog, embed_images
-from ..report import curve, far_label, fmt_pct, fmt_rate, md_table, plot_curves, plot_panels
+from ..report import NOT_MEASURABLE, curve, far_label, fmt_pct, fmt_rate, md_table, plot_curves, plot_panels
 from . import EvalContext, Protocol, base_result, register_protocol
 from .common import operating_points, require
 
@@ -164,8 +164,8 @@ def lfw_split(pairs: Sequence[Pair], test_folds: Iterable[int], out_path: Option
 
 def _metrics(s: np.ndarray, same: np.ndarray, folds: np.ndarray, fars: Sequence[float]
              ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    from ..metrics import (kfold_verification_accuracy, roc_auc, roc_curve_points,
-                           tar_at_far)
+    from ..metrics import (best_accuracy_threshold, equal_error_rate, kfold_verification_accuracy, roc_auc,
+                           roc_curve_points, tar_at_far)
 
     k = kfold_verification_accuracy(s, same, folds=folds)
     gen, imp = s[same], s[~same]
@@ -175,6 +175,9 @@ def _metrics(s: np.ndarray, same: np.ndarray, folds: np.ndarray, fars: Sequence[
          "correct": "".join("1" if c else "0" for c in k["correct"]),  # per scored pair: paired tests
          "tar": operating_points(tar_at_far(gen, imp, fars)),
          "auc": roc_auc(gen, imp), "pairs": int(s.size)}
+    m["eer"], m["eer_threshold"] = equal_error_rate(gen, imp)
+    # the threshold a deployment would use (all pairs at once), e.g. for a model card
+    m["best_threshold"], m["best_threshold_acc"] = best_accuracy_threshold(s, same)
     return m, {"fpr": fpr, "tpr": tpr}
 
 
@@ -351,6 +354,11 @@ class PairsProtocol(Protocol):
                 f"Accuracy: {k}-fold mean ± std (%), threshold chosen on the other fold"
                 f"{'s' if k > 2 else ''}.\n")
         note += dropped_note(result)
+        ops = [["full", "-", *_op_cells(m[FULL])]]
+        ops += [[str(s), md, *_op_cells(m[md][str(s)])] for md in modes for s in m["sizes"]]
+        note += ("\nOperating points (all pairs at once): equal error rate, the cosine threshold "
+                 "of the best accuracy (accept > threshold) and the ROC's AUC.\n\n")
+        note += md_table(["probe px", "mode", "EER (%)", "threshold at best acc", "best acc (%)", "AUC"], ops)
         return md_table(head, rows) + note
 
     def plots(self, result: Dict[str, Any], out_dir: str) -> List[str]:
@@ -376,6 +384,14 @@ class PairsProtocol(Protocol):
                 r = m[md][str(s)]
                 row[f"{md} {s}px acc"] = fmt_pct(r["acc"], r["acc_std"])
         return row
+
+
+def _op_cells(r: Dict[str, Any]) -> List[str]:
+    """EER, best-accuracy threshold, its accuracy and AUC (n/m for results written before
+    they were recorded)."""
+    thr = r.get("best_threshold")
+    return [fmt_pct(r.get("eer")), NOT_MEASURABLE if thr is None else f"{thr:.4f}",
+            fmt_pct(r.get("best_threshold_acc")), fmt_rate(r.get("auc"))]
 
 
 def dropped_note(result: Dict[str, Any], max_named: int = 8) -> str:

@@ -43,7 +43,8 @@ import numpy as np
 
 from ...config import path_field
 from ...errors import ConfigError, DataError, ProtocolError
-from ..features import IMAGE_EXTS, SkipLog, embed_images
+from ...data.image import image_extensions
+from ..features import SkipLog, embed_images
 from ..report import curve, fmt_pct, md_table, method_label, plot_curves
 from . import EvalContext, Protocol, base_result, register_protocol
 from .common import listing
@@ -92,7 +93,7 @@ def scan_scface(root: str, cameras: List[int], distances: List[int],
         dirnames.sort()
         for f in sorted(filenames):
             stem, ext = os.path.splitext(f)
-            if ext.lower() not in IMAGE_EXTS:
+            if ext.lower() not in image_extensions():
                 continue
             path = os.path.join(dirpath, f)
             m = _MUG.match(stem)
