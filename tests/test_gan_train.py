@@ -312,8 +312,9 @@ def test_train_expert_distils_the_teacher_into_a_loadable_model(data, tmp_path, 
     assert rc == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 3 and -1 <= summary["final_cosine_to_teacher"] <= 1
-    model, info = load_model(os.path.join(out, "ex"))
-    assert info["backbone"] == "mobilefacenet" and model.spec.embedding_size == 32  # the teacher's
+    model, card = load_model(os.path.join(out, "ex"))
+    assert card.architecture == "mobilefacenet" and model.spec.embedding_size == 32  # the teacher's
+    assert card.provenance.stage == "expert"
     rows = read_metrics(os.path.join(out, "ex"), "train")
     assert len(rows) == 3 and all(0 <= r["distil/loss"] <= 2 for r in rows)
     # the expert it writes is what train-gan takes

@@ -25,7 +25,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--hr-model", help="the HR model (default: the bundled face-api ResNet-29)")
     p.add_argument("--profile", choices=("quick", "default"), help="recipe size (as the demo's)")
     p.add_argument("--out", "-o", help="output folder (default runs/table1)")
-    _add_config_args(p)
+    _add_config_args(p, "gan_steps=1000")
     p.set_defaults(func=run)
 
 

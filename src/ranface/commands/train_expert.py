@@ -39,5 +39,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "expert (train-gan --expert RUN_DIR).")
     p.add_argument("--hr", help="HR faces: image folder <id>/<file> or train.rec folder (data.train)")
     p.add_argument("--teacher", help="model to distil: face-api folder, model.pt or run dir (teacher)")
-    _add_config_args(p)
+    _add_config_args(p, "optim.max_steps=600")
     p.set_defaults(func=cmd_train_expert)
