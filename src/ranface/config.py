@@ -132,9 +132,13 @@ class RunConfig:
     name: str = ""  # run directory name; "" -> <stage>-NNNN (numbered)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 ; auto: bf16 on CPU/Ampere+, else fp16
-    channels_last: bool = False  # NHWC: faster with cuDNN/AMP; slower for depthwise convs on CPU
-    compile: bool = False
+    # auto: bf16 on CPUs with AMX/AVX512-BF16 and Ampere+ GPUs, fp16 on older GPUs, else fp32
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    # NHWC; null (auto): on under bf16/fp16 unless the backbone has depthwise convolutions
+    channels_last: Optional[bool] = None
+    # torch.compile; null (auto): on CPU runs of at least compile_min_steps steps
+    compile: Optional[bool] = None
+    compile_min_steps: int = 1000
     deterministic: bool = False
     log_every: int = 10
     ckpt_every: int = 500

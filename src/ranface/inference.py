@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .errors import CheckpointError
 from .train.checkpoint import load_checkpoint, load_state_strict
-from .train.precision import autocast
+from .train.precision import autocast, use_channels_last
 
 MODEL_FORMAT = "ranface-model/1"
 
@@ -114,9 +114,14 @@ class Embedder:
     """Aligned uint8 faces -> L2-normalised (flip-sum) embeddings."""
 
     def __init__(self, backbone: torch.nn.Module, device: Any = "cpu", flip: bool = True,
-                 precision: str = "fp32", batch_size: int = 64):
+                 precision: str = "fp32", batch_size: int = 64,
+                 channels_last: Optional[bool] = None):
         self.backbone = backbone.eval()
         self.device = torch.device(device)
+        # None: where it helps (precision.use_channels_last); converts the backbone in place
+        self.channels_last = use_channels_last(backbone, self.device, precision, channels_last)
+        if self.channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
         self.flip = flip
         self.precision = precision
         self.batch_size = batch_size
@@ -139,6 +144,8 @@ class Embedder:
     @torch.inference_mode()
     def embed_tensor(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.precision):
             f = self.backbone(x).float()
             if self.flip:
