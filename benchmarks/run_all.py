@@ -1,6 +1,9 @@
 """Run every benchmark of ranface as a subprocess and print ONE table.
 
-Sub-benchmarks: ``train_step.py`` (HR step, fp32 eager vs the default path),
+Sub-benchmarks: ``train_step.py`` (HR step of IResNet-34, fp32 eager vs the fast
+paths: bf16 autocast, channels_last, torch.compile), ``eval_pairs.py`` (the ``pairs``
+evaluation: sequential vs decoding beside the forward pass vs precision=auto),
+``mtcnn_crowd.py`` (MTCNN on the crowd photos, before/after issue 16, with agreement),
 ``stage_steps.py`` (HR / LR / MR step, ratios to HR), ``gan.py`` (MR-GAN synthesis and
 training step), ``eval_far.py`` (exact TAR@FAR: streaming vs batch vs scikit-learn;
 template-pair scoring), ``search.py`` when present (gallery search; ``identify`` on a
@@ -72,10 +75,35 @@ def _num(s: str) -> float:
 def parse_train_step(bench: str, out: str) -> List[Figure]:
     figs = []
     for ln in out.splitlines():
-        m = re.match(r"^(fp32 eager|default \(.*?\)|default \+ torch\.compile)\s+([\d.]+)\s+([\d.]+)\s", ln)
+        m = re.match(r"^(fp32 eager|\S.*?)\s{2,}([\d.]+)\s+([\d.]+)\s+(nan|[\d.]+)\s*$", ln)
         if m:
             figs.append(Figure(bench, f"HR step, {m.group(1)}", _num(m.group(2)), "img/s",
                                ratio=f"x{float(m.group(3)):.2f} vs fp32 eager"))
+    return figs
+
+
+def parse_eval_pairs(bench: str, out: str) -> List[Figure]:
+    figs = []
+    for ln in out.splitlines():
+        m = re.match(r"^(sequential fp32|pipelined \S.*?)\s{2,}([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)%\s+(yes|NO)$", ln)
+        if m:
+            figs.append(Figure(bench, f"pairs evaluation, {m.group(1)}", _num(m.group(3)), "images/s",
+                               ratio=f"x{float(m.group(4)):.2f} vs sequential fp32; full acc {m.group(5)}%, "
+                                     f"same scores as sequential: {m.group(6)}"))
+    return figs
+
+
+def parse_mtcnn(bench: str, out: str) -> List[Figure]:
+    figs = []
+    for ln in out.splitlines():
+        m = re.match(r"^(before|zero-skip|new-only)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+) \(\s*(\d+) b\)"
+                     r"\s+(\d+) \(\s*(\d+) b\)\s+([\d.]+) /\s+([\d.]+)\s+([\d.]+)\s+(yes|no)$", ln)
+        if m:
+            g = m.groups()
+            figs.append(Figure(bench, f"MTCNN crowd photos, {g[0]}", _num(g[1]), "photos/s",
+                               ratio=f"x{float(g[2]):.2f} vs before; {g[3]} faces ({g[4]} in LR band), "
+                                     f"{g[6]} only before ({g[7]} in band), {g[8]} only new; landmark "
+                                     f"error median {g[10]} px, p95 {g[11]} px; identical: {g[13]}"))
     return figs
 
 
@@ -257,9 +285,16 @@ def benches(threads: int) -> List[Bench]:
     me = os.path.abspath(__file__)
     out = [
         Bench("train_step", lambda s: _py("train_step.py", *_sizes(
-            ["--backbone", "mobilefacenet", "--batch", "8", "--steps", "2", "--repeats", "3"],
-            ["--backbone", "mobilefacenet", "--batch", "32", "--steps", "3", "--repeats", "3"], [])(s)),
-            parse_train_step),
+            ["--backbone", "iresnet34", "--batch", "8", "--steps", "1", "--repeats", "3"],
+            ["--backbone", "iresnet34", "--batch", "32", "--steps", "2", "--repeats", "3", "--compile"],
+            ["--compile"])(s)),
+            parse_train_step, timeout={"quick": 600, "default": 1800, "full": 7200}),
+        Bench("eval_pairs", lambda s: _py("eval_pairs.py", *_sizes(
+            ["--per-fold", "8"], ["--per-fold", "40"], ["--per-fold", "0"])(s)),
+            parse_eval_pairs, timeout={"quick": 600, "default": 1800, "full": 7200}),
+        Bench("mtcnn_crowd", lambda s: _py("mtcnn_crowd.py", *th, *_sizes(
+            ["--photos", "6"], ["--photos", "16"], [])(s)),
+            parse_mtcnn, timeout={"quick": 600, "default": 1800, "full": 7200}),
         Bench("stage_steps", lambda s: _py("stage_steps.py", *th, *_sizes(
             ["--backbone", "mobilefacenet", "--batch", "8", "--steps", "2", "--repeats", "3", "--warmup", "1",
              "--classes", "100"],

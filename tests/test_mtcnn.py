@@ -199,3 +199,56 @@ def test_multiscale_finds_more_small_faces(mtcnn):
     # Every confident single-scale face is still there after merging.
     for box in single.boxes[single.scores >= 0.9]:
         assert box_overlap(box, multi.boxes).max() > 0.5
+
+
+@needs_weights
+def test_pnet_skips_only_windows_of_black(mtcnn):
+    """Issue 16: P-Net runs over the non-black part of a level only; every cell it
+    reports must equal the whole-level computation (written out here) and none lost."""
+    from ranface.align.mtcnn import _normalise
+
+    g = torch.Generator().manual_seed(0)
+    for h, w, box in ((90, 120, (17, 70, 31, 95)), (64, 64, (0, 40, 9, 64)), (50, 77, (3, 50, 0, 77))):
+        lvl = torch.zeros(1, 3, h, w)
+        y0, y1, x0, x1 = box
+        lvl[:, :, y0:y1, x0:x1] = torch.rand(1, 3, y1 - y0, x1 - x0, generator=g) * 255
+        with torch.inference_mode():
+            reg, prob = mtcnn.pnet(_normalise(lvl).contiguous(memory_format=torch.channels_last))
+            top = prob[0, 1].flatten().double().sort(descending=True).values
+            t1 = float(top[19] + top[20]) / 2  # 20 cells pass, none at the threshold
+            got = mtcnn._pnet_level(lvl, t1)
+        p = prob[0, 1].double().numpy()
+        ys, xs = np.nonzero(p >= t1)
+        assert got is not None and len(ys) > 0
+        order = np.lexsort((got[1], got[0]))
+        np.testing.assert_array_equal(got[0][order], ys)
+        np.testing.assert_array_equal(got[1][order], xs)
+        # the same cells; values up to the float rounding of oneDNN's blocking by size
+        np.testing.assert_allclose(got[2][order], p[ys, xs], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got[3][order], reg[0].double().numpy()[:, ys, xs].T, rtol=1e-5, atol=1e-6)
+    assert mtcnn._zero_prob < 0.01  # an all-black window is no face
+    with torch.inference_mode():
+        assert mtcnn._pnet_level(torch.zeros(1, 3, 40, 40), 0.6) is None
+
+
+@needs_weights
+def test_enlarged_copies_search_only_new_scales(monkeypatch):
+    seen = []
+
+    def record(self, img, scales=None):
+        seen.append((img.shape[-1], list(scales)))
+        return Detections.empty()
+
+    monkeypatch.setattr(MTCNN, "_cascade", record)
+    img = np.zeros((100, 150, 3), np.uint8)
+    det = MTCNN(upscales=(2, 1), upscale_new_only=True)
+    det.detect(img)
+    (w1, s1), (w2, s2) = seen  # ascending order: the 1x copy first
+    assert (w1, w2) == (150, 300)
+    assert s1 == det._scales(100, 150)
+    full2 = det._scales(200, 300)
+    step = 1 / np.sqrt(det.factor)
+    assert s2 == [s for s in full2 if 2 * s > s1[0] * step] and len(s2) == 2  # 2x: faces of 10-20 px
+    seen.clear()
+    MTCNN(upscales=(1, 2), upscale_new_only=False).detect(img)
+    assert [s for _, s in seen] == [det._scales(100, 150), full2]

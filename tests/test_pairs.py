@@ -338,3 +338,36 @@ def test_evaluate_cli_relative_paths_resolved_once(lfw_folder, tmp_path, monkeyp
                  "--set", "flip=false", "--device", "cpu", "--no-progress"]) == 0
     res = json.load(open(work / "runs" / "eval" / "pairs" / "result.json"))
     assert res["counts"]["scored"] == 12 and res["options"]["pairs"] == str(tmp_path / "pairs_list.txt")
+
+
+def test_threaded_decoding_gives_the_sequential_embeddings(lfw_folder, tmp_path):
+    """Issue 16: decoding/degrading in worker threads beside the forward pass must not
+    change a single number (order, variants, wanted masks, skipped files)."""
+    from ranface.eval.features import SkipLog, embed_images
+
+    rels = sorted(os.path.relpath(os.path.join(d, f), os.path.join(lfw_folder, "images"))
+                  for d, _, fs in os.walk(os.path.join(lfw_folder, "images")) for f in fs)
+    paths = [os.path.join(lfw_folder, "images", r) for r in rels]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    paths.insert(5, str(bad))
+    n = len(paths)
+    wanted = {"full": np.ones(n, bool), "12": np.arange(n) % 3 != 0, "8": np.arange(n) % 2 == 0}
+    variants = {"full": None, "12": lambda x: down_up(x, 12), "8": lambda x: down_up(x, 8)}
+    out = {}
+    for workers in (0, 1, 3):
+        model = TinyNet()
+        emb = ctx_for(model).embedder(True)  # batch 8: many batches, a short look-ahead
+        skips = SkipLog("skip")
+        f = embed_images(emb, paths, variants=variants, wanted=wanted, skips=skips, workers=workers)
+        out[workers] = (f, skips.count, model.calls)
+    ref, ref_skips, ref_calls = out[0]
+    assert ref_skips == 1 and not ref.ok[5] and ref.ok.sum() == n - 1
+    assert ref_calls == 2 * ref.n_embedded  # flip-sum: each face and its mirror
+    assert ref.n_embedded == sum(int((w & ref.ok).sum()) for w in wanted.values())
+    for workers in (1, 3):
+        got, got_skips, calls = out[workers]
+        assert got_skips == ref_skips and calls == ref_calls
+        np.testing.assert_array_equal(got.ok, ref.ok)
+        for v in variants:
+            np.testing.assert_array_equal(got[v], ref[v])  # NaN rows in the same places

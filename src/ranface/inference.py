@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .train.precision import autocast
+from .train.precision import autocast, use_channels_last
 
 # The one model loader lives in ranface.models.loader; re-exported for callers of old.
 from .models.loader import MODEL_FORMAT, load_model, model_package  # noqa: E402,F401
@@ -31,9 +31,14 @@ class Embedder:
     """Aligned uint8 faces -> L2-normalised (flip-sum) embeddings."""
 
     def __init__(self, backbone: torch.nn.Module, device: Any = "cpu", flip: bool = True,
-                 precision: str = "fp32", batch_size: int = 64):
+                 precision: str = "fp32", batch_size: int = 64,
+                 channels_last: Optional[bool] = None):
         self.backbone = backbone.eval()
         self.device = torch.device(device)
+        # None: where it helps (precision.use_channels_last); converts the backbone in place
+        self.channels_last = use_channels_last(backbone, self.device, precision, channels_last)
+        if self.channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
         self.flip = flip
         self.precision = precision
         self.batch_size = batch_size
@@ -63,6 +68,8 @@ class Embedder:
     @torch.inference_mode()
     def embed_tensor(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.precision):
             f = self.backbone(x).float()
             if self.flip:

@@ -40,6 +40,7 @@ from ..models import create_backbone
 from ..models.loader import backbone_kwargs, is_faceapi_dir, load_model, model_package
 from ..train.checkpoint import CKPT_RE, CheckpointManager, load_checkpoint, load_state_strict, save_checkpoint
 from ..train.loop import BatchStream, Phase, StepContext, Trainer
+from ..train.precision import use_channels_last, use_compile
 from ..train.recognition import (ClassificationLoss, build_head, load_init, make_to_device, make_validator, trained_card,
                                  expected_size, init_head_from_centres, input_resize, stage_transforms,
                                  trainer_options, wrap_ddp)
@@ -368,19 +369,21 @@ def run_adaption(cfg: TrainConfig) -> Dict[str, Any]:
     if cfg.model.head_init == "centres" and not init_info.get("head"):
         init_info["head_centres_from"], init_info["start_check"] = init_head_from_centres(
             head, backbone, hr_ds, stage_transforms(cfg, spec), torch.device("cpu"))
+    channels_last = use_channels_last(backbone, ctx.device, ctx.precision, cfg.run.channels_last)
+    compiled = use_compile(cfg.run.compile, ctx.device, cfg.optim.max_steps, cfg.run.compile_min_steps)
     lr = load_lr_stream(a.lr_model, ctx.device, cfg.model.backbone, emb, num_classes,
-                        need_head=a.beta > 0, channels_last=cfg.run.channels_last)
+                        need_head=a.beta > 0, channels_last=channels_last)
     translator = Translator(emb, a.translator_hidden) if a.translator else None
     disc = FeatureDiscriminator(emb, a.disc_hidden, spectral_norm=a.disc_spectral_norm)
 
     for m in (backbone, head, translator, disc):
         if m is not None:
             m.to(ctx.device)
-    if cfg.run.channels_last:
+    if channels_last:
         backbone.to(memory_format=torch.channels_last)
     fwd_backbone, fwd_head, fwd_disc = wrap_ddp(backbone, ctx), wrap_ddp(head, ctx), wrap_ddp(disc, ctx)
     fwd_translator = wrap_ddp(translator, ctx) if translator is not None else None
-    if cfg.run.compile:
+    if compiled:
         fwd_backbone = torch.compile(fwd_backbone)
         lr.backbone = torch.compile(lr.backbone)  # the frozen forward is a fixed graph too
 
@@ -421,7 +424,7 @@ def run_adaption(cfg: TrainConfig) -> Dict[str, Any]:
     validator = make_validator(cfg, backbone, ctx)
     trainer = Trainer(run_dir=ctx.run_dir, phases=[phase_r, phase_d], state_modules=state_modules,
                       stream=BatchStream(loader, sampler),
-                      to_device=make_to_device(ctx.device, cfg.run.channels_last), device=ctx.device,
+                      to_device=make_to_device(ctx.device, channels_last), device=ctx.device,
                       precision=ctx.precision, dist=ctx.dist, options=trainer_options(cfg), config=to_dict(cfg),
                       validate=validator, best_metric="val/acc" if validator else None)
     resumed = trainer.resume(cfg.run.resume)
@@ -429,7 +432,7 @@ def run_adaption(cfg: TrainConfig) -> Dict[str, Any]:
     summary = {"stage": "mr", "run_dir": ctx.run_dir, "resumed": resumed, "num_classes": num_classes,
                "adaption_trace": _adaption_trace(ctx.run_dir) if ctx.dist.is_main else {},
                "num_images": len(hr_ds), "backbone": cfg.model.backbone, "precision": ctx.precision,
-               "world_size": ctx.dist.world_size, "translator": a.translator,
+               "channels_last": channels_last, "compiled": compiled, "world_size": ctx.dist.world_size, "translator": a.translator,
                "lr_model": lr.info.get("source"), "lr_head": lr.info.get("head_source"),
                "phase_runs": {p.name: p.runs for p in trainer.phases}, **init_info, **result}
     if ctx.dist.is_main:

@@ -59,8 +59,8 @@ class FaceAligner:
     ``template``/``size``: 'arcface' (insightface 112x112) or 'dlib' (150x150 chip)
     points, scaled by :func:`template_for` to ``size`` = (height, width). ``policy``
     picks the face of a photo ('largest', 'center', 'score'); only detections with
-    score >= ``min_score`` count. ``pad_ratio``, ``upscales`` and ``min_face_size`` go
-    to :class:`MTCNN`. ``center_crop_fallback`` returns, when no face is found, the
+    score >= ``min_score`` count. ``pad_ratio``, ``upscales``, ``upscale_new_only`` and
+    ``min_face_size`` go to :class:`MTCNN`. ``center_crop_fallback`` returns, when no face is found, the
     central square of side ``fallback_fraction * min(h, w)`` resized to ``size``
     (0.5 fits an LFW 250x250 photo's face to about the template's scale). ``border``
     fills warped pixels outside the photo ('constant' black, 'replicate', 'reflect').
@@ -74,7 +74,7 @@ class FaceAligner:
                  min_face_size: float = 20.0, fallback_fraction: float = 0.5,
                  weights_dir: Optional[Union[str, "os.PathLike[str]"]] = None,
                  device: Union[str, torch.device] = "cpu",
-                 detector: Optional[MTCNN] = None) -> None:
+                 detector: Optional[MTCNN] = None, upscale_new_only: bool = False) -> None:
         if template not in TEMPLATES:
             raise ConfigError(f"template must be one of {sorted(TEMPLATES)}, got {template!r}")
         if policy not in POLICIES:
@@ -97,7 +97,7 @@ class FaceAligner:
         self.border = border
         self.detector = detector if detector is not None else MTCNN(
             weights_dir=weights_dir, min_face_size=min_face_size, pad_ratio=pad_ratio,
-            upscales=upscales, device=device)
+            upscales=upscales, device=device, upscale_new_only=upscale_new_only)
 
     def detect(self, img: np.ndarray) -> Detections:
         """MTCNN detections with score >= ``min_score``, best first."""

@@ -101,7 +101,7 @@ def _init_worker(cfg_dict: Dict[str, Any]) -> None:
         template=cfg.template, size=(cfg.size[0], cfg.size[1]), policy=cfg.policy,
         pad_ratio=cfg.pad_ratio, upscales=tuple(cfg.upscales), min_score=cfg.min_score,
         center_crop_fallback=cfg.center_crop_fallback, border=cfg.border,
-        min_face_size=cfg.min_face_size)
+        min_face_size=cfg.min_face_size, upscale_new_only=cfg.upscale_new_only)
 
 
 def _out_name(rel: str, k: Optional[int], ext: str) -> str:

@@ -15,16 +15,19 @@ image is read and decoded only once.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import (Any, Callable, Deque, Dict, Iterator, List, Mapping, Optional, Sequence,
+                    Tuple, Union)
 
 import numpy as np
 
 from ..data.image import is_image_file, read_image
 from ..errors import DataError, RanfaceError
 
-__all__ = ["SkipLog", "Features", "embed_images", "embed_arrays", "resize_to", "list_image_files"]
+__all__ = ["SkipLog", "Features", "embed_images", "embed_arrays", "resize_to", "list_image_files",
+           "default_workers"]
 
 
 # prepare(image, index) -> aligned image, or None to skip it (reason via SkipLog).
@@ -68,6 +71,11 @@ class Features:
     def n_ok(self) -> int:
         return int(self.ok.sum())
 
+    @property
+    def n_embedded(self) -> int:
+        """Forward passes' worth of faces: embedded rows over all variants."""
+        return int(sum(np.isfinite(f[:, 0]).sum() for f in self.feats.values() if f.size))
+
 
 def list_image_files(folder: str, recursive: bool = False) -> List[str]:
     """Image files under ``folder`` as sorted paths relative to it."""
@@ -81,6 +89,16 @@ def list_image_files(folder: str, recursive: bool = False) -> List[str]:
         out = sorted(f for f in os.listdir(folder) if is_image_file(f)
                      and os.path.isfile(os.path.join(folder, f)))
     return out
+
+
+def default_workers(limit: int = 8) -> int:
+    """Decoding threads for evaluation: one per core this process may use (at most
+    ``limit``)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(limit, cores))
 
 
 def resize_to(arr: np.ndarray, size: Sequence[int]) -> np.ndarray:
@@ -114,9 +132,13 @@ def embed_images(embedder, paths: Sequence[str], *, color: Optional[str] = None,
     own (aligned) size, before the resize to the model's input (None = as is; default
     ``{"": None}``); ``wanted[name]`` (bool, N) restricts a variant to some items.
     ``sources[i]`` names item i in error messages (default: its path). Reading errors
-    go to ``skips``. ``workers`` > 0 decodes, aligns and resizes in that many threads
-    (PIL and torch release the GIL), in bounded chunks, results in order.
+    go to ``skips``. ``workers`` > 0 decodes, aligns, degrades and resizes in that many
+    threads (PIL and torch release the GIL) while this thread runs the forward pass, at
+    most a few batches ahead, results in order; < 0: one per usable core
+    (:func:`default_workers`); 0: everything in this thread. The embeddings do not depend
+    on ``workers`` (tests/test_pairs.py).
     """
+    workers = default_workers() if workers < 0 else workers
     skips = skips if skips is not None else SkipLog()
     color = color or embedder.color
     variants = dict(variants) if variants is not None else {"": None}
@@ -155,24 +177,24 @@ def embed_images(embedder, paths: Sequence[str], *, color: Optional[str] = None,
         rows[v].clear()
 
     bar = _progress(len(todo), desc, progress)
-    pool = ThreadPoolExecutor(workers) if workers > 0 else None
-    chunk = max(64, 4 * embedder.batch_size)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="ranface-embed") if workers > 0 else None
+    # Loading runs this far ahead of the forward pass (bounded memory; results in order).
+    ahead = max(2 * embedder.batch_size, 4 * max(workers, 1))
     try:
-        for c in range(0, len(todo), chunk):
-            idx = todo[c:c + chunk]
-            loaded = pool.map(load, idx) if pool is not None else map(load, idx)
-            for i, got in zip(idx, loaded):
-                if bar is not None:
-                    bar.update(1)
-                if isinstance(got, DataError):
-                    skips.handle(got)
-                    continue
-                ok[i] = True
-                for v, face in got.items():
-                    pending[v].append(face)
-                    rows[v].append(i)
-                    if len(pending[v]) >= embedder.batch_size:
-                        flush(v)
+        loaded = (_ahead(pool, load, todo, ahead) if pool is not None
+                  else ((i, load(i)) for i in todo))
+        for i, got in loaded:
+            if bar is not None:
+                bar.update(1)
+            if isinstance(got, DataError):
+                skips.handle(got)
+                continue
+            ok[i] = True
+            for v, face in got.items():
+                pending[v].append(face)
+                rows[v].append(i)
+                if len(pending[v]) >= embedder.batch_size:
+                    flush(v)
         for v in variants:
             flush(v)
     finally:
@@ -184,6 +206,25 @@ def embed_images(embedder, paths: Sequence[str], *, color: Optional[str] = None,
     out = {v: (f if f is not None else np.full((n, dim), np.nan, np.float32))
            for v, f in feats.items()}
     return Features(out, ok)
+
+
+def _ahead(pool: ThreadPoolExecutor, fn: Callable[[int], Any], items: Sequence[int],
+           ahead: int) -> Iterator[Tuple[int, Any]]:
+    """(item, fn(item)) in the order of ``items``, with at most ``ahead`` calls submitted
+    to ``pool`` and not yet consumed: the workers decode while the caller's forward pass
+    runs, and memory stays bounded however long the list."""
+    queue: Deque[Tuple[int, "Future[Any]"]] = deque()
+    it = iter(items)
+    for i in it:
+        queue.append((i, pool.submit(fn, i)))
+        if len(queue) >= ahead:
+            break
+    while queue:
+        i, fut = queue.popleft()
+        nxt = next(it, None)
+        if nxt is not None:
+            queue.append((nxt, pool.submit(fn, nxt)))
+        yield i, fut.result()
 
 
 def embed_arrays(embedder, arrays: Sequence[np.ndarray], color: Optional[str] = None,

@@ -50,7 +50,9 @@ class BinValidator:
         bb = self.get_backbone()
         was_training = bb.training
         try:
-            emb = Embedder(bb, self.device, flip=True, precision=self.precision, batch_size=self.batch_size)
+            # the training run owns the backbone's memory format: no conversion here
+            emb = Embedder(bb, self.device, flip=True, precision=self.precision, batch_size=self.batch_size,
+                           channels_last=False)
             res = verify_aligned_pairs(emb, self.images, self.issame)
         finally:
             bb.train(was_training)

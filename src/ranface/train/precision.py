@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager, Optional
+from typing import ContextManager, Iterable, Optional
 
 import torch
 
@@ -20,8 +20,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """'auto' -> bf16 where the hardware has it (CPU with AMX, Ampere+ GPU),
-    fp16 on older GPUs, else fp32."""
+    """'auto' -> bf16 where the hardware has it (CPU with AMX or AVX512-BF16, Ampere+
+    GPU), fp16 on older GPUs, else fp32."""
     if name not in PRECISIONS:
         raise ConfigError(f"run.precision must be one of {PRECISIONS}, got {name!r}")
     if name != "auto":
@@ -33,15 +33,58 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return "bf16" if cpu_has_fast_bf16() else "fp32"
 
 
-def cpu_has_fast_bf16() -> bool:
-    """bf16 autocast pays off on CPUs with AMX tiles; with AVX512-BF16 alone the casts
-    cost more than they save (measured: docs/performance.md)."""
+# /proc/cpuinfo flags of native bf16 arithmetic: AMX tiles (Sapphire Rapids on) or the
+# AVX512-BF16 dot-product instructions (Cooper Lake, Zen 4): oneDNN runs bf16
+# convolutions on either; without them bf16 is emulated and slower than fp32.
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset:
+    """The instruction-set flags of the first CPU listed in ``cpuinfo`` (empty when the
+    file cannot be read, e.g. not Linux)."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            flags = fh.read()
+        with open(cpuinfo, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return frozenset(value.split())
     except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_fast_bf16(flags: Optional[Iterable[str]] = None) -> bool:
+    """bf16 autocast pays off on CPUs with AMX or AVX512-BF16 (measured on AVX512-BF16:
+    1.3-1.8x inference and 1.8-2.3x training; docs/performance.md), and only where
+    torch's oneDNN backend is built in."""
+    have = cpu_flags() if flags is None else frozenset(flags)
+    return any(f in have for f in BF16_CPU_FLAGS) and bool(torch.backends.mkldnn.is_available())
+
+
+def use_channels_last(model: torch.nn.Module, device: torch.device, precision: str,
+                      setting: Optional[bool] = None) -> bool:
+    """Whether to run ``model`` in channels_last (NHWC). ``setting`` True/False wins;
+    None (auto): yes under bf16/fp16 (oneDNN's and cuDNN's reduced-precision convolution
+    kernels are NHWC-native: ResNet-29 inference 1.3x over bf16 alone here) unless the
+    model has grouped/depthwise convolutions, which NHWC makes 5-10x slower on CPU
+    (MobileFaceNet; docs/performance.md)."""
+    if setting is not None:
+        return bool(setting)
+    if precision not in ("bf16", "fp16"):
         return False
-    return "amx_bf16" in flags and bool(torch.backends.mkldnn.is_available())
+    grouped = any(isinstance(m, torch.nn.Conv2d) and m.groups > 1 for m in model.modules())
+    return device.type == "cuda" or not grouped
+
+
+def use_compile(setting: Optional[bool], device: torch.device, steps: int, min_steps: int) -> bool:
+    """Whether to ``torch.compile`` a training run. ``setting`` True/False wins; None
+    (auto): on a CPU when the run has at least ``min_steps`` steps. Compiling costs one
+    to two minutes per process on a 2-core CPU and gave 1.56x (fp32) to 1.6x (over bf16
+    eager) per step, so it repays after a few hundred steps; on the H200 it was slower
+    than eager AMP (docs/performance.md), so auto leaves it off on GPUs."""
+    if setting is not None:
+        return bool(setting)
+    return device.type == "cpu" and min_steps > 0 and steps >= min_steps
 
 
 def autocast_dtype(precision: str) -> Optional[torch.dtype]:

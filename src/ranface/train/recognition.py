@@ -22,6 +22,7 @@ from ..models.loader import backbone_kwargs, model_package
 from .checkpoint import load_state_strict, save_checkpoint
 from .distributed import unwrap
 from .loop import BatchStream, Phase, StepContext, Trainer, TrainerOptions
+from .precision import use_channels_last, use_compile
 from .runs import RunContext, seed_everything, setup_run, write_json
 from .schedule import make_scheduler
 
@@ -249,11 +250,13 @@ def run_recognition(cfg: TrainConfig) -> Dict[str, Any]:
     if cfg.model.head_init == "centres" and not init_info.get("head"):
         init_info["head_centres_from"], init_info["start_check"] = init_head_from_centres(
             head, backbone, dataset, stage_transforms(cfg, spec), ctx.device)
-    if cfg.run.channels_last:
+    channels_last = use_channels_last(backbone, ctx.device, ctx.precision, cfg.run.channels_last)
+    if channels_last:
         backbone.to(memory_format=torch.channels_last)
     fwd_backbone = wrap_ddp(backbone, ctx)
     fwd_head = wrap_ddp(head, ctx)
-    if cfg.run.compile:
+    compiled = use_compile(cfg.run.compile, ctx.device, cfg.optim.max_steps, cfg.run.compile_min_steps)
+    if compiled:
         fwd_backbone = torch.compile(fwd_backbone)
 
     o = cfg.optim
@@ -274,7 +277,7 @@ def run_recognition(cfg: TrainConfig) -> Dict[str, Any]:
                                          pin_memory=ctx.device.type == "cuda")
     validator = make_validator(cfg, backbone, ctx)
     trainer = Trainer(run_dir=ctx.run_dir, phases=[phase], state_modules={"backbone": backbone, "head": head},
-                      stream=BatchStream(loader, sampler), to_device=make_to_device(ctx.device, cfg.run.channels_last),
+                      stream=BatchStream(loader, sampler), to_device=make_to_device(ctx.device, channels_last),
                       device=ctx.device, precision=ctx.precision, dist=ctx.dist,
                       options=trainer_options(cfg), config=to_dict(cfg),
                       validate=validator, best_metric="val/acc" if validator else None)
@@ -282,6 +285,7 @@ def run_recognition(cfg: TrainConfig) -> Dict[str, Any]:
     result = trainer.fit()
     summary = {"stage": cfg.stage, "run_dir": ctx.run_dir, "resumed": resumed, "num_classes": num_classes,
                "num_images": len(dataset), "backbone": cfg.model.backbone, "precision": ctx.precision,
+               "channels_last": channels_last, "compiled": compiled,
                "world_size": ctx.dist.world_size, **init_info, **result}
     if ctx.dist.is_main:
         save_checkpoint(os.path.join(ctx.run_dir, "model.pt"),

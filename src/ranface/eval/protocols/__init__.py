@@ -100,7 +100,9 @@ class EvalContext:
     batch_size: int = 64
     on_error: str = "raise"
     progress: bool = False
-    workers: int = 0  # threads decoding/aligning images (0: in the calling thread)
+    # threads decoding/aligning/degrading images beside the forward pass (0: in the calling
+    # thread; -1: one per usable core)
+    workers: int = -1
     out_dir: Optional[str] = None  # set by evaluate(): where a protocol may write its lists
 
     def __post_init__(self) -> None:

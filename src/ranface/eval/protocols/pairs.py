@@ -328,6 +328,7 @@ class PairsProtocol(Protocol):
                             "dropped_undetected": dropped["pairs"], "folds": n_folds,
                             "pairs": len(pairs), "images": len(rels),
                             "images_embedded": int(ok.sum()),
+                            "embedded_variants": feats.n_embedded,
                             "images_skipped": int(len(rels) - ok.sum()),
                             "matched": int(same.sum()), "mismatched": int((~same).sum())}
         result["skipped_examples"] = skips.examples

@@ -1,0 +1,153 @@
+"""MTCNN on the crowd photos (the real LR pool's source, data README): photos/s and the
+agreement of the faces found, before/after issue 16, side by side in one process.
+
+Variants (the settings of the demo's ``lr_pool`` stage: ``pad_ratio`` 0.5, upscales
+1x and 2x, ``min_face_size`` 20, one torch thread as in a ``prepare`` worker):
+
+* ``before``: P-Net over every whole pyramid level, every enlarged copy with its full
+  pyramid (the cascade as it was);
+* ``zero-skip`` (the default now): P-Net only over the non-black part of each level
+  (the same cells up to float rounding; the column "identical" checks the detections);
+* ``new-only``: zero-skip + enlarged copies search only the scales the 1x image did not
+  (``upscale_new_only``, prepare's ``upscale_new_only=true``).
+
+Agreement of a variant with ``before``: faces matched one-to-one by box IoU >= 0.5
+(greedy, best first); for matched faces the landmark error (mean over the five points,
+px and relative to the eye-to-mouth distance) and the score difference; faces only in
+one of them are counted, with how many fall in the LR band (eye-to-mouth 10-30 px, the
+faces the demo keeps).
+
+    python benchmarks/mtcnn_crowd.py --photos 8
+    python benchmarks/mtcnn_crowd.py                 # all 32 photos (minutes)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from typing import Dict, List
+
+import numpy as np
+import torch
+
+from ranface.align.mtcnn import MTCNN, Detections, _normalise
+from ranface.align.select import LR_BAND, eye_mouth_distance
+from ranface.config import default_data_root
+from ranface.data.image import read_image
+
+
+class FullLevelMTCNN(MTCNN):
+    """The cascade before issue 16: P-Net over the whole level, black margins included."""
+
+    def _pnet_level(self, lvl, t1):
+        reg, prob = self.pnet(_normalise(lvl).contiguous(memory_format=torch.channels_last))
+        p = prob[0, 1].double().cpu().numpy()
+        ys, xs = np.nonzero(p >= t1)
+        if not len(xs):
+            return None
+        return ys, xs, p[ys, xs], reg[0].double().cpu().numpy()[:, ys, xs].T
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
+
+
+def agreement(ref: Detections, new: Detections) -> Dict[str, List[float]]:
+    """Greedy one-to-one matching by IoU >= 0.5; per-face landmark errors of the pairs."""
+    out: Dict[str, List[float]] = {"lm_px": [], "lm_rel": [], "dscore": [], "only_ref": [],
+                                   "only_new": []}
+    if len(ref) and len(new):
+        iou = _iou(ref.boxes, new.boxes)
+        pairs = []
+        while True:
+            i, j = np.unravel_index(np.argmax(iou), iou.shape)
+            if iou[i, j] < 0.5:
+                break
+            pairs.append((i, j))
+            iou[i, :] = -1
+            iou[:, j] = -1
+    else:
+        pairs = []
+    mi = {i for i, _ in pairs}
+    mj = {j for _, j in pairs}
+    for i, j in pairs:
+        err = np.linalg.norm(ref.landmarks[i] - new.landmarks[j], axis=1).mean()
+        out["lm_px"].append(float(err))
+        out["lm_rel"].append(float(err / max(eye_mouth_distance(ref.landmarks[i]), 1e-6)))
+        out["dscore"].append(float(abs(ref.scores[i] - new.scores[j])))
+    out["only_ref"] = [float(eye_mouth_distance(ref.landmarks[i])) for i in range(len(ref)) if i not in mi]
+    out["only_new"] = [float(eye_mouth_distance(new.landmarks[j])) for j in range(len(new)) if j not in mj]
+    return out
+
+
+def in_band(d: Detections) -> int:
+    return int(sum(LR_BAND[0] <= eye_mouth_distance(lm) <= LR_BAND[1] for lm in d.landmarks))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=default_data_root())
+    ap.add_argument("--photos", type=int, default=0, help="first N photos (0: all)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--pad-ratio", type=float, default=0.5)
+    ap.add_argument("--upscales", default="1,2")
+    args = ap.parse_args()
+    folder = os.path.join(args.data, "crowd-photos", "images")
+    if not os.path.isdir(folder):
+        print(f"mtcnn_crowd.py: {folder}: not found", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    names = sorted(os.listdir(folder))
+    names = names[:args.photos] if args.photos > 0 else names
+    ups = tuple(float(u) for u in args.upscales.split(","))
+    kw = dict(pad_ratio=args.pad_ratio, upscales=ups, min_face_size=20.0)
+    variants = {"before": FullLevelMTCNN(upscale_new_only=False, **kw),
+                "zero-skip": MTCNN(upscale_new_only=False, **kw),
+                "new-only": MTCNN(upscale_new_only=True, **kw)}
+    times = {v: 0.0 for v in variants}
+    dets: Dict[str, List[Detections]] = {v: [] for v in variants}
+    for n in names:
+        img = read_image(os.path.join(folder, n))
+        for v, det in variants.items():  # interleaved: load changes hit all alike
+            t = time.perf_counter()
+            dets[v].append(det.detect(img))
+            times[v] += time.perf_counter() - t
+    print(f"{len(names)} crowd photos, pad_ratio={args.pad_ratio}, upscales={ups}, "
+          f"threads={args.threads}, LR band {LR_BAND[0]:g}-{LR_BAND[1]:g} px eye-to-mouth")
+    print(f"{'variant':10s} {'photos/s':>9s} {'ratio':>6s} {'faces':>6s} {'in band':>8s} "
+          f"{'matched':>8s} {'only before':>12s} {'only new':>9s} {'lm err px med/p95':>18s} "
+          f"{'lm err/eye-mouth med':>21s} {'identical':>9s}")
+    base = len(names) / times["before"]
+    for v in variants:
+        agg: Dict[str, List[float]] = {"lm_px": [], "lm_rel": [], "dscore": [], "only_ref": [], "only_new": []}
+        identical = True
+        for a, b in zip(dets["before"], dets[v]):
+            for k, vals in agreement(a, b).items():
+                agg[k].extend(vals)
+            identical &= (len(a) == len(b) and np.array_equal(a.boxes, b.boxes)
+                          and np.array_equal(a.landmarks, b.landmarks))
+        rate = len(names) / times[v]
+        faces = sum(len(d) for d in dets[v])
+        band = sum(in_band(d) for d in dets[v])
+        only_ref_band = sum(LR_BAND[0] <= x <= LR_BAND[1] for x in agg["only_ref"])
+        only_new_band = sum(LR_BAND[0] <= x <= LR_BAND[1] for x in agg["only_new"])
+        lm = agg["lm_px"] or [0.0]
+        print(f"{v:10s} {rate:9.3f} {rate / base:6.2f} {faces:6d} {band:8d} {len(agg['lm_px']):8d} "
+              f"{len(agg['only_ref']):5d} ({only_ref_band:2d} b) {len(agg['only_new']):4d} ({only_new_band:2d} b) "
+              f"{statistics.median(lm):8.3f} / {float(np.percentile(lm, 95)):6.3f} "
+              f"{statistics.median(agg['lm_rel'] or [0.0]):21.4f} {'yes' if identical else 'no':>9s}",
+              flush=True)
+    print("(b): of them in the LR band; lm err: mean landmark distance of matched faces")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
