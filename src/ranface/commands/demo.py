@@ -17,9 +17,11 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..config import dump_yaml, load_config
-    from ..demo import DemoConfig, resolve, run_demo
+def recipe_config(args: argparse.Namespace, default_out: str):
+    """The demo recipe (:class:`ranface.demo.DemoConfig`) of ``demo`` and ``table1``: config
+    file, ``--set``, ``--profile``, and ``--out`` (else ``default_out``, ``{profile}`` filled)."""
+    from ..config import load_config
+    from ..demo import DemoConfig
 
     over = list(args.overrides)
     if args.profile:
@@ -28,7 +30,15 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         cfg.out = args.out
     elif cfg.out == DemoConfig.out:
-        cfg.out = f"runs/demo-{cfg.profile}"
+        cfg.out = default_out.format(profile=cfg.profile)
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import dump_yaml
+    from ..demo import resolve, run_demo
+
+    cfg = recipe_config(args, "runs/demo-{profile}")
     if args.dry_run:
         sys.stdout.write(dump_yaml(resolve(cfg)))
         return 0

@@ -32,18 +32,12 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from ..config import default_data_root, dump_yaml, load_config
-    from ..demo import DemoConfig, resolve
+    from ..config import default_data_root, dump_yaml
+    from ..demo import resolve
+    from .demo import recipe_config
     from ..pipelines.table1 import run_table1
 
-    over = list(args.overrides)
-    if args.profile:
-        over.append(f"profile={args.profile}")
-    cfg = load_config(DemoConfig, args.config, over)
-    if args.out:
-        cfg.out = args.out
-    elif cfg.out == DemoConfig.out:
-        cfg.out = "runs/table1"
+    cfg = recipe_config(args, "runs/table1")
     if args.dry_run:
         sys.stdout.write(dump_yaml(resolve(cfg)))
         return 0

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .. import degrade as _degrade
 from ..errors import ConfigError, DataError, RanfaceError
 
 __all__ = ["Degrader", "register_degrader", "create_degrader", "list_degraders", "synthesize",
@@ -172,18 +173,20 @@ class BicubicDegrader(Degrader):
         return out
 
 
-@register_degrader("random-degrade")
-class RandomDegrader(Degrader):
-    """:class:`ranface.degrade.RandomDegradation`; options = DegradeConfig fields."""
+class _PipelineDegrader(Degrader):
+    """A degrader whose options are the fields of a config dataclass (``config_cls``) of a
+    pipeline class (``pipeline_cls(config)`` called as ``pipeline(batch, generator)``)."""
+
+    config_cls: Any = None
+    pipeline_cls: Any = None
 
     def __init__(self, options: Mapping[str, Any]):
-        from ..degrade import DegradeConfig, RandomDegradation
-
-        self.defaults = {f.name: _plain(getattr(DegradeConfig(), f.name)) for f in fields(DegradeConfig)}
+        cls = self.config_cls
+        self.defaults = {f.name: _plain(getattr(cls(), f.name)) for f in fields(cls)}
         super().__init__(options)
         kw = {k: tuple(v) if isinstance(v, list) else v for k, v in self.options.items()}
         try:
-            self.pipeline = RandomDegradation(DegradeConfig(**kw))
+            self.pipeline = self.pipeline_cls(cls(**kw))
         except (TypeError, ValueError, ConfigError) as exc:
             raise ConfigError(f"degrader {self.name}: {exc}") from None
 
@@ -191,22 +194,20 @@ class RandomDegrader(Degrader):
         return self.pipeline(batch, generator)
 
 
+@register_degrader("random-degrade")
+class RandomDegrader(_PipelineDegrader):
+    """:class:`ranface.degrade.RandomDegradation`; options = DegradeConfig fields."""
+
+    config_cls, pipeline_cls = _degrade.DegradeConfig, _degrade.RandomDegradation
+
+
 @register_degrader("second-order")
-class SecondOrderDegrader(Degrader):
+class SecondOrderDegrader(_PipelineDegrader):
     """:class:`ranface.degrade.SecondOrderDegradation` (blur, resize, noise and JPEG, two
     passes in random order, as blind super-resolution trains on); options =
     SecondOrderConfig fields. Each face's final width is recorded."""
 
-    def __init__(self, options: Mapping[str, Any]):
-        from ..degrade import SecondOrderConfig, SecondOrderDegradation
-
-        self.defaults = {f.name: _plain(getattr(SecondOrderConfig(), f.name)) for f in fields(SecondOrderConfig)}
-        super().__init__(options)
-        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in self.options.items()}
-        try:
-            self.pipeline = SecondOrderDegradation(SecondOrderConfig(**kw))
-        except (TypeError, ValueError, ConfigError) as exc:
-            raise ConfigError(f"degrader {self.name}: {exc}") from None
+    config_cls, pipeline_cls = _degrade.SecondOrderConfig, _degrade.SecondOrderDegradation
 
     def info(self) -> Dict[str, Any]:
         from ..align.select import widths_to_band
@@ -217,9 +218,6 @@ class SecondOrderDegrader(Degrader):
 
     def levels(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return self.pipeline.widths(n, generator)
-
-    def __call__(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return self.pipeline(batch, generator)
 
 
 def _plain(v: Any) -> Any:
