@@ -25,10 +25,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import TrainConfig, dump_yaml, load_config
 
-    overrides = list(args.overrides)
-    if args.stage:
-        overrides.insert(0, f"stage={args.stage}")
-    cfg = load_config(TrainConfig, args.config, overrides)
+    cfg = load_config(TrainConfig, args.config, args.overrides, flags={"stage": args.stage})
     if args.dry_run:
         sys.stdout.write(dump_yaml(cfg))
         return 0
@@ -61,7 +58,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from .config import EmbedConfig, dump_yaml, load_config
     from .embed import embed_folder
 
-    cfg = load_config(EmbedConfig, args.config, [f"model={args.model}"] * bool(args.model) + args.overrides)
+    cfg = load_config(EmbedConfig, args.config, args.overrides, flags={"model": args.model or None})
     if args.dry_run:
         sys.stdout.write(dump_yaml(cfg))
         return 0
@@ -74,10 +71,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .config import EmbedConfig, dump_yaml, load_config
     from .embed import compare_images
 
-    over = [f"model={args.model}"] * bool(args.model) + args.overrides
-    if args.threshold is not None:
-        over.append(f"threshold={args.threshold}")
-    cfg = load_config(EmbedConfig, args.config, over)
+    cfg = load_config(EmbedConfig, args.config, args.overrides,
+                      flags={"model": args.model or None, "threshold": args.threshold})
     if args.dry_run:
         sys.stdout.write(dump_yaml(cfg))
         return 0

@@ -92,21 +92,11 @@ def _config(args: argparse.Namespace):
     from ..api import GalleryConfig
     from ..config import load_config
 
-    over = list(getattr(args, "overrides", []))
-    for key in ("model", "calibration"):
-        val = getattr(args, key, None)
-        if val:
-            over.append(f"{key}={json.dumps(val)}")
-    for key, name in (("fpir", "fpir"), ("top_k", "top_k"), ("threshold", "threshold"),
-                      ("degrade", "degrade")):
-        val = getattr(args, key, None)
-        if val is not None:
-            over.append(f"{name}={val}")
-    if getattr(args, "aligned", None):
-        over.append("aligned=true")
-    if getattr(args, "on_exists", None):
-        over.append(f"on_exists={args.on_exists}")
-    return load_config(GalleryConfig, getattr(args, "config", None), over)
+    flags = {key: getattr(args, key, None) or None for key in ("model", "calibration", "on_exists")}
+    flags.update({key: getattr(args, key, None) for key in ("fpir", "top_k", "threshold", "degrade")})
+    flags["aligned"] = True if getattr(args, "aligned", None) else None
+    return load_config(GalleryConfig, getattr(args, "config", None),
+                       list(getattr(args, "overrides", [])), flags=flags)
 
 
 def _dry(args: argparse.Namespace, cfg: Any) -> bool:

@@ -24,12 +24,9 @@ def run(args: argparse.Namespace) -> int:
     from ..align.prepare import run_prepare
     from ..config import PrepareConfig, dump_yaml, load_config
 
-    over = list(args.overrides)
-    for key, val in (("input", args.input), ("out", args.out), ("lr_select", args.lr_select),
-                     ("mode", args.mode), ("format", args.format)):
-        if val is not None:
-            over.append(f"{key}={val}")
-    cfg = load_config(PrepareConfig, args.config, _quote(over))
+    flags = {"input": args.input, "out": args.out, "lr_select": args.lr_select, "mode": args.mode,
+             "format": args.format}
+    cfg = load_config(PrepareConfig, args.config, args.overrides, flags=flags)
     if args.dry_run:
         sys.stdout.write(dump_yaml(cfg))
         return 0
@@ -37,13 +34,3 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps(summary))
     return 0
 
-
-def _quote(overrides):
-    """Paths and MIN:MAX must stay strings when parsed as YAML values."""
-    out = []
-    for o in overrides:
-        k, _, v = o.partition("=")
-        if k in ("input", "out", "lr_select", "root") and v and not v.startswith(("'", '"')):
-            v = json.dumps(v)
-        out.append(f"{k}={v}")
-    return out
