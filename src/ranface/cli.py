@@ -25,7 +25,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import TrainConfig, dump_yaml, load_config
 
-    cfg = load_config(TrainConfig, args.config, args.overrides, flags={"stage": args.stage})
+    cfg = load_config(TrainConfig, args.config, args.overrides, flags={"stage": args.stage,
+                                                                       "run.force_resume": args.force or None})
     if args.dry_run:
         sys.stdout.write(dump_yaml(cfg))
         return 0
@@ -94,6 +95,8 @@ def build_parser(extra: Optional[Dict[str, Callable[[argparse._SubParsersAction]
 
     p = sub.add_parser("train", help="train a recognition model (stage hr, lr or mr)")
     p.add_argument("--stage", choices=("hr", "lr", "mr"), help="overrides the config's stage")
+    p.add_argument("--force", action="store_true",
+                   help="resume although the recipe differs from the run's config.yaml (run.force_resume)")
     _add_config_args(p)
     p.set_defaults(func=cmd_train)
 

@@ -143,6 +143,7 @@ class RunConfig:
     keep_last: int = 2
     keep_best: int = 2
     resume: str = ""  # "" | auto | path to a checkpoint
+    force_resume: bool = False  # resume although the recipe differs from the run's config.yaml
     max_nonfinite: int = 20  # stop after this many consecutive non-finite steps
     dist_timeout_s: int = 600  # collective timeout: a dead peer ends the job, no hang
     tensorboard: bool = True

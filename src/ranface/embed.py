@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -10,16 +10,17 @@ from .config import EmbedConfig
 from .data.image import read_image
 from .errors import DataError
 from .inference import Embedder, load_model
-from .io_utils import atomic_open, atomic_write_text, check_writable_dir
+from .io_utils import check_writable_dir, publish_together
 from .train.precision import resolve_device
 
-def list_images(root: str) -> List[str]:
-    """Image files under ``root`` (recursive, sorted, relative paths); none is an error."""
+def list_images(root: str, not_regular: Optional[List[str]] = None) -> List[str]:
+    """Image files under ``root`` (recursive, sorted, relative paths); none is an error.
+    Non-regular files with an image name (FIFOs, devices) are skipped into ``not_regular``."""
     from .eval.features import IMAGE_EXTS, list_image_files
 
     if not os.path.isdir(root):
         raise DataError(root, "input folder not found")
-    out = list_image_files(root, recursive=True)
+    out = list_image_files(root, recursive=True, not_regular=not_regular)
     if not out:
         raise DataError(root, f"no images ({', '.join(IMAGE_EXTS)}) found")
     return out
@@ -37,7 +38,8 @@ def embed_folder(cfg: EmbedConfig, root: str, out_prefix: str, on_error: str = "
     # fail before loading the model and embedding everything, not at the final write
     check_writable_dir(os.path.dirname(os.path.abspath(out_prefix)))
     emb, info = _embedder(cfg)
-    files = list_images(root)
+    not_regular: List[str] = []
+    files = list_images(root, not_regular)
     color = cfg.color or emb.color
     kept: List[str] = []
     skipped: List[str] = []
@@ -68,10 +70,11 @@ def embed_folder(cfg: EmbedConfig, root: str, out_prefix: str, on_error: str = "
     if not kept:
         raise DataError(root, "no image could be read")
     matrix = np.concatenate(feats).astype(np.float32)
-    with atomic_open(out_prefix + ".npy", "wb") as fh:
-        np.save(fh, matrix)
-    atomic_write_text(out_prefix + ".tsv", "".join(f"{i}\t{p}\n" for i, p in enumerate(kept)))
-    return {"embedded": len(kept), "skipped": len(skipped), "skipped_examples": skipped[:5],
+    index = "".join(f"{i}\t{p}\n" for i, p in enumerate(kept)).encode("utf-8")
+    # the matrix and its index are one unit: both new or both old
+    publish_together({out_prefix + ".npy": lambda fh: np.save(fh, matrix),
+                      out_prefix + ".tsv": lambda fh: fh.write(index)})
+    return {"embedded": len(kept), "skipped": len(skipped), "not_regular_files": len(not_regular), "skipped_examples": skipped[:5],
             "dim": int(matrix.shape[1]), "npy": out_prefix + ".npy", "index": out_prefix + ".tsv",
             "model": info["source"]}
 

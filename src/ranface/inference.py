@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import CheckpointError
-from .train.checkpoint import load_checkpoint, load_state_strict
+from .train.checkpoint import check_model_checkpoint, load_checkpoint, load_state_strict
 from .train.precision import autocast
 
 MODEL_FORMAT = "ranface-model/1"
@@ -85,6 +85,7 @@ def load_model(path: str, backbone: str = "", device: Any = "cpu") -> Tuple[torc
             return load_model(target, backbone, device)
     else:
         state = load_checkpoint(path)
+        check_model_checkpoint(state, path, MODEL_FORMAT)
         if state.get("format") == MODEL_FORMAT:
             name, kw, sd = state["backbone"], dict(state.get("backbone_kwargs", {})), state["state_dict"]
         elif "modules" in state and "config" in state:

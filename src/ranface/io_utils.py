@@ -8,8 +8,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import tempfile
-from typing import IO, Callable, Iterator
+from typing import IO, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from .errors import DataError
 
@@ -39,6 +40,21 @@ def _umask() -> int:
     return 0o022
 
 
+def make_temp(path: str, suffix: str = ".tmp") -> "tuple[int, str]":
+    """A temp file beside ``path`` (``.<name>.<random><suffix>``) with the permissions a
+    plain ``open()`` would give (mkstemp's are 0600). Returns (fd, temp path); raises
+    OSError."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=suffix, dir=directory)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+    except OSError:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    return fd, tmp
+
+
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
     """Context manager yielding a temp file that replaces ``path`` on success only."""
@@ -48,13 +64,10 @@ def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
     directory = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                                   dir=directory)
+        fd, tmp = make_temp(path)
     except OSError as exc:
         raise DataError(path, f"cannot write output ({exc.strerror or exc})") from None
     try:
-        # mkstemp creates 0600; give the output the permissions a plain open() would
-        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as fh:
             yield fh
             fh.flush()
@@ -67,6 +80,78 @@ def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
         if isinstance(exc, OSError):
             raise DataError(path, f"cannot write output ({exc.strerror or exc})") from None
         raise
+
+
+def publish_together(outputs: Mapping[str, Callable[[IO], None]]) -> None:
+    """Write several files that belong together (``path -> writer(binary fh)``) so that
+    readers see all the new ones or all the old ones: every file is first written and
+    fsynced to a temp, then moved into place; a failure while moving restores the files
+    already moved (from hard-link backups), so no mix of old and new is left.
+
+    (A crash of the process *between* the renames can still leave a mix; the window is
+    a few renames long.)
+    """
+    staged: List[Tuple[str, str]] = []
+    paths = [os.fspath(p) for p in outputs]
+    for path in paths:
+        if os.path.lexists(path) and not os.path.isfile(path):
+            raise DataError(path, "cannot write output (exists and is not a regular file)")
+    try:
+        for path, writer in zip(paths, outputs.values()):
+            directory = os.path.dirname(os.path.abspath(path))
+            try:
+                os.makedirs(directory, exist_ok=True)
+                fd, tmp = make_temp(path)
+            except OSError as exc:
+                raise DataError(path, f"cannot write output ({exc.strerror or exc})") from None
+            staged.append((tmp, path))
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    writer(fh)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as exc:
+                raise DataError(path, f"cannot write output ({exc.strerror or exc})") from None
+        _replace_all(staged)
+    finally:
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _replace_all(staged: List[Tuple[str, str]]) -> None:
+    backups: Dict[str, Optional[str]] = {}
+    done: List[str] = []
+    try:
+        for tmp, path in staged:
+            backup = None
+            if os.path.lexists(path):
+                backup = os.path.join(os.path.dirname(os.path.abspath(path)),
+                                      f".{os.path.basename(path)}.{os.urandom(4).hex()}.tmp")
+                try:
+                    os.link(path, backup)
+                except OSError:
+                    shutil.copy2(path, backup)
+            backups[path] = backup
+            os.replace(tmp, path)
+            done.append(path)
+    except OSError as exc:
+        for path in reversed(done):  # roll back to the old set
+            with contextlib.suppress(OSError):
+                if backups.get(path):
+                    os.replace(backups.pop(path), path)
+                else:
+                    os.unlink(path)
+        failed = staged[len(done)][1] if len(done) < len(staged) else staged[-1][1]
+        raise DataError(failed, f"cannot write output ({exc.strerror or exc}); none of "
+                        f"{', '.join(os.path.basename(p) for _, p in staged)} was changed") from None
+    finally:
+        for b in backups.values():
+            if b:
+                with contextlib.suppress(OSError):
+                    os.unlink(b)
+    for directory in {os.path.dirname(os.path.abspath(p)) for _, p in staged}:
+        _fsync_dir(directory)
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:

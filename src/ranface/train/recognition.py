@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainConfig, to_dict
-from ..data.loader import AugmentedView, FaceTransform, build_train_loader, dataset_labels, open_dataset
+from ..data.loader import (AugmentedView, FaceTransform, build_train_loader, check_identities, dataset_labels,
+                           open_dataset)
 from ..errors import CheckpointError, ConfigError
 from ..inference import backbone_kwargs, build_backbone, is_faceapi_dir, model_package
 from .checkpoint import load_checkpoint, load_state_strict, save_checkpoint
@@ -247,6 +248,7 @@ def run_recognition(cfg: TrainConfig) -> Dict[str, Any]:
     dataset = open_dataset(cfg.data.train, cfg.data.format, cfg.data.color, expected_size(cfg, spec),
                            cfg.data.on_error)
     labels = dataset_labels(dataset)
+    check_identities(labels, cfg.data.train)
     num_classes = max(labels) + 1
     head = build_head(cfg, spec.embedding_size, num_classes)
     init_info = load_init(backbone, head, cfg.model.init)
@@ -279,7 +281,7 @@ def run_recognition(cfg: TrainConfig) -> Dict[str, Any]:
     loader, sampler = build_train_loader(view, cfg.data.batch_size, cfg.data.num_workers,
                                          ctx.dist.world_size, ctx.dist.rank, cfg.run.seed,
                                          drop_last=cfg.data.drop_last,
-                                         pin_memory=ctx.device.type == "cuda")
+                                         pin_memory=ctx.device.type == "cuda", source=cfg.data.train)
     validator = make_validator(cfg, backbone, ctx)
     trainer = Trainer(run_dir=ctx.run_dir, phases=[phase], state_modules={"backbone": backbone, "head": head},
                       stream=BatchStream(loader, sampler), to_device=make_to_device(ctx.device, cfg.run.channels_last),
