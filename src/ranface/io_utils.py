@@ -206,3 +206,11 @@ def check_writable_dir(directory: str) -> None:
         os.unlink(tmp)
     except OSError as exc:
         raise DataError(directory, f"output directory is not writable ({exc.strerror or exc})") from None
+
+
+def check_output_file(path: str) -> None:
+    """Fail early (before any work) when the file ``path`` cannot be written: its folder
+    is not writable, or ``path`` is a folder or another non-regular file."""
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise DataError(path, "cannot write output (exists and is not a regular file)")
+    check_writable_dir(os.path.dirname(os.path.abspath(path)))

@@ -22,6 +22,8 @@ import os
 import sys
 from typing import Any, Dict, List
 
+from ..io_utils import check_output_file
+
 
 def add_parser(sub: "argparse._SubParsersAction") -> None:
     from ..cli import _add_config_args
@@ -121,6 +123,7 @@ def cmd_enrol(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise ConfigError("gallery enrol: give the gallery file to write (--out G.npz)")
+    check_output_file(args.out)  # before embedding every image
     rec = FaceRecognizer.from_config(cfg)
     g, report = rec.enrol(args.input, aligned=cfg.aligned, root=cfg.root, on_error=cfg.on_error)
     if not len(g):
@@ -143,6 +146,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if _dry(args, cfg):
         return 0
+    check_output_file(args.out or args.gallery)
     g = Gallery.load(args.gallery)
     rec = FaceRecognizer.from_config(cfg, g)
     had_cal = g.calibration is not None
@@ -156,6 +160,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 def cmd_remove(args: argparse.Namespace) -> int:
     from ..deploy.gallery import Gallery
 
+    check_output_file(args.out or args.gallery)
     g = Gallery.load(args.gallery)
     had_cal = g.calibration is not None
     removed = g.remove(args.names)
@@ -172,6 +177,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if _dry(args, cfg):
         return 0
+    check_output_file(args.out or args.gallery)
     g = Gallery.load(args.gallery)
     rec = FaceRecognizer.from_config(cfg, g)
     cal = rec.calibrate(g, args.calibration, cfg.fpir, aligned=cfg.aligned, root=cfg.root,
@@ -191,6 +197,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if _dry(args, cfg):
         return 0
+    if args.out:
+        check_output_file(args.out)  # before searching every probe
     g = Gallery.load(args.gallery)
     rec = FaceRecognizer.from_config(cfg, g)
     threshold, how = resolve_threshold(rec, g, cfg.threshold, cfg.calibration, cfg.fpir,

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import DataError
-from ..io_utils import atomic_write_bytes, atomic_write_text
+from ..io_utils import atomic_write_bytes, atomic_write_text, check_writable_dir
 
 __all__ = ["fmt_pct", "fmt_rate", "md_table", "curve", "plot_curves", "write_result",
            "render_markdown", "load_result", "compare_results", "write_comparison",
@@ -281,9 +281,9 @@ def compare_results(paths: Sequence[str], labels: Optional[Sequence[str]] = None
 def write_comparison(paths: Sequence[str], out_dir: str,
                      labels: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """``ranface report``: ``report.md`` + ``report.json`` + overlaid curves in ``out_dir``."""
+    check_writable_dir(out_dir)  # a read-only place: one line before any work
     cmp = compare_results(paths, labels)
     results = cmp.pop("_results")
-    os.makedirs(out_dir, exist_ok=True)
     # Overlay the curves marked for comparison, one figure per protocol and curve name.
     plots: Dict[str, List[str]] = {}
     for proto_name in cmp["tables"]:

@@ -95,10 +95,14 @@ class EvalContext:
     on_error: str = "raise"
     progress: bool = False
     workers: int = 0  # threads decoding/aligning images (0: in the calling thread)
+    allow_outside_root: bool = False  # read images a protocol list names outside its folder
 
     def __post_init__(self) -> None:
         if self.on_error not in ("raise", "skip"):
             raise ConfigError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
+        if self.batch_size < 1 or self.workers < 0:
+            raise ConfigError(f"batch size must be >= 1 and workers >= 0, got {self.batch_size} "
+                              f"and {self.workers}")
 
     def embedder(self, flip: bool = True):
         from ...inference import Embedder
