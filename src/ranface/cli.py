@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import typing
 from typing import Callable, Dict, Optional, Sequence
 
 from . import __version__
@@ -86,8 +87,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
 Handler = Callable[[argparse.Namespace], int]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error convention: one line on stderr, exit 2 (the
+    usage text is one ``--help`` away, not printed with every mistake)."""
+
+    def error(self, message: str) -> "typing.NoReturn":  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message.splitlines()[0] if message else ''} "
+                     f"(see {self.prog} --help)\n")
+
+
 def build_parser(extra: Optional[Dict[str, Callable[[argparse._SubParsersAction], None]]] = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ranface", description=(
+    parser = _Parser(prog="ranface", description=(
         "Low-resolution face recognition: Resolution Adaption Network (Fang et al., ECCV 2020)."))
     parser.add_argument("--version", action="version", version=f"ranface {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

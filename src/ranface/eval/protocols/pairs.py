@@ -212,6 +212,9 @@ class PairsProtocol(Protocol):
         pairs = parse_pairs(pairs_file, o.ext)
         if o.per_fold > 0:
             pairs = _first_per_fold(pairs, o.per_fold)
+        if len({p.fold for p in pairs}) < 2:  # else metrics' ValueError, a traceback
+            raise ProtocolError(pairs_file, "lists pairs of one fold; the k-fold accuracy needs "
+                                "at least 2 (header 'FOLDS PAIRS_PER_CLASS')")
         skips = SkipLog(ctx.on_error)
         result = base_result(self.name, ctx, root, o)
 
