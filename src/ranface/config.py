@@ -457,7 +457,9 @@ _NAME_RULES: Dict[str, Tuple[Any, str]] = {
     "dist_timeout_s": _min(1), "jpeg_quality": _between(1, 100), "device": _DEVICE,
     "on_error": _one_of("raise", "skip"), "lr": _min(0, strict=True), "d_lr": _min(0),
     "disc_lr": _min(0, strict=True), "head_lr_mult": _min(0), "weight_decay": _min(0),
-    "warmup_steps": _min(0), "limit": _min(0), "face_size": _min(1),
+    "warmup_steps": _min(0), "limit": _min(0), "face_size": _min(1), "top_k": _min(1),
+    "fpir": _between(0, 1, lo_open=True), "every": _min(1), "max_frames": _min(0), "degrade": _min(0),
+    "faiss_above": _min(0),
 }
 
 

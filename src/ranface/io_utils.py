@@ -45,6 +45,7 @@ def make_temp(path: str, suffix: str = ".tmp") -> "tuple[int, str]":
     plain ``open()`` would give (mkstemp's are 0600). Returns (fd, temp path); raises
     OSError."""
     directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)  # created when the first output is written
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=suffix, dir=directory)
     try:
         os.chmod(tmp, 0o666 & ~_umask())
@@ -198,10 +199,22 @@ def remove_stale_temps(directory: str, recursive: bool = False) -> int:
 
 
 def check_writable_dir(directory: str) -> None:
-    """Fail early (before any work) when ``directory`` cannot be created or written."""
+    """Fail early (before any work) when ``directory`` cannot be created or written.
+
+    Nothing is left behind: a folder that does not exist yet is not created (its nearest
+    existing parent is tested instead), so a command that fails later on bad input
+    leaves no empty output folder.
+    """
+    probe = os.path.abspath(directory)
+    while not os.path.lexists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise DataError(directory, f"output directory is not writable ({probe} is not a folder)")
     try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=probe)
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:

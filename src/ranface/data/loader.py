@@ -133,10 +133,7 @@ def build_train_loader(view: AugmentedView, batch_size: int, num_workers: int, w
                        ) -> Tuple[DataLoader, ResumableDistributedSampler]:
     from .datasets import collate_skipping
 
-    if drop_last and len(view) < batch_size * world_size:
-        raise DataError(source or "training data", f"{len(view)} faces, fewer than one batch "
-                        f"({batch_size} per process x {world_size}); lower data.batch_size or set "
-                        "data.drop_last=false")
+    check_batch(len(view), batch_size, drop_last, source, world_size)
     sampler = ResumableDistributedSampler(len(view), batch_size, world_size, rank, seed=seed,
                                           shuffle=True, drop_last=drop_last)
     loader = DataLoader(view, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
@@ -148,6 +145,14 @@ def build_train_loader(view: AugmentedView, batch_size: int, num_workers: int, w
                         generator=torch.Generator().manual_seed(seed),
                         prefetch_factor=2 if num_workers > 0 else None)
     return loader, sampler
+
+
+def check_batch(n: int, batch_size: int, drop_last: bool, source: Optional[str], world_size: int = 1) -> None:
+    """With ``drop_last`` a dataset smaller than one (global) batch yields no step at all."""
+    if drop_last and n < batch_size * world_size:
+        raise DataError(source or "training data", f"{n} faces, fewer than one batch "
+                        f"({batch_size} per process x {world_size}); lower data.batch_size or set "
+                        "data.drop_last=false")
 
 
 def check_identities(labels: List[int], source: str) -> None:

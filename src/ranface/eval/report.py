@@ -225,6 +225,8 @@ def load_result(path: str) -> Dict[str, Any]:
         raise DataError(path, f"cannot read result ({exc.strerror or exc})") from None
     except json.JSONDecodeError as exc:
         raise DataError(path, f"not valid JSON ({exc.msg})", f"line {exc.lineno}") from None
+    except (UnicodeDecodeError, RecursionError):
+        raise DataError(path, "not a UTF-8 JSON result file") from None
     if not isinstance(res, dict) or res.get("format") != RESULT_FORMAT:
         raise DataError(path, f"not a ranface evaluation result (expected format "
                         f"{RESULT_FORMAT!r})")

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainConfig, to_dict
-from ..data.loader import (AugmentedView, FaceTransform, build_train_loader, check_identities, dataset_labels,
-                           open_dataset)
+from ..data.loader import (AugmentedView, FaceTransform, build_train_loader, check_batch, check_identities,
+                           dataset_labels, open_dataset)
 from ..errors import CheckpointError, ConfigError
 from ..inference import backbone_kwargs, build_backbone, is_faceapi_dir, model_package
 from .checkpoint import load_checkpoint, load_state_strict, save_checkpoint
@@ -239,16 +239,17 @@ def run_recognition(cfg: TrainConfig) -> Dict[str, Any]:
         raise ConfigError(f"run_recognition handles stages hr and lr, not {cfg.stage!r}")
     if cfg.stage == "lr" and not cfg.model.init:
         raise ConfigError("stage lr is fine-tuned from the HR model: set model.init=<HR run dir or model.pt>")
-    ctx = setup_run(cfg, prefix=cfg.stage)
     seed_everything(cfg.run.seed, cfg.run.deterministic)
-
     kw = backbone_kwargs(to_dict(cfg.model))
     backbone = build_backbone(cfg.model.backbone, kw)
     spec = backbone.spec
+    # the data is checked before the run directory exists: bad input leaves no output
     dataset = open_dataset(cfg.data.train, cfg.data.format, cfg.data.color, expected_size(cfg, spec),
                            cfg.data.on_error)
     labels = dataset_labels(dataset)
     check_identities(labels, cfg.data.train)
+    check_batch(len(dataset), cfg.data.batch_size, cfg.data.drop_last, cfg.data.train)
+    ctx = setup_run(cfg, prefix=cfg.stage)
     num_classes = max(labels) + 1
     head = build_head(cfg, spec.embedding_size, num_classes)
     init_info = load_init(backbone, head, cfg.model.init)
