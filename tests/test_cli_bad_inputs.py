@@ -9,6 +9,7 @@ can never be created, also as root), {bomb} a YAML alias bomb, {nan} a config fi
 a NaN learning rate.
 """
 import os
+import sys
 
 import pytest
 
@@ -156,6 +157,8 @@ def test_bad_input_is_exit_2_one_line_no_output(case, env, tmp_path, capsys):
     assert rc == 2, (case, captured.err)
     assert len(lines) == 1 and "Traceback" not in captured.err, (case, captured.err)
     assert lines[0].startswith("ranface"), lines[0]
+    if os.environ.get("SHOW_ERRORS"):
+        print(f"\n{case}: {lines[0][:230]}", file=sys.__stdout__)
     assert not os.path.exists(tmp_path / "out"), (case, _tree(str(tmp_path / "out")))
     after = _tree(str(tmp_path)) | _tree(os.path.dirname(env["faces"]))
     assert after == before, (case, sorted(after ^ before))
