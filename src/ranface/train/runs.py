@@ -89,7 +89,7 @@ RESUME_MAY_CHANGE = frozenset({
     "run.resume", "run.force_resume", "run.progress", "run.tensorboard", "run.log_every",
     "run.ckpt_every", "run.val_every", "run.keep_last", "run.keep_best", "run.dist_timeout_s",
     "run.max_nonfinite", "run.device", "run.inject_nonfinite", "run.out_dir", "run.name",
-    "data.num_workers", "optim.max_steps"})
+    "data.num_workers", "optim.max_steps", "image_every", "num_samples"})
 
 
 def _flatten(d: Any, prefix: str = "") -> Dict[str, Any]:

@@ -212,9 +212,6 @@ class PairsProtocol(Protocol):
         pairs = parse_pairs(pairs_file, o.ext)
         if o.per_fold > 0:
             pairs = _first_per_fold(pairs, o.per_fold)
-        if len({p.fold for p in pairs}) < 2:  # else metrics' ValueError, a traceback
-            raise ProtocolError(pairs_file, "lists pairs of one fold; the k-fold accuracy needs "
-                                "at least 2 (header 'FOLDS PAIRS_PER_CLASS')")
         skips = SkipLog(ctx.on_error)
         result = base_result(self.name, ctx, root, o)
 
@@ -291,6 +288,9 @@ class PairsProtocol(Protocol):
             for cls in (True, False):
                 idx = np.flatnonzero(same == cls)
                 folds[idx] = np.arange(idx.size) % 10
+        if np.unique(folds).size < 2:  # else the k-fold accuracy's ValueError, a traceback
+            raise ProtocolError(pairs_file, f"{same.size} scorable pair(s) make one fold; the "
+                                "k-fold accuracy needs at least 2 matched and 2 mismatched pairs")
 
         n_folds = int(np.unique(folds).size)
         metrics: Dict[str, Any] = {}
