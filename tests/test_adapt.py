@@ -357,8 +357,11 @@ def test_missing_inputs_one_error_naming_the_stages(tmp_path):
 def test_twin_prob_out_of_range_is_one_config_error(tmp_path):
     from ranface.adapt.trainer import check_inputs
 
-    cfg = load_config(TrainConfig, None, ["stage=mr", "model.init=x", f"data.lr_train={tmp_path}",
-                                          f"adapt.lr_model={tmp_path}", "adapt.twin_prob=1.5"])
+    base = ["stage=mr", "model.init=x", f"data.lr_train={tmp_path}", f"adapt.lr_model={tmp_path}"]
+    with pytest.raises(ConfigError, match=r"adapt.twin_prob: must be in \[0, 1\], got 1.5"):
+        load_config(TrainConfig, None, base + ["adapt.twin_prob=1.5"])  # at load (issue 15)
+    cfg = load_config(TrainConfig, None, base)
+    cfg.adapt.twin_prob = 1.5  # a config built in code
     with pytest.raises(ConfigError, match=r"adapt.twin_prob must be a probability in \[0, 1\], got 1.5"):
         check_inputs(cfg)
     cfg.adapt.twin_prob = 0.5

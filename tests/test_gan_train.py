@@ -13,7 +13,7 @@ from PIL import Image
 from conftest import make_face_folder, require_shared
 from ranface.cli import main
 from ranface.config import load_config
-from ranface.errors import CheckpointError, DataError
+from ranface.errors import CheckpointError, ConfigError, DataError
 from ranface.gan.config import GanConfig
 from ranface.gan.discriminators import MultiRegionDiscriminator
 from ranface.gan.generator import MRGenerator, load_generator
@@ -204,8 +204,11 @@ def test_bad_input_errors(data, tmp_path):
         run(f"data.lr_pool={small}")
     # resuming a run with a differently sized generator: a clear checkpoint error
     run("run.name=r", "run.ckpt_every=1")
-    with pytest.raises(CheckpointError, match="does not fit the generator"):
+    with pytest.raises(ConfigError, match=r"changed recipe \(generator.base_width: 4 -> 8\)"):
         run("run.name=r", "run.resume=auto", "optim.max_steps=2", "generator.base_width=8")
+    with pytest.raises(CheckpointError, match="does not fit the generator"):  # forced (issue 15)
+        run("run.name=r", "run.resume=auto", "optim.max_steps=2", "generator.base_width=8",
+            "run.force_resume=true")
 
 
 def _crude_lfw_faces(root, names, size=112):

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import typing
 from typing import Callable, Dict, Optional, Sequence
 
 from . import __version__
@@ -44,12 +45,9 @@ def _progress_arg(p: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import TrainConfig, dump_yaml, load_config
 
-    overrides = list(args.overrides)
-    if args.no_progress:
-        overrides.append("run.progress=false")
-    if args.stage:
-        overrides.insert(0, f"stage={args.stage}")
-    cfg = load_config(TrainConfig, args.config, overrides)
+    cfg = load_config(TrainConfig, args.config, args.overrides, flags={
+        "stage": args.stage, "run.force_resume": args.force or None,
+        "run.progress": False if args.no_progress else None})
     if args.dry_run:
         sys.stdout.write(dump_yaml(cfg))
         return 0
@@ -82,7 +80,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from .config import EmbedConfig, dump_yaml, load_config
     from .deploy.embed import embed_folder
 
-    cfg = load_config(EmbedConfig, args.config, _embed_overrides(args))
+    cfg = load_config(EmbedConfig, args.config, args.overrides, flags=_embed_flags(args))
     if args.dry_run:
         sys.stdout.write(dump_yaml(cfg))
         return 0
@@ -95,10 +93,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .config import EmbedConfig, dump_yaml, load_config
     from .deploy.embed import compare_images
 
-    over = _embed_overrides(args)
-    if args.threshold is not None:
-        over.append(f"threshold={args.threshold}")
-    cfg = load_config(EmbedConfig, args.config, over)
+    cfg = load_config(EmbedConfig, args.config, args.overrides,
+                      flags={**_embed_flags(args), "threshold": args.threshold})
     if args.dry_run:
         sys.stdout.write(dump_yaml(cfg))
         return 0
@@ -106,13 +102,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _embed_overrides(args: argparse.Namespace) -> list:
-    over = [f"model={json.dumps(args.model)}"] * bool(args.model) + list(args.overrides)
-    if args.aligned:
-        over.append("aligned=true")
-    if args.force:
-        over.append("force=true")
-    return over
+def _embed_flags(args: argparse.Namespace) -> dict:
+    """embed / compare options as config flags (typed by their fields, never YAML)."""
+    return {"model": args.model or None, "aligned": True if args.aligned else None,
+            "force": True if args.force else None}
 
 
 def _embed_args(p: argparse.ArgumentParser) -> None:
@@ -131,8 +124,17 @@ def _embed_args(p: argparse.ArgumentParser) -> None:
 Handler = Callable[[argparse.Namespace], int]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error convention: one line on stderr, exit 2 (the
+    usage text is one ``--help`` away, not printed with every mistake)."""
+
+    def error(self, message: str) -> "typing.NoReturn":  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message.splitlines()[0] if message else ''} "
+                     f"(see {self.prog} --help)\n")
+
+
 def build_parser(extra: Optional[Dict[str, Callable[[argparse._SubParsersAction], None]]] = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ranface", formatter_class=HelpFormatter, description=(
+    parser = _Parser(prog="ranface", formatter_class=HelpFormatter, description=(
         "Low-resolution face recognition: Resolution Adaption Network (Fang et al., ECCV 2020)."))
     parser.add_argument("--version", action="version", version=f"ranface {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -143,6 +145,8 @@ def build_parser(extra: Optional[Dict[str, Callable[[argparse._SubParsersAction]
                        "checkpoints/, metrics.jsonl, summary.json and model.pt with its model card).")
     p.add_argument("--stage", choices=("hr", "lr", "mr"), help="overrides the config's stage")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (same as --set run.progress=false)")
+    p.add_argument("--force", action="store_true",
+                   help="resume although the recipe differs from the run's config.yaml (run.force_resume)")
     _add_config_args(p, "optim.lr=0.05")
     p.set_defaults(func=cmd_train)
 

@@ -9,6 +9,7 @@ stored inside every checkpoint, so a model can be rebuilt from the checkpoint al
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import typing
@@ -146,6 +147,7 @@ class RunConfig:
     keep_last: int = 2
     keep_best: int = 2
     resume: str = ""  # "" | auto | path to a checkpoint
+    force_resume: bool = False  # resume although the recipe differs from the run's config.yaml
     max_nonfinite: int = 20  # stop after this many consecutive non-finite steps
     dist_timeout_s: int = 600  # collective timeout: a dead peer ends the job, no hang
     tensorboard: bool = True
@@ -255,6 +257,102 @@ CONFIG_CLASSES: Dict[str, type] = {"train": TrainConfig, "embed": EmbedConfig, "
 # ---------------------------------------------------------------------------- building
 
 
+class RawValue(str):
+    """A value typed on the command line (``--set k=v``, a CLI flag): text, typed by the
+    field it is given to (see :func:`_from_text`), never parsed as YAML."""
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+_NONE = {"", "null", "none", "~"}
+
+
+def _from_text(text: str, tp: Any, key: str) -> Any:
+    """Command-line text -> a value of the annotation ``tp``: a string stays the text as
+    typed (no YAML: ``#`` is not a comment, ``007`` not an int), numbers are parsed as
+    numbers, lists are comma separated (or a ``[a, b]`` flow list)."""
+    text = str(text)
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is str or tp is Any:
+        return text
+    if origin is Union:
+        if type(None) in args and text.strip().lower() in _NONE:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _from_text(text, inner[0], key)
+        for a in inner:
+            try:
+                return _coerce(_from_text(text, a, key), a, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {' or '.join(_type_name(a) for a in inner)}, got {_short(text)}")
+    if origin in (list, List, tuple, Tuple, Sequence) or tp in (list, tuple):
+        body = text.strip()
+        if body.startswith("[") and body.endswith("]"):
+            body = body[1:-1]
+        inner = args[0] if args else str
+        return [_from_text(v, inner, f"{key}[{i}]")
+                for i, v in enumerate(x for x in (s.strip() for s in body.split(",")) if x)]
+    t = text.strip()
+    if tp is bool:
+        if t.lower() in _TRUE:
+            return True
+        if t.lower() in _FALSE:
+            return False
+        raise ConfigError(f"{key}: expected true/false, got {_short(text)}")
+    if tp is int:
+        try:
+            return int(t, 10)
+        except ValueError:
+            try:
+                f = float(t)
+            except ValueError:
+                raise ConfigError(f"{key}: expected an integer, got {_short(text)}") from None
+            if not (math.isfinite(f) and f == int(f)):
+                raise ConfigError(f"{key}: expected an integer, got {_short(text)}")
+            return int(f)
+    if tp is float:
+        try:
+            return float(t.replace(".nan", "nan").replace(".inf", "inf"))
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {_short(text)}") from None
+    if dataclasses.is_dataclass(tp):
+        raise ConfigError(f"{key}: is a section; set its keys one by one ({key}.NAME=VALUE)")
+    return text
+
+
+# Longest text of a value an error message echoes (a config value may be huge).
+_ECHO_CHARS = 80
+
+
+def _short(value: Any) -> str:
+    """``repr(value)`` cut to a few dozen characters, without building the full repr."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxstring, r.maxother = 2, 4, 4, 4, 60, 60
+    text = r.repr(value)
+    return text if len(text) <= _ECHO_CHARS else text[:_ECHO_CHARS - 3] + "..."
+
+
+def _untyped(value: Any) -> Any:
+    """A field of type ``Any`` (a plug-in's own options) has no type to go by: its
+    command-line text is read as one bounded YAML value (a string when it is not one)."""
+    if isinstance(value, dict):
+        return {k: _untyped(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_untyped(v) for v in value]
+    if isinstance(value, RawValue):
+        try:
+            loaded = yaml.load(str(value), Loader=_BoundedLoader) if value.strip() else ""  # noqa: S506
+        except (yaml.YAMLError, ConfigError, RecursionError):
+            return str(value)
+        return str(value) if _expanded_size(loaded, 1000) > 1000 else loaded
+    return value
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -264,7 +362,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
-        return value
+        return _untyped(value)
+    if isinstance(value, RawValue):
+        value = _from_text(value, tp, key)
+        if tp is str:
+            return value
     if origin is Union:
         if value is None and type(None) in args:
             return None
@@ -276,39 +378,38 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, a, key)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+        raise ConfigError(f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {_short(value)}")
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping for section {tp.__name__}, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping for section {tp.__name__}, got {_short(value)}")
         return _build(tp, value, key + ".")
     if origin in (list, List, tuple, Tuple, Sequence) or tp in (list, tuple):
         if isinstance(value, str):
             value = [v for v in (s.strip() for s in value.split(",")) if v]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {_short(value)}")
         inner = args[0] if args else Any
         items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin in (tuple, Tuple) or tp is tuple else items
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        raise ConfigError(f"{key}: expected true/false, got {_short(value)}")
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (
                 isinstance(value, float) and not math.isfinite(value)) or int(value) != value:
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {_short(value)}")
         return int(value)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {_short(value)}")
         return float(value)
     if tp is str:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
+        # YAML would have changed the text already (``007`` -> 7, ``10:30`` -> 630): refuse
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {_short(value)}")
         return value
     raise ConfigError(f"{key}: unsupported config type {tp}")
 
@@ -325,7 +426,120 @@ def _build(cls: Type[T], values: Dict[str, Any], prefix: str = "") -> T:
         raise ConfigError(f"unknown config key(s) {', '.join(prefix + u for u in unknown)}; "
                           f"valid keys of {prefix or 'the top level'}: {', '.join(names)}")
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in values.items()}
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    _validate(obj, prefix)
+    return obj
+
+
+# ---------------------------------------------------------------------------- validation
+# Every config is checked when it is built (file, --set, or a checkpoint's stored config),
+# so a bad value is one line naming the key before any work, not a traceback (or a silent
+# NaN model) later. Rules by field name hold for every config class (any module's);
+# rules by (class, field) for the ones here. A class may add a ``validate()`` method.
+
+def _between(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False):
+    def ok(v: float) -> bool:
+        return (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    return ok, f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
+
+def _min(lo: float, strict: bool = False):
+    return (lambda v: v > lo) if strict else (lambda v: v >= lo), f"{'>' if strict else '>='} {lo}"
+
+
+def _one_of(*names: str):
+    return (lambda v: v in names), "one of " + ", ".join(repr(n) for n in names)
+
+
+def _device_ok(v: str) -> bool:
+    import re
+
+    return bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v))
+
+
+_DEVICE = (_device_ok, "auto, cpu, cuda, cuda:N or mps")
+_NAME_RULES: Dict[str, Tuple[Any, str]] = {
+    "batch_size": _min(1), "num_workers": _min(0), "workers": _min(1), "chunk_size": _min(1),
+    "max_steps": _min(1), "log_every": _min(1), "ckpt_every": _min(1), "val_every": _min(0),
+    "image_every": _min(0), "pixel_every": _min(1), "feature_g_every": _min(1),
+    "keep_last": _min(1), "keep_best": _min(0), "seed": _min(0), "max_nonfinite": _min(1),
+    "dist_timeout_s": _min(1), "jpeg_quality": _between(1, 100), "device": _DEVICE,
+    "on_error": _one_of("raise", "skip"), "lr": _min(0, strict=True), "d_lr": _min(0),
+    "disc_lr": _min(0, strict=True), "head_lr_mult": _min(0), "weight_decay": _min(0),
+    "warmup_steps": _min(0), "limit": _min(0), "face_size": _min(1), "top_k": _min(1),
+    "fpir": _between(0, 1, lo_open=True), "every": _min(1), "max_frames": _min(0), "degrade": _min(0),
+    "faiss_above": _min(0),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _class_rules() -> Dict[Tuple[type, str], Tuple[Any, str]]:
+    from .train.precision import PRECISIONS
+
+    return {
+        (TrainConfig, "stage"): _one_of("hr", "lr", "mr"),
+        (DataConfig, "format"): _one_of("auto", "folder", "rec"),
+        (DataConfig, "color"): _one_of("rgb", "bgr"),
+        (DataConfig, "val_probe_size"): _min(0),
+        (ModelConfig, "head"): _one_of("arcface", "cosface"),
+        (ModelConfig, "scale"): _min(0, strict=True),
+        (ModelConfig, "dropout"): _between(0, 1, hi_open=True),
+        (ModelConfig, "margin"): _min(0),
+        (ModelConfig, "embedding_size"): _min(1),
+        (ModelConfig, "head_init"): _one_of("random", "centres"),
+        (OptimConfig, "momentum"): _between(0, 1, hi_open=True),
+        (OptimConfig, "schedule"): _one_of("step", "cosine", "constant"),
+        (OptimConfig, "milestones"): _min(0),
+        (OptimConfig, "gamma"): _min(0, strict=True),
+        (OptimConfig, "warmup_start_factor"): _between(0, 1, lo_open=True),
+        (OptimConfig, "clip_grad_norm"): _min(0),
+        (RunConfig, "precision"): _one_of(*PRECISIONS),
+        (AdaptConfig, "alpha"): _min(0), (AdaptConfig, "beta"): _min(0), (AdaptConfig, "gamma"): _min(0),
+        (AdaptConfig, "translator_hidden"): _min(0), (AdaptConfig, "disc_hidden"): _min(1),
+        (AdaptConfig, "disc_betas"): _between(0, 1, hi_open=True),
+        (AdaptConfig, "lf_distance"): _one_of("l2", "l1"),
+        (AdaptConfig, "lf_reduction"): _one_of("sample", "element"),
+        (AdaptConfig, "twin_prob"): _between(0, 1),
+        (EmbedConfig, "color"): _one_of("", "rgb", "bgr"),
+        (EmbedConfig, "threshold"): _between(-1, 1),
+        (PrepareConfig, "format"): _one_of("folder", "rec"),
+        (PrepareConfig, "template"): _one_of("arcface", "dlib"),
+        (PrepareConfig, "size"): _min(1),
+        (PrepareConfig, "mode"): _one_of("one", "all"),
+        (PrepareConfig, "policy"): _one_of("largest", "center", "score"),
+        (PrepareConfig, "min_score"): _between(0, 1),
+        (PrepareConfig, "min_face_size"): _min(0),
+        (PrepareConfig, "pad_ratio"): _min(0),
+        (PrepareConfig, "upscales"): _min(0, strict=True),
+        (PrepareConfig, "max_outside"): _between(0, 1),
+        (PrepareConfig, "image_format"): _one_of("jpg", "png"),
+    }
+
+
+def _validate(obj: Any, prefix: str = "") -> None:
+    """Check one built section (not its subsections: they were checked when built)."""
+    rules = _class_rules()
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = prefix + f.name
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for i, v in enumerate(items):
+            where = key if items is not value else f"{key}[{i}]"
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{where}: must be a finite number, got {v}")
+            rule = rules.get((type(obj), f.name)) or _NAME_RULES.get(f.name)
+            if rule is None or v is None or isinstance(v, bool) or dataclasses.is_dataclass(v):
+                continue
+            ok, what = rule
+            try:
+                good = ok(v)
+            except TypeError:  # a rule by name meeting a field of another type
+                continue
+            if not good:
+                raise ConfigError(f"{where}: must be {what}, got {_short(v)}")
+    check = getattr(obj, "validate", None)
+    if callable(check):
+        check()
 
 
 def to_dict(cfg: Any) -> Dict[str, Any]:
@@ -357,37 +571,100 @@ def _deep_merge(base: Dict[str, Any], extra: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def parse_override(text: str) -> Tuple[List[str], Any]:
-    """``a.b.c=value`` -> (["a","b","c"], value parsed as YAML scalar/list)."""
+    """``a.b.c=value`` -> (["a","b","c"], value as :class:`RawValue` text, typed later by
+    the field it sets; never YAML)."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected KEY=VALUE (e.g. optim.lr=0.01)")
+        raise ConfigError(f"override {_short(text)}: expected KEY=VALUE (e.g. optim.lr=0.01)")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key or any(not p for p in key.split(".")):
-        raise ConfigError(f"override {text!r}: empty key")
+        raise ConfigError(f"override {_short(text)}: empty key")
+    return key.split("."), RawValue(raw)
+
+
+# Bounds on what a config file may hold or expand to (a YAML alias "billion laughs"
+# file of a few hundred bytes otherwise expands to gigabytes downstream).
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_ALIASES = 64
+MAX_CONFIG_NODES = 100_000
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses more than :data:`MAX_CONFIG_ALIASES` aliases and more than
+    :data:`MAX_CONFIG_NODES` composed nodes."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._aliases = 0
+        self._nodes = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # noqa: D401 - PyYAML hook
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_CONFIG_ALIASES:
+                raise ConfigError(f"more than {MAX_CONFIG_ALIASES} YAML aliases")
+        self._nodes += 1
+        if self._nodes > MAX_CONFIG_NODES:
+            raise ConfigError(f"more than {MAX_CONFIG_NODES} YAML nodes")
+        return super().compose_node(parent, index)
+
+
+def _expanded_size(obj: Any, limit: int) -> int:
+    """Nodes of ``obj`` counted with every alias expanded; stops just past ``limit``."""
+    count, stack = 0, [obj]
+    while stack:
+        v = stack.pop()
+        count += 1
+        if count > limit:
+            break
+        if isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+    return count
+
+
+def read_yaml(path: str) -> Any:
+    """Parse a YAML config file with bounded size, aliases and expansion; every problem is
+    a one-line :class:`ConfigError` naming the file. The single home of config YAML."""
+    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO or /dev/zero: no reading
+        raise ConfigError(f"{path}: not a regular file")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.split("."), value
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: config larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start})") from None
+    try:
+        loaded = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML (nested too deeply)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: invalid YAML") from None
+    if _expanded_size(loaded, MAX_CONFIG_NODES) > MAX_CONFIG_NODES:
+        raise ConfigError(f"{path}: config expands to more than {MAX_CONFIG_NODES} values "
+                          "(YAML aliases)")
+    return loaded
 
 
-def load_config(cls: Type[T], path: Optional[str] = None, overrides: Sequence[str] = ()) -> T:
-    """Defaults <- YAML file ``path`` <- dotted ``overrides``; validated and typed."""
+def load_config(cls: Type[T], path: Optional[str] = None, overrides: Sequence[str] = (),
+                flags: Optional[Dict[str, Any]] = None) -> T:
+    """Defaults <- YAML file ``path`` <- dotted ``overrides`` (``KEY=VALUE`` text) <-
+    ``flags`` (dotted key -> value of a command-line option; ``None`` = not given);
+    validated and typed. Text from the command line is typed by its field, never YAML."""
     values: Dict[str, Any] = {}
     if path:
-        try:
-            with open(path, "r", encoding="utf-8") as fh:
-                loaded = yaml.safe_load(fh)
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start})") from None
-        except RecursionError:
-            raise ConfigError(f"{path}: invalid YAML (nested too deeply)") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" (line {mark.line + 1})" if mark is not None else ""
-            raise ConfigError(f"{path}{where}: invalid YAML") from None
+        loaded = read_yaml(path)
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -397,6 +674,13 @@ def load_config(cls: Type[T], path: Optional[str] = None, overrides: Sequence[st
         keys, value = parse_override(text)
         nested: Any = value
         for k in reversed(keys):
+            nested = {k: nested}
+        values = _deep_merge(values, nested)
+    for dotted, value in (flags or {}).items():
+        if value is None:
+            continue
+        nested = RawValue(value) if isinstance(value, str) else value
+        for k in reversed(dotted.split(".")):
             nested = {k: nested}
         values = _deep_merge(values, nested)
     try:

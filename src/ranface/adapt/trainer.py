@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import AdaptConfig, TrainConfig, to_dict
-from ..data.loader import AugmentedView, FaceTransform, build_train_loader, dataset_labels, open_dataset
+from ..data.loader import (AugmentedView, FaceTransform, build_train_loader, check_identities, dataset_labels,
+                           open_dataset)
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models import create_backbone
 from ..models.loader import backbone_kwargs, is_faceapi_dir, load_model, model_package
@@ -358,7 +359,9 @@ def run_adaption(cfg: TrainConfig) -> Dict[str, Any]:
     spec = backbone.spec
     emb = spec.embedding_size
     hr_ds, lr_ds = open_paired(cfg, expected_size(cfg, spec))
-    num_classes = max(dataset_labels(hr_ds)) + 1
+    hr_labels = dataset_labels(hr_ds)
+    check_identities(hr_labels, cfg.data.train)
+    num_classes = max(hr_labels) + 1
     head = build_head(cfg, emb, num_classes)
     init_info = load_init(backbone, head, cfg.model.init)
     if not init_info.get("head"):
@@ -417,7 +420,8 @@ def run_adaption(cfg: TrainConfig) -> Dict[str, Any]:
                          twin_prob=a.twin_prob)
     loader, sampler = build_train_loader(view, cfg.data.batch_size, cfg.data.num_workers,
                                          ctx.dist.world_size, ctx.dist.rank, cfg.run.seed,
-                                         drop_last=cfg.data.drop_last, pin_memory=ctx.device.type == "cuda")
+                                         drop_last=cfg.data.drop_last, pin_memory=ctx.device.type == "cuda",
+                                         source=cfg.data.train)
     state_modules: Dict[str, nn.Module] = {"backbone": backbone, "head": head, "disc": disc}
     if translator is not None:
         state_modules["translator"] = translator

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..config import PrepareConfig
 from ..data.image import image_extensions, is_image_file
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, RanfaceError
 from ..io_utils import atomic_write_bytes, atomic_write_text, check_writable_dir, remove_stale_temps
 
 MANIFEST_FIELDS = ["output", "source", "face_index", "x1", "y1", "x2", "y2", "score",
@@ -268,6 +268,62 @@ def prepared_failures(folder: str) -> Dict[str, str]:
     return {_out_name(r.get("source") or "", None, ext): r.get("reason") or "" for r in rows if r.get("source")}
 
 
+def _safe_init_worker(cfg_dict: Dict[str, Any]) -> None:
+    """Pool initializer that never raises (a raising initializer makes a pool start
+    replacement workers forever): the error is kept and raised by the first chunk."""
+    try:
+        _init_worker(cfg_dict)
+    except BaseException as exc:  # noqa: BLE001 - reported by _safe_process_chunk
+        _WORKER["error"] = exc
+
+
+def _safe_process_chunk(job: Tuple[int, str, str, List[str]]):
+    if "error" in _WORKER:
+        raise _as_one_line(_WORKER["error"])
+    try:
+        return _process_chunk(job)
+    except Exception as exc:
+        raise _as_one_line(exc) from None
+
+
+def _as_one_line(exc: BaseException) -> RanfaceError:
+    """Worker errors cross the process boundary as one-line :class:`RanfaceError`s."""
+    if isinstance(exc, RanfaceError):
+        return RanfaceError(str(exc))
+    return RanfaceError(f"prepare worker failed: {type(exc).__name__}: {str(exc).strip()[:200]}")
+
+
+def _run_pool(workers: int, cfg_dict: Dict[str, Any], todo: List[Any], record: Any) -> None:
+    """Chunks on ``workers`` processes. The first error (or a worker that dies) ends the
+    whole command at once: the other workers are terminated, finished chunks are kept
+    (a rerun redoes only the others)."""
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = mp.get_context("spawn")  # fresh interpreters: no inherited torch thread pools
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_safe_init_worker,
+                               initargs=(cfg_dict,))
+    try:
+        pending = {pool.submit(_safe_process_chunk, job) for job in todo}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for fut in done:
+                try:
+                    result = fut.result()
+                except BrokenProcessPool:
+                    raise RanfaceError("prepare: a worker process died (out of memory or killed); "
+                                       "rerun to continue with the unfinished chunks") from None
+                record(result)
+    finally:
+        procs = list(getattr(pool, "_processes", {}).values())  # not public: terminate at once
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in procs:
+            proc.join(timeout=5)
+
+
 def run_prepare(cfg: PrepareConfig) -> Dict[str, Any]:
     if cfg.mode not in ("one", "all"):
         raise ConfigError(f"prepare.mode must be 'one' or 'all', got {cfg.mode!r}")
@@ -312,18 +368,20 @@ def run_prepare(cfg: PrepareConfig) -> Dict[str, Any]:
 
     cfg_dict = asdict(cfg)
     workers = max(1, min(cfg.workers, len(todo))) if todo else 0
-    if workers <= 1:
-        if todo:
-            _init_worker(cfg_dict)
-            for job in todo:
-                record(_process_chunk(job))
-    else:
-        ctx = mp.get_context("spawn")  # fresh interpreters: no inherited torch thread pools
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg_dict,)) as pool:
-            for result in pool.imap_unordered(_process_chunk, todo):
-                record(result)
-    if bar is not None:
-        bar.close()
+    try:
+        if workers <= 1:
+            if todo:
+                _init_worker(cfg_dict)
+                for job in todo:
+                    record(_process_chunk(job))
+        else:
+            from .mtcnn import load_mtcnn_nets
+
+            load_mtcnn_nets()  # missing weights: one error here, not one per worker
+            _run_pool(workers, cfg_dict, todo, record)
+    finally:
+        if bar is not None:
+            bar.close()
     elapsed = time.time() - t0
 
     rows: List[Dict[str, Any]] = []

@@ -73,6 +73,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ctx = EvalContext(model, info, device=device,
                       precision=resolve_precision(args.precision, device),
                       batch_size=args.batch_size, on_error=args.on_error, workers=args.workers,
+                      allow_outside_root=args.allow_outside_root,
                       progress=not args.no_progress and sys.stderr.isatty())
     out = args.out or default_out_dir(args.model, args.protocol)
     res = evaluate(args.protocol, ctx, args.root, options, out)
@@ -120,6 +121,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--force", action="store_true",
                    help="use faces aligned with another template than the model card's (warn only)")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="read images that protocol lists name outside the dataset folder "
+                        "(absolute or ../ paths; refused by default)")
     p.add_argument("--list", action="store_true", help="list the protocols and exit")
     _add_config_args(p, "probe_sizes=[24,16,12]")
     p.set_defaults(func=cmd_evaluate)

@@ -30,15 +30,10 @@ def run(args: argparse.Namespace) -> int:
     from ..config import dump_yaml, load_config
     from ..deploy.export import ExportConfig, export_model
 
-    over = list(args.overrides)
-    for key, val in (("model", args.model), ("out", args.out), ("backbone", args.backbone)):
-        if val:
-            over.append(f"{key}={json.dumps(val)}")
-    if args.formats:
-        over.append(f"formats={json.dumps(args.formats.split(','))}")
-    if args.check_images:
-        over.append(f"check_images={json.dumps(args.check_images)}")
-    cfg = load_config(ExportConfig, args.config, over)
+    flags = {"model": args.model or None, "out": args.out or None, "backbone": args.backbone or None,
+             "formats": args.formats.split(",") if args.formats else None,
+             "check_images": list(args.check_images) if args.check_images else None}
+    cfg = load_config(ExportConfig, args.config, args.overrides, flags=flags)
     if args.dry_run:
         sys.stdout.write(dump_yaml(cfg))
         return 0

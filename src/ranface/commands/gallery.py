@@ -22,6 +22,8 @@ import os
 import sys
 from typing import Any, Dict, List
 
+from ..io_utils import check_output_file
+
 
 def add_parser(sub: "argparse._SubParsersAction") -> None:
     from ..cli import _add_config_args
@@ -105,23 +107,12 @@ def _config(args: argparse.Namespace):
     from ..api import GalleryConfig
     from ..config import load_config
 
-    over = list(getattr(args, "overrides", []))
-    for key in ("model", "calibration"):
-        val = getattr(args, key, None)
-        if val:
-            over.append(f"{key}={json.dumps(val)}")
-    for key, name in (("fpir", "fpir"), ("top_k", "top_k"), ("threshold", "threshold"),
-                      ("degrade", "degrade")):
-        val = getattr(args, key, None)
-        if val is not None:
-            over.append(f"{name}={val}")
-    if getattr(args, "aligned", None):
-        over.append("aligned=true")
-    if getattr(args, "force", None):
-        over.append("force=true")
-    if getattr(args, "on_exists", None):
-        over.append(f"on_exists={args.on_exists}")
-    return load_config(GalleryConfig, getattr(args, "config", None), over)
+    flags = {key: getattr(args, key, None) or None for key in ("model", "calibration", "on_exists")}
+    flags.update({key: getattr(args, key, None) for key in ("fpir", "top_k", "threshold", "degrade")})
+    flags["aligned"] = True if getattr(args, "aligned", None) else None
+    flags["force"] = True if getattr(args, "force", None) else None
+    return load_config(GalleryConfig, getattr(args, "config", None),
+                       list(getattr(args, "overrides", [])), flags=flags)
 
 
 def _dry(args: argparse.Namespace, cfg: Any) -> bool:
@@ -146,6 +137,7 @@ def cmd_enrol(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise ConfigError("gallery enrol: give the gallery file to write (--out G.npz)")
+    check_output_file(args.out)  # before embedding every image
     rec = FaceRecognizer.from_config(cfg)
     rec.progress = not args.no_progress
     g, report = rec.enrol(args.input, aligned=cfg.aligned, root=cfg.root, on_error=cfg.on_error)
@@ -169,6 +161,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if _dry(args, cfg):
         return 0
+    check_output_file(args.out or args.gallery)
     g = Gallery.load(args.gallery)
     rec = FaceRecognizer.from_config(cfg, g)
     rec.progress = not args.no_progress
@@ -183,6 +176,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 def cmd_remove(args: argparse.Namespace) -> int:
     from ..deploy.gallery import Gallery
 
+    check_output_file(args.out or args.gallery)
     g = Gallery.load(args.gallery)
     had_cal = g.calibration is not None
     removed = g.remove(args.names)
@@ -199,6 +193,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if _dry(args, cfg):
         return 0
+    check_output_file(args.out or args.gallery)
     g = Gallery.load(args.gallery)
     rec = FaceRecognizer.from_config(cfg, g)
     rec.progress = not args.no_progress
@@ -219,6 +214,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if _dry(args, cfg):
         return 0
+    if args.out:
+        check_output_file(args.out)  # before searching every probe
     g = Gallery.load(args.gallery)
     rec = FaceRecognizer.from_config(cfg, g)
     rec.progress = not args.no_progress

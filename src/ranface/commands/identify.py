@@ -48,16 +48,10 @@ def run(args: argparse.Namespace) -> int:
     from ..deploy.identify import summarise_frames, write_results
     from ..errors import ConfigError
 
-    over = list(args.overrides)
-    for key in ("gallery", "model", "calibration", "annotate"):
-        val = getattr(args, key)
-        if val:
-            over.append(f"{key}={json.dumps(val)}")
-    for key in ("every", "max_frames", "top_k", "threshold", "fpir", "min_eye_mouth"):
-        val = getattr(args, key)
-        if val is not None:
-            over.append(f"{key}={val}")
-    cfg = load_config(IdentifyConfig, args.config, over)
+    flags = {key: getattr(args, key) or None for key in ("gallery", "model", "calibration", "annotate")}
+    flags.update({key: getattr(args, key) for key in ("every", "max_frames", "top_k", "threshold", "fpir",
+                                                      "min_eye_mouth")})
+    cfg = load_config(IdentifyConfig, args.config, args.overrides, flags=flags)
     if args.dry_run:
         sys.stdout.write(dump_yaml(cfg))
         return 0

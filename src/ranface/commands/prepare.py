@@ -28,21 +28,16 @@ def run(args: argparse.Namespace) -> int:
     from ..align.prepare import run_prepare
     from ..config import PrepareConfig, dump_yaml, load_config
 
-    over = list(args.overrides)
-    if args.no_progress:
-        over.append("progress=false")
-    if args.model:
+    flags = {"input": args.input, "out": args.out, "lr_select": args.lr_select, "mode": args.mode,
+             "format": args.format, "progress": False if args.no_progress else None}
+    if args.model:  # align the way the model expects (its card's template and input size)
         from ..models.loader import read_card
 
         card = read_card(args.model)
         if card.template:
-            over.insert(0, f"template={card.template}")
-        over.insert(0, f"size=[{card.input_size[0]},{card.input_size[1]}]")
-    for key, val in (("input", args.input), ("out", args.out), ("lr_select", args.lr_select),
-                     ("mode", args.mode), ("format", args.format)):
-        if val is not None:
-            over.append(f"{key}={val}")
-    cfg = load_config(PrepareConfig, args.config, _quote(over))
+            flags["template"] = card.template
+        flags["size"] = [int(card.input_size[0]), int(card.input_size[1])]
+    cfg = load_config(PrepareConfig, args.config, args.overrides, flags=flags)
     if args.dry_run:
         sys.stdout.write(dump_yaml(cfg))
         return 0
@@ -50,13 +45,3 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps(summary))
     return 0
 
-
-def _quote(overrides):
-    """Paths and MIN:MAX must stay strings when parsed as YAML values."""
-    out = []
-    for o in overrides:
-        k, _, v = o.partition("=")
-        if k in ("input", "out", "lr_select", "root") and v and not v.startswith(("'", '"')):
-            v = json.dumps(v)
-        out.append(f"{k}={v}")
-    return out

@@ -16,7 +16,6 @@ import io
 import os
 import pickle
 import struct
-import tempfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -213,9 +212,9 @@ def write_bin(path: PathLike, images_bytes: Sequence[bytes],
     same = [bool(v) for v in issame]
     if len(images) != 2 * len(same):
         raise ValueError(f"{len(images)} images for {len(same)} pairs; need two per pair")
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part",
-                               dir=folder)
+    from ..io_utils import make_temp
+
+    fd, tmp = make_temp(path, suffix=".part")
     try:
         with os.fdopen(fd, "wb") as fh:
             pickle.dump((images, same), fh, protocol=4)

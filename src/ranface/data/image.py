@@ -91,6 +91,8 @@ def read_image(path: "os.PathLike[str] | str", color: str = "rgb",
                expect_size: Optional[Tuple[int, int]] = None) -> np.ndarray:
     """Read and decode an image file; see :func:`decode_image`."""
     path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO would block, /dev/zero never end
+        raise DataError(path, "not a regular file")
     try:
         with open(path, "rb") as fh:
             data = fh.read()

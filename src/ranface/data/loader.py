@@ -129,9 +129,11 @@ def _worker_init(_: int) -> None:
 
 def build_train_loader(view: AugmentedView, batch_size: int, num_workers: int, world_size: int,
                        rank: int, seed: int, drop_last: bool = True,
-                       pin_memory: bool = False) -> Tuple[DataLoader, ResumableDistributedSampler]:
+                       pin_memory: bool = False, source: Optional[str] = None
+                       ) -> Tuple[DataLoader, ResumableDistributedSampler]:
     from .datasets import collate_skipping
 
+    check_batch(len(view), batch_size, drop_last, source, world_size)
     sampler = ResumableDistributedSampler(len(view), batch_size, world_size, rank, seed=seed,
                                           shuffle=True, drop_last=drop_last)
     loader = DataLoader(view, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
@@ -143,6 +145,21 @@ def build_train_loader(view: AugmentedView, batch_size: int, num_workers: int, w
                         generator=torch.Generator().manual_seed(seed),
                         prefetch_factor=2 if num_workers > 0 else None)
     return loader, sampler
+
+
+def check_batch(n: int, batch_size: int, drop_last: bool, source: Optional[str], world_size: int = 1) -> None:
+    """With ``drop_last`` a dataset smaller than one (global) batch yields no step at all."""
+    if drop_last and n < batch_size * world_size:
+        raise DataError(source or "training data", f"{n} faces, fewer than one batch "
+                        f"({batch_size} per process x {world_size}); lower data.batch_size or set "
+                        "data.drop_last=false")
+
+
+def check_identities(labels: List[int], source: str) -> None:
+    """A margin-softmax loss over one class is 0 for every sample: nothing is learned."""
+    if len(set(labels)) < 2:
+        raise DataError(source, f"{len(set(labels))} identity: training a classifier needs at "
+                        "least 2 (the loss is 0 and nothing is learned)")
 
 
 def dataset_labels(ds: Dataset) -> List[int]:

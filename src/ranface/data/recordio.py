@@ -25,7 +25,6 @@ import math
 import numbers
 import os
 import struct
-import tempfile
 import warnings
 from collections import namedtuple
 from typing import Iterable, List, Optional, Tuple, Union
@@ -442,10 +441,10 @@ class RecordWriter:
 
     @staticmethod
     def _open_temp(path: str):
-        folder = os.path.dirname(os.path.abspath(path))
+        from ..io_utils import make_temp
+
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part",
-                                       dir=folder)
+            fd, tmp = make_temp(path, suffix=".part")  # the permissions of any other output
         except OSError as exc:
             raise DataError(path, f"cannot create output file ({exc.strerror or exc})") from None
         return tmp, os.fdopen(fd, "wb")

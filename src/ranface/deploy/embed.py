@@ -4,23 +4,24 @@ same/different decision at the card's calibrated threshold (like ``deepface.veri
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from ..config import EmbedConfig
 from ..data.image import image_extensions, read_image
 from ..errors import DataError
-from ..io_utils import atomic_open, atomic_write_text, check_writable_dir, progress_bar
+from ..io_utils import check_writable_dir, progress_bar, publish_together
 
 
-def list_images(root: str) -> List[str]:
-    """Image files under ``root`` (recursive, sorted, relative paths); none is an error."""
+def list_images(root: str, not_regular: Optional[List[str]] = None) -> List[str]:
+    """Image files under ``root`` (recursive, sorted, relative paths); none is an error.
+    Non-regular files with an image name (FIFOs, devices) are skipped into ``not_regular``."""
     from ..eval.features import list_image_files
 
     if not os.path.isdir(root):
         raise DataError(root, "input folder not found")
-    out = list_image_files(root, recursive=True)
+    out = list_image_files(root, recursive=True, not_regular=not_regular)
     if not out:
         raise DataError(root, f"no images ({', '.join(image_extensions()[:10])}, ...) found")
     return out
@@ -42,7 +43,8 @@ def embed_folder(cfg: EmbedConfig, root: str, out_prefix: str, on_error: str = "
     (and, with ``on_error='skip'``, unreadable files) are left out and counted."""
     # fail before loading the model and embedding everything, not at the final write
     check_writable_dir(os.path.dirname(os.path.abspath(out_prefix)))
-    files = list_images(root)
+    not_regular: List[str] = []
+    files = list_images(root, not_regular)
     rec = recognizer(cfg)
     if cfg.aligned:
         from ..align.prepare import check_template
@@ -90,10 +92,12 @@ def embed_folder(cfg: EmbedConfig, root: str, out_prefix: str, on_error: str = "
     if not kept:
         raise DataError(root, "no face could be embedded" + (f" ({skipped[0]})" if skipped else ""))
     matrix = np.concatenate(feats).astype(np.float32)
-    with atomic_open(out_prefix + ".npy", "wb") as fh:
-        np.save(fh, matrix)
-    atomic_write_text(out_prefix + ".tsv", "".join(f"{i}\t{p}\n" for i, p in enumerate(kept)))
-    return {"embedded": len(kept), "skipped": len(skipped), "skipped_examples": skipped[:5],
+    index = "".join(f"{i}\t{p}\n" for i, p in enumerate(kept)).encode("utf-8")
+    # the matrix and its index are one unit: both new or both old
+    publish_together({out_prefix + ".npy": lambda fh: np.save(fh, matrix),
+                      out_prefix + ".tsv": lambda fh: fh.write(index)})
+    return {"embedded": len(kept), "skipped": len(skipped), "not_regular_files": len(not_regular),
+            "skipped_examples": skipped[:5],
             "dim": int(matrix.shape[1]), "npy": out_prefix + ".npy", "index": out_prefix + ".tsv",
             "model": rec.card.provenance.source, "aligned_input": cfg.aligned,
             "template": None if cfg.aligned else rec.template}

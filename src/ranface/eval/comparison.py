@@ -26,6 +26,8 @@ def load_result(path: str) -> Dict[str, Any]:
         raise DataError(path, f"cannot read result ({exc.strerror or exc})") from None
     except json.JSONDecodeError as exc:
         raise DataError(path, f"not valid JSON ({exc.msg})", f"line {exc.lineno}") from None
+    except (UnicodeDecodeError, RecursionError):
+        raise DataError(path, "not a UTF-8 JSON result file") from None
     if not isinstance(res, dict) or res.get("format") != RESULT_FORMAT:
         raise DataError(path, f"not a ranface evaluation result (expected format "
                         f"{RESULT_FORMAT!r})")
@@ -82,6 +84,9 @@ def compare_results(paths: Sequence[str], labels: Optional[Sequence[str]] = None
 def write_comparison(paths: Sequence[str], out_dir: str,
                      labels: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """``ranface report``: ``report.md`` + ``report.json`` + overlaid curves in ``out_dir``."""
+    from ..io_utils import check_writable_dir
+
+    check_writable_dir(out_dir)  # a read-only place: one line before any work
     cmp = compare_results(paths, labels)
     results = cmp.pop("_results")
     os.makedirs(out_dir, exist_ok=True)

@@ -77,8 +77,11 @@ class Features:
         return int(sum(np.isfinite(f[:, 0]).sum() for f in self.feats.values() if f.size))
 
 
-def list_image_files(folder: str, recursive: bool = False) -> List[str]:
-    """Image files under ``folder`` as sorted paths relative to it."""
+def list_image_files(folder: str, recursive: bool = False,
+                     not_regular: Optional[List[str]] = None) -> List[str]:
+    """Image files under ``folder`` as sorted paths relative to it. Names with an image
+    extension that are not regular files (a FIFO would block a reader forever, a device
+    never end) are left out and, when ``not_regular`` is given, appended to it."""
     out: List[str] = []
     if recursive:
         for dirpath, dirnames, filenames in os.walk(folder):
@@ -87,8 +90,11 @@ def list_image_files(folder: str, recursive: bool = False) -> List[str]:
                        for f in sorted(filenames) if is_image_file(f))
     else:
         out = sorted(f for f in os.listdir(folder) if is_image_file(f)
-                     and os.path.isfile(os.path.join(folder, f)))
-    return out
+                     and not os.path.isdir(os.path.join(folder, f)))
+    regular = [f for f in out if os.path.isfile(os.path.join(folder, f))]
+    if not_regular is not None and len(regular) != len(out):
+        not_regular.extend(f for f in out if f not in set(regular))
+    return regular
 
 
 def default_workers(limit: int = 8) -> int:

@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..io_utils import atomic_write_bytes, atomic_write_text
+from ..errors import DataError
+from ..io_utils import atomic_write_bytes, atomic_write_text, check_writable_dir
 
 __all__ = ["fmt_pct", "fmt_rate", "md_table", "curve", "plot_curves", "write_result",
            "render_markdown", "markdown_to_html", "REPORT_FORMAT", "RESULT_FORMAT"]

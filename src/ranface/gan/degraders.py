@@ -452,9 +452,12 @@ def synthesize(cfg: Any, degrader: Optional[Degrader] = None,
         raise DataError(cfg.input, "input dataset not found")
     if not cfg.output:
         raise ConfigError("output is empty: give the folder to write the LR twin into")
-    if os.path.abspath(cfg.output) == os.path.abspath(cfg.input if os.path.isdir(cfg.input)
-                                                        else os.path.dirname(cfg.input)):
-        raise ConfigError(f"output {cfg.output} is the input's folder: write the LR twin elsewhere")
+    in_dir = os.path.realpath(cfg.input if os.path.isdir(cfg.input) else os.path.dirname(cfg.input))
+    out_dir = os.path.realpath(cfg.output)
+    if os.path.commonpath([in_dir, out_dir]) == in_dir:
+        # inside the input, the twin would be read as part of the dataset by the next run
+        raise ConfigError(f"output {cfg.output} is inside the input's folder {in_dir}: write the "
+                          "LR twin elsewhere")
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
     if cfg.on_error not in ("raise", "skip"):

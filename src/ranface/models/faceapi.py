@@ -36,6 +36,7 @@ _PLAIN_DTYPES = {"float32": np.dtype("<f4"), "int32": np.dtype("<i4"), "bool": n
 _QUANT_DTYPES = {"uint8": np.dtype("u1"), "uint16": np.dtype("<u2"), "float16": np.dtype("<f2")}
 _LEAF_NAMES = {"filters": "weight", "weights": "weight", "bias": "bias", "biases": "bias"}
 _MAX_LISTED = 10
+_MAX_MANIFEST_CHARS = 1 << 22  # face-api's manifest is ~30 kB
 
 
 def _listing(names: Sequence[str]) -> str:
@@ -73,22 +74,54 @@ def _parse_entry(entry: object, manifest: str, where: str
     return name, tuple(shape), _QUANT_DTYPES[quant["dtype"]], (float(scale), float(qmin))
 
 
-def _read_group_bytes(manifest: str, group: dict, gi: int) -> Tuple[bytes, str]:
+def _shard_path(manifest: str, rel: str, gi: int) -> str:
+    """The shard file ``rel`` of ``manifest``'s folder; refuses names that leave the
+    folder (absolute, ``..``, a symlink pointing out) and anything but a regular file
+    (``/dev/zero``, a FIFO would be read forever)."""
+    base = os.path.dirname(os.path.abspath(manifest))
+    if not rel or os.path.isabs(rel) or ".." in rel.replace("\\", "/").split("/"):
+        raise CheckpointError(manifest, f"weights file name {rel[:80]!r} is not a file of the "
+                              "model folder", f"group {gi}")
+    shard = os.path.join(base, rel)
+    real_base = os.path.realpath(base)
+    if os.path.commonpath([real_base, os.path.realpath(shard)]) != real_base:
+        raise CheckpointError(shard, f"weights file named in {manifest} lies outside the model "
+                              "folder (symlink)")
+    if os.path.exists(shard) and not os.path.isfile(shard):
+        raise CheckpointError(shard, f"weights file named in {manifest} is not a regular file")
+    return shard
+
+
+def _read_group_bytes(manifest: str, group: dict, gi: int, expected: int) -> Tuple[bytes, str]:
+    """The group's shards, concatenated; their sizes are checked against ``expected``
+    (the manifest's tensors) before a byte is read."""
     paths = group.get("paths")
     if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
         raise CheckpointError(manifest, "group needs a non-empty list 'paths' of file names",
                               f"group {gi}")
-    base = os.path.dirname(manifest)
-    chunks = []
-    for rel in paths:
-        shard = os.path.join(base, rel)
+    shards = [_shard_path(manifest, rel, gi) for rel in paths]
+    label = " + ".join(shards)
+    sizes = []
+    for shard in shards:
         try:
-            with open(shard, "rb") as fh:
-                chunks.append(fh.read())
+            sizes.append(os.stat(shard).st_size)
         except OSError as exc:
             raise CheckpointError(shard, f"cannot read weights file named in {manifest} "
                                   f"({exc.strerror or exc})") from None
-    label = " + ".join(os.path.join(base, p) for p in paths)
+    if sum(sizes) != expected:
+        raise CheckpointError(label, f"holds {sum(sizes)} bytes but {manifest} describes "
+                              f"{expected} bytes of tensors")
+    chunks = []
+    for shard, size in zip(shards, sizes):
+        try:
+            with open(shard, "rb") as fh:
+                data = fh.read(size + 1)  # never more than the size checked above
+        except OSError as exc:
+            raise CheckpointError(shard, f"cannot read weights file named in {manifest} "
+                                  f"({exc.strerror or exc})") from None
+        if len(data) != size:
+            raise CheckpointError(shard, "changed size while being read")
+        chunks.append(data)
     return b"".join(chunks), label
 
 
@@ -100,9 +133,14 @@ def read_tfjs_weights(manifest_path: PathLike) -> "OrderedDict[str, np.ndarray]"
     a missing shard, a shard size that disagrees with the manifest, or duplicate names.
     """
     manifest = os.fspath(manifest_path)
+    if os.path.exists(manifest) and not os.path.isfile(manifest):
+        raise CheckpointError(manifest, "weights manifest is not a regular file")
     try:
         with open(manifest, "r", encoding="utf-8") as fh:
-            groups = json.load(fh)
+            text = fh.read(_MAX_MANIFEST_CHARS + 1)
+        if len(text) > _MAX_MANIFEST_CHARS:
+            raise CheckpointError(manifest, f"weights manifest larger than {_MAX_MANIFEST_CHARS} characters")
+        groups = json.loads(text)
     except OSError as exc:
         raise CheckpointError(manifest, f"cannot read weights manifest "
                               f"({exc.strerror or exc})") from None
@@ -119,11 +157,8 @@ def read_tfjs_weights(manifest_path: PathLike) -> "OrderedDict[str, np.ndarray]"
             raise CheckpointError(manifest, "group has no list 'weights'", f"group {gi}")
         parsed = [_parse_entry(e, manifest, f"group {gi} weight {i}")
                   for i, e in enumerate(entries)]
-        data, label = _read_group_bytes(manifest, group, gi)
         expected = sum(int(np.prod(shape)) * dt.itemsize for _, shape, dt, _ in parsed)
-        if expected != len(data):
-            raise CheckpointError(label, f"holds {len(data)} bytes but {manifest} describes "
-                                  f"{expected} bytes of tensors")
+        data, label = _read_group_bytes(manifest, group, gi, expected)
         offset = 0
         for name, shape, dt, quant in parsed:
             count = int(np.prod(shape))

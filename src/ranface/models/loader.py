@@ -194,9 +194,10 @@ def load_model(path: str, backbone: str = "", device: Any = "cpu") -> Tuple[torc
 
 
 def _read_ranface(path: str, backbone: str) -> Tuple[str, Dict[str, Any], Dict[str, Any], ModelCard, Dict[str, Any]]:
-    from ..train.checkpoint import load_checkpoint
+    from ..train.checkpoint import check_model_checkpoint, load_checkpoint
 
     state = load_checkpoint(path)
+    check_model_checkpoint(state, path, MODEL_FORMAT)  # malformed structure: one line
     if state.get("format") == MODEL_FORMAT:
         name, kw, sd = state["backbone"], dict(state.get("backbone_kwargs", {})), state["state_dict"]
         config = state.get("config") or {}

@@ -18,16 +18,46 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, NonFiniteError
 from ..io_utils import atomic_open, atomic_write_text
 
 CKPT_RE = re.compile(r"^ckpt-(\d{8})\.pt$")
 
 
+def _weights(state: Mapping[str, Any]) -> Dict[str, Any]:
+    """The model weights of a checkpoint: ``modules`` (training) and ``state_dict``
+    (an exported model) -> {dotted name: tensor}."""
+    out: Dict[str, Any] = {}
+    for name, sd in (state.get("modules") or {}).items() if isinstance(state.get("modules"), Mapping) else ():
+        if isinstance(sd, Mapping):
+            out.update({f"{name}.{k}": v for k, v in sd.items()})
+    if isinstance(state.get("state_dict"), Mapping):
+        out.update(state["state_dict"])
+    return out
+
+
+def check_finite_weights(state: Mapping[str, Any], path: str) -> None:
+    """Refuse to write a model whose weights hold NaN or inf (it would embed every face
+    to NaN, and ``compare`` print ``"cosine": NaN``)."""
+    bad = [k for k, v in _weights(state).items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        shown = ", ".join(bad[:4]) + (f", ... ({len(bad)} in all)" if len(bad) > 4 else "")
+        raise NonFiniteError(f"{path}: not written: weights hold NaN or inf ({shown}); "
+                             "the run diverged (check optim.lr and the data)")
+
+
 def save_checkpoint(path: str, state: Mapping[str, Any]) -> None:
-    """``torch.save`` to a temp file, fsync, rename: never a half-written checkpoint."""
-    with atomic_open(path, "wb") as fh:
-        torch.save(dict(state), fh)
+    """``torch.save`` to a temp file, fsync, rename: never a half-written checkpoint, and
+    never one with non-finite weights."""
+    check_finite_weights(state, path)
+    try:
+        with atomic_open(path, "wb") as fh:
+            torch.save(dict(state), fh)
+    except RuntimeError as exc:
+        # torch's zip writer reports a full disk as "[enforce fail at inline_container.cc]"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(path, f"cannot write checkpoint (disk full? {first[:160]})") from None
 
 
 def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
@@ -46,6 +76,79 @@ def load_checkpoint(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
     if not isinstance(obj, dict):
         raise CheckpointError(path, f"expected a dict checkpoint, got {type(obj).__name__}")
     return obj
+
+
+def _fail(path: str, problem: str) -> CheckpointError:
+    return CheckpointError(path, f"malformed checkpoint: {problem}")
+
+
+def _check_state_dict(sd: Any, path: str, what: str) -> None:
+    if not isinstance(sd, Mapping) or not all(isinstance(k, str) for k in sd):
+        raise _fail(path, f"{what} is not a mapping of tensor names to tensors")
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise _fail(path, f"{what} entry {bad[0][:80]!r} is a {type(sd[bad[0]]).__name__}, not a tensor")
+
+
+def check_model_config(cfg: Any, path: str) -> None:
+    """The ``model`` section a checkpoint records (how to rebuild the backbone)."""
+    if not isinstance(cfg, Mapping):
+        raise _fail(path, f"'config' is a {type(cfg).__name__}, not a mapping")
+    model = cfg.get("model", {})
+    if not isinstance(model, Mapping):
+        raise _fail(path, f"'config.model' is a {type(model).__name__}, not a mapping")
+    if not isinstance(model.get("backbone"), str) or not model.get("backbone"):
+        raise _fail(path, "'config.model.backbone' is not a backbone name")
+    for key, kinds in (("embedding_size", (int, type(None))), ("dropout", (int, float, type(None)))):
+        v = model.get(key)
+        if isinstance(v, bool) or not isinstance(v, kinds):
+            raise _fail(path, f"'config.model.{key}' is {type(v).__name__} {str(v)[:40]!r}")
+
+
+def check_model_checkpoint(state: Mapping[str, Any], path: str, model_format: str) -> None:
+    """Structure of a checkpoint loaded for inference: an exported model (``format`` ==
+    ``model_format``: backbone name, kwargs, state_dict) or a training checkpoint
+    (``config`` + ``modules.backbone``). One-line :class:`CheckpointError` on anything
+    else (no keys, a list as the backbone name, the config as a string, ...)."""
+    if state.get("format") == model_format:
+        if not isinstance(state.get("backbone"), str) or not state["backbone"]:
+            raise _fail(path, f"'backbone' is {type(state.get('backbone')).__name__}, not a backbone name")
+        kw = state.get("backbone_kwargs", {})
+        if not isinstance(kw, Mapping) or not all(isinstance(k, str) for k in kw):
+            raise _fail(path, "'backbone_kwargs' is not a mapping of option names")
+        if "state_dict" not in state:
+            raise _fail(path, "no 'state_dict'")
+        _check_state_dict(state["state_dict"], path, "'state_dict'")
+        if not isinstance(state.get("config", {}), Mapping):
+            raise _fail(path, f"'config' is a {type(state.get('config')).__name__}, not a mapping")
+        return
+    if "modules" in state and "config" in state:
+        check_model_config(state["config"], path)
+        modules = state["modules"]
+        if not isinstance(modules, Mapping):
+            raise _fail(path, f"'modules' is a {type(modules).__name__}, not a mapping")
+        if "backbone" not in modules:
+            raise CheckpointError(path, "training checkpoint has no 'backbone' module")
+        _check_state_dict(modules["backbone"], path, "'modules.backbone'")
+        return
+    keys = sorted(str(k)[:40] for k in state)[:8]
+    raise CheckpointError(path, "not a ranface model or training checkpoint "
+                          f"(keys: {keys if keys else 'none'})")
+
+
+def check_training_checkpoint(state: Mapping[str, Any], path: str) -> None:
+    """Structure of a checkpoint a run resumes from (types only; fit is checked when
+    loaded into the modules)."""
+    for key, kind in (("step", int), ("modules", Mapping), ("optimizers", Mapping),
+                      ("phase_runs", Mapping), ("rng", Mapping), ("sampler", Mapping)):
+        if key not in state:
+            raise CheckpointError(path, f"not a ranface training checkpoint (missing '{key}')")
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            raise _fail(path, f"'{key}' is a {type(state[key]).__name__}")
+    for name, sd in state["modules"].items():
+        _check_state_dict(sd, path, f"'modules.{name}'")
+    if not isinstance(state.get("config", {}), Mapping):
+        raise _fail(path, f"'config' is a {type(state.get('config')).__name__}, not a mapping")
 
 
 def load_state_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str,

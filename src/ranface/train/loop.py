@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, DistributedError, NonFiniteError
-from .checkpoint import CheckpointManager, capture_rng, load_checkpoint, load_state_strict, restore_rng
+from .checkpoint import (CheckpointManager, capture_rng, check_training_checkpoint, load_checkpoint,
+                         load_state_strict, restore_rng)
 from .distributed import DistInfo, all_gather_objects, any_rank, barrier, unwrap
 from .precision import autocast, make_scaler
 from .stats import MetricsWriter, StatsAccumulator
@@ -238,6 +239,7 @@ class Trainer:
         if path is None:
             return False
         state = load_checkpoint(path, map_location=self.device)
+        check_training_checkpoint(state, path)
         self.load_state_dict(state, path)
         if self.dist.is_main:
             _truncate_metrics(self.writer.path, self.step)

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainConfig, to_dict
-from ..data.loader import AugmentedView, FaceTransform, build_train_loader, dataset_labels, open_dataset
+from ..data.loader import (AugmentedView, FaceTransform, build_train_loader, check_batch, check_identities,
+                           dataset_labels, open_dataset)
 from ..errors import ConfigError
 from ..models.loader import backbone_kwargs, model_package
 from .checkpoint import load_state_strict, save_checkpoint
@@ -229,17 +230,19 @@ def run_recognition(cfg: TrainConfig) -> Dict[str, Any]:
         raise ConfigError(f"run_recognition handles stages hr and lr, not {cfg.stage!r}")
     if cfg.stage == "lr" and not cfg.model.init:
         raise ConfigError("stage lr is fine-tuned from the HR model: set model.init=<HR run dir or model.pt>")
-    ctx = setup_run(cfg, prefix=cfg.stage)
     seed_everything(cfg.run.seed, cfg.run.deterministic)
-
     kw = backbone_kwargs(to_dict(cfg.model))
     from ..models import create_backbone
 
     backbone = create_backbone(cfg.model.backbone, **kw)
     spec = backbone.spec
+    # the data is checked before the run directory exists: bad input leaves no output
     dataset = open_dataset(cfg.data.train, cfg.data.format, cfg.data.color, expected_size(cfg, spec),
                            cfg.data.on_error)
     labels = dataset_labels(dataset)
+    check_identities(labels, cfg.data.train)
+    check_batch(len(dataset), cfg.data.batch_size, cfg.data.drop_last, cfg.data.train)
+    ctx = setup_run(cfg, prefix=cfg.stage)
     num_classes = max(labels) + 1
     head = build_head(cfg, spec.embedding_size, num_classes)
     init_info = load_init(backbone, head, cfg.model.init)
@@ -274,7 +277,7 @@ def run_recognition(cfg: TrainConfig) -> Dict[str, Any]:
     loader, sampler = build_train_loader(view, cfg.data.batch_size, cfg.data.num_workers,
                                          ctx.dist.world_size, ctx.dist.rank, cfg.run.seed,
                                          drop_last=cfg.data.drop_last,
-                                         pin_memory=ctx.device.type == "cuda")
+                                         pin_memory=ctx.device.type == "cuda", source=cfg.data.train)
     validator = make_validator(cfg, backbone, ctx)
     trainer = Trainer(run_dir=ctx.run_dir, phases=[phase], state_modules={"backbone": backbone, "head": head},
                       stream=BatchStream(loader, sampler), to_device=make_to_device(ctx.device, channels_last),

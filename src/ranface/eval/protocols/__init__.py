@@ -104,6 +104,7 @@ class EvalContext:
     # thread; -1: one per usable core)
     workers: int = -1
     out_dir: Optional[str] = None  # set by evaluate(): where a protocol may write its lists
+    allow_outside_root: bool = False  # read images a protocol list names outside its folder
 
     def __post_init__(self) -> None:
         if hasattr(self.info, "info") and hasattr(self.info, "provenance"):  # a ModelCard
@@ -113,6 +114,9 @@ class EvalContext:
             self.card = None
         if self.on_error not in ("raise", "skip"):
             raise ConfigError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
+        if self.batch_size < 1 or self.workers < 0:
+            raise ConfigError(f"batch size must be >= 1 and workers >= 0, got {self.batch_size} "
+                              f"and {self.workers}")
 
     def embedder(self, flip: bool = True):
         from ...inference import Embedder

@@ -34,6 +34,28 @@ def require(root: str, entries: Iterable[Tuple[str, str]], what: str) -> None:
                             f"{listing(missing, 50)}")
 
 
+def escapes_folder(name: str) -> bool:
+    """Whether a listed image name leaves the folder it is relative to: absolute, or a
+    ``..`` that climbs above it (checked on the text; symlinks are the dataset's own)."""
+    norm = os.path.normpath(name.replace("\\", "/"))
+    return os.path.isabs(name) or norm == ".." or norm.startswith("../") or name.startswith("~")
+
+
+def check_listed(names: Sequence[str], list_file: str, folder: str, allow_outside: bool,
+                 where: Optional[Sequence[str]] = None) -> None:
+    """Refuse a protocol list (pairs.txt, IJB-C meta, TinyFace .mat) that names an image
+    outside ``folder`` -- absolute or ``../`` -- unless the run opted in
+    (``EvalContext.allow_outside_root``, ``ranface evaluate --allow-outside-root``).
+    ``where[i]`` locates entry i in ``list_file`` (a line number, an array index)."""
+    if allow_outside:
+        return
+    for i, name in enumerate(names):
+        if escapes_folder(name):
+            raise ProtocolError(list_file, f"names {name[:80]!r}, outside {folder} (absolute or "
+                                "'..'); refused (--allow-outside-root to read it)",
+                                where[i] if where is not None else f"entry {i}")
+
+
 def first_existing(root: str, candidates: Sequence[str]) -> Optional[str]:
     """The first of ``candidates`` (relative to ``root``) that exists, else None."""
     for rel in candidates:

@@ -59,7 +59,7 @@ from ..features import SkipLog, embed_images
 from ..report import curve, far_label, fmt_rate, md_table, method_label, plot_curves
 from ...align.select import LR_BAND
 from . import EvalContext, Protocol, base_result, register_protocol
-from .common import operating_points, read_columns, require, to_float, to_int
+from .common import check_listed, operating_points, read_columns, require, to_float, to_int
 
 __all__ = ["IjbcOptions", "IjbcTinyOptions", "IjbMeta", "read_ijb_meta", "template_features",
            "iter_pair_scores", "score_pairs", "subjects_from_pairs", "IjbcProtocol",
@@ -386,6 +386,8 @@ class IjbcProtocol(Protocol):
         skips = SkipLog(ctx.on_error)
         result = base_result(self.name, ctx, root, o)
         meta = read_ijb_meta(root, o, skips)
+        check_listed(meta.names, meta.files["faces"], meta.files["images"], ctx.allow_outside_root,
+                     [f"line {n}" for n in meta.lines])
         usable = _check_images(meta, skips)
         feats, ok = self._embed(ctx, meta, o, usable, skips)
         tids, tf = template_features(feats[ok], meta.tids[ok], meta.mids[ok],
@@ -458,6 +460,8 @@ class IjbcTinyProtocol(IjbcProtocol):
         skips = SkipLog(ctx.on_error)
         result = base_result(self.name, ctx, root, o)
         meta = read_ijb_meta(root, o, skips)
+        check_listed(meta.names, meta.files["faces"], meta.files["images"], ctx.allow_outside_root,
+                     [f"line {n}" for n in meta.lines])
         usable = _check_images(meta, skips)
         with np.errstate(invalid="ignore"):
             dist = eye_mouth_distance(np.nan_to_num(meta.landmarks, nan=0.0))

@@ -34,7 +34,7 @@ from ...io_utils import atomic_write_text
 from ..features import SkipLog, embed_images
 from ..report import NOT_MEASURABLE, curve, far_label, fmt_pct, fmt_rate, md_table, plot_curves, plot_panels
 from . import EvalContext, Protocol, base_result, register_protocol
-from .common import operating_points, require
+from .common import check_listed, operating_points, require
 
 __all__ = ["Pair", "PairsOptions", "parse_pairs", "lfw_split", "PairsProtocol", "MODES"]
 
@@ -229,6 +229,8 @@ class PairsProtocol(Protocol):
                     uniq[rel] = len(uniq)
                     first_line[rel] = p.line
         rels = list(uniq)
+        check_listed(rels, pairs_file, images, ctx.allow_outside_root,
+                     [f"line {first_line[r]}" for r in rels])
         missing = [r for r in rels if not os.path.isfile(os.path.join(images, r))]
         # Photos in which `prepare` found no face are a known, counted loss (their pairs are
         # dropped and named in the result); any other missing image is an error.
@@ -291,6 +293,9 @@ class PairsProtocol(Protocol):
             for cls in (True, False):
                 idx = np.flatnonzero(same == cls)
                 folds[idx] = np.arange(idx.size) % 10
+        if np.unique(folds).size < 2:  # else the k-fold accuracy's ValueError, a traceback
+            raise ProtocolError(pairs_file, f"{same.size} scorable pair(s) make one fold; the "
+                                "k-fold accuracy needs at least 2 matched and 2 mismatched pairs")
 
         n_folds = int(np.unique(folds).size)
         metrics: Dict[str, Any] = {}

@@ -35,7 +35,7 @@ from ...errors import ProtocolError
 from ..features import SkipLog, embed_images, list_image_files
 from ..report import curve, fmt_pct, md_table, method_label, plot_curves
 from . import EvalContext, Protocol, base_result, register_protocol
-from .common import load_mat, mat_ints, mat_strings, require, similarity_blocks
+from .common import check_listed, load_mat, mat_ints, mat_strings, require, similarity_blocks
 
 __all__ = ["TinyFaceOptions", "TinyFaceProtocol", "closed_set_ranks", "labels_from_names"]
 
@@ -71,10 +71,12 @@ def _testing_dir(root: str) -> str:
 
 
 def _listed(test: str, sub: str, mat_name: str, set_key: str, ids_key: str,
-            skips: SkipLog) -> Tuple[List[str], List[Any], List[str]]:
+            skips: SkipLog, allow_outside: bool = False) -> Tuple[List[str], List[Any], List[str]]:
     path = os.path.join(test, mat_name)
     mat = load_mat(path)
     names = mat_strings(mat, set_key, path)
+    check_listed(names, path, os.path.join(test, sub), allow_outside,
+                 [f"{set_key}[{k}]" for k in range(len(names))])
     if ids_key in mat:
         ids: List[Any] = mat_ints(mat, ids_key, path, len(names)).tolist()
     else:
@@ -118,9 +120,9 @@ class TinyFaceProtocol(Protocol):
         skips = SkipLog(ctx.on_error)
         result = base_result(self.name, ctx, root, o)
         _, p_ids, p_files = _listed(test, "Probe", "probe_img_ID_pairs.mat", "probe_set",
-                                    "probe_ids", skips)
+                                    "probe_ids", skips, ctx.allow_outside_root)
         _, g_ids, g_files = _listed(test, "Gallery_Match", "gallery_match_img_ID_pairs.mat",
-                                    "gallery_set", "gallery_ids", skips)
+                                    "gallery_set", "gallery_ids", skips, ctx.allow_outside_root)
         d_dir = os.path.join(test, "Gallery_Distractor")
         d_files = [os.path.join(d_dir, f) for f in list_image_files(d_dir)]
         if o.max_distractors >= 0:
