@@ -78,11 +78,12 @@ def test_model_path_with_hash_loads_that_file(env, tmp_path, capsys):
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        assert main(["embed", env["faces"], "-m", "m #1/model.pt", "--out", str(tmp_path / "e")]) == 0
+        assert main(["embed", env["faces"], "-m", "m #1/model.pt", "--aligned", "--out", str(tmp_path / "e")]) == 0
     finally:
         os.chdir(cwd)
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert res["model"] == "m #1/model.pt" and res["embedded"] == 8
+    # the model reported is the file named (the card records it as an absolute path)
+    assert os.path.samefile(os.path.join(tmp_path, res["model"]), folder / "model.pt") and res["embedded"] == 8
 
 
 def test_set_run_name_keeps_leading_zeros(env, capsys):
@@ -166,12 +167,12 @@ def test_embed_failing_second_output_keeps_the_old_pair(env, tmp_path, monkeypat
     one = tmp_path / "one"
     shutil.copytree(os.path.join(env["faces"], "id000"), one / "id000")
     prefix = str(tmp_path / "P")
-    assert main(["embed", str(one), "-m", env["model"], "--out", prefix]) == 0
+    assert main(["embed", str(one), "-m", env["model"], "--aligned", "--out", prefix]) == 0
     old = (open(prefix + ".npy", "rb").read(), open(prefix + ".tsv").read())
     real = os.replace
     monkeypatch.setattr(io_utils.os, "replace", lambda s, d: (_ for _ in ()).throw(OSError(5, "I/O error"))
                         if str(d).endswith(".tsv") and str(s).endswith(".tmp") else real(s, d))
-    assert main(["embed", env["faces"], "-m", env["model"], "--out", prefix]) == 2
+    assert main(["embed", env["faces"], "-m", env["model"], "--aligned", "--out", prefix]) == 2
     assert "was changed" in one_line_error(capsys)
     assert (open(prefix + ".npy", "rb").read(), open(prefix + ".tsv").read()) == old
     rows = len(open(prefix + ".tsv").read().splitlines())
@@ -460,6 +461,6 @@ def test_fifo_in_image_folder_is_skipped(env, tmp_path, capsys):
     folder = tmp_path / "faces"
     shutil.copytree(os.path.join(env["faces"], "id000"), folder / "id000")
     os.mkfifo(folder / "id000" / "x.jpg")
-    assert main(["embed", str(folder), "-m", env["model"], "--out", str(tmp_path / "e")]) == 0
+    assert main(["embed", str(folder), "-m", env["model"], "--aligned", "--out", str(tmp_path / "e")]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["embedded"] == 4 and res["not_regular_files"] == 1

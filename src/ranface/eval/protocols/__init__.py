@@ -114,8 +114,8 @@ class EvalContext:
             self.card = None
         if self.on_error not in ("raise", "skip"):
             raise ConfigError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
-        if self.batch_size < 1 or self.workers < 0:
-            raise ConfigError(f"batch size must be >= 1 and workers >= 0, got {self.batch_size} "
+        if self.batch_size < 1 or self.workers < -1:
+            raise ConfigError(f"batch size must be >= 1 and workers >= -1 (-1: one per core), got {self.batch_size} "
                               f"and {self.workers}")
 
     def embedder(self, flip: bool = True):
