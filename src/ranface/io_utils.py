@@ -56,6 +56,15 @@ def make_temp(path: str, suffix: str = ".tmp") -> "tuple[int, str]":
     return fd, tmp
 
 
+def _output_temp(path: str) -> Tuple[int, str]:
+    """(fd, name) of a fresh temp beside ``path`` (its folder created); one-line DataError."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        return make_temp(path)
+    except OSError as exc:
+        raise DataError(path, f"cannot write output ({exc.strerror or exc})") from None
+
+
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
     """Context manager yielding a temp file that replaces ``path`` on success only."""
@@ -63,11 +72,7 @@ def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
         raise ValueError("atomic_open supports modes 'wb' and 'w'")
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = make_temp(path)
-    except OSError as exc:
-        raise DataError(path, f"cannot write output ({exc.strerror or exc})") from None
+    fd, tmp = _output_temp(path)
     try:
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as fh:
             yield fh
@@ -99,12 +104,7 @@ def publish_together(outputs: Mapping[str, Callable[[IO], None]]) -> None:
             raise DataError(path, "cannot write output (exists and is not a regular file)")
     try:
         for path, writer in zip(paths, outputs.values()):
-            directory = os.path.dirname(os.path.abspath(path))
-            try:
-                os.makedirs(directory, exist_ok=True)
-                fd, tmp = make_temp(path)
-            except OSError as exc:
-                raise DataError(path, f"cannot write output ({exc.strerror or exc})") from None
+            fd, tmp = _output_temp(path)
             staged.append((tmp, path))
             try:
                 with os.fdopen(fd, "wb") as fh:

@@ -1,27 +1,5 @@
-"""The recogniser behind the Python API (:mod:`ranface.api`), ``ranface gallery``,
-``identify`` and ``compare``.
-
-    from ranface import FaceRecognizer, Gallery
-
-    rec = FaceRecognizer("models/faceapi-resnet29")          # any ranface model
-    gallery, report = rec.enrol("people/")                   # <identity>/<photos>
-    gallery.set_calibration(rec.calibrate(gallery, "strangers/", fpir=0.1).to_dict())
-    gallery.save("people.npz")
-
-    gallery = Gallery.load("people.npz")
-    rec = FaceRecognizer.for_gallery(gallery)                # same model, same alignment
-    for r in rec.search(gallery, ["probe.jpg"]):             # one face per photo
-        print(r["status"], r["identity"], r["top_k"][:3])
-    for frame in rec.identify(gallery, ["crowd.jpg", "clip.mp4"], every=5):
-        for face in frame.faces:                             # every face of every frame
-            print(frame.frame, face.box, face.status, face.identity)
-
-The embedding is the backbone's feature, the paper's f_HR (§3.4: at test time the MR
-model is used through f_HR alone, for HR gallery and LR probes alike), taken as the
-flip-sum, L2-normalised features of :class:`ranface.inference.Embedder`;
-a template is the L2-normalised mean of an identity's embeddings (see
-:mod:`ranface.deploy.gallery`); scores are cosines; a probe is accepted (``match``) when
-its top-1 score is ``> threshold`` (:mod:`ranface.eval.metrics` convention).
+"""The recogniser behind the Python API (:mod:`ranface.api`, whose docstring shows its
+use), ``ranface gallery``, ``identify`` and ``compare``.
 """
 from __future__ import annotations
 

@@ -111,6 +111,18 @@ def _size_range(name: str, v: Any) -> Tuple[int, int]:
     return int(v[0]), int(v[1])
 
 
+def _band_option(name: str, band: Any) -> Optional[Tuple[float, float]]:
+    """A degrader's ``eye_mouth_range`` option: None, or [low, high] px with 0 < low <= high."""
+    if band is None:
+        return None
+    if (not isinstance(band, (list, tuple)) or len(band) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in band)
+            or not 0 < band[0] <= band[1]):
+        raise ConfigError(f"degrader {name}: eye_mouth_range must be [low, high] pixels "
+                          f"with 0 < low <= high, got {band!r}")
+    return float(band[0]), float(band[1])
+
+
 @register_degrader("bicubic")
 class BicubicDegrader(Degrader):
     """Table 1's "Down-Sampling": face shrunk to S px wide, S ~ U{size_range} per image,
@@ -135,13 +147,8 @@ class BicubicDegrader(Degrader):
         if self.options["template"] not in TEMPLATES:
             raise ConfigError(f"degrader {self.name}: template must be one of {sorted(TEMPLATES)}, "
                               f"got {self.options['template']!r}")
-        band = self.options["eye_mouth_range"]
+        band = _band_option(self.name, self.options["eye_mouth_range"])
         if band is not None:
-            if (not isinstance(band, (list, tuple)) or len(band) != 2
-                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in band)
-                    or not 0 < band[0] <= band[1]):
-                raise ConfigError(f"degrader {self.name}: eye_mouth_range must be [low, high] pixels "
-                                  f"with 0 < low <= high, got {band!r}")
             self.size_range = band_to_widths(band, self.options["template"])
         else:
             self.size_range = _size_range(self.name, self.options["size_range"])
@@ -248,12 +255,8 @@ class MRGANDegrader(Degrader):
         want, band = self.options["level_widths"], self.options["eye_mouth_range"]
         if want is not None and band is not None:
             raise ConfigError(f"degrader {self.name}: level_widths and eye_mouth_range are alternatives")
+        band = _band_option(self.name, band)
         if band is not None:
-            if (not isinstance(band, (list, tuple)) or len(band) != 2
-                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in band)
-                    or not 0 < band[0] <= band[1]):
-                raise ConfigError(f"degrader {self.name}: eye_mouth_range must be [low, high] pixels "
-                                  f"with 0 < low <= high, got {band!r}")
             want = list(band_to_widths(band, self.G.cfg.template))
         if want is not None:
             lo, hi = _size_range(self.name, list(want))
