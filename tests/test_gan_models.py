@@ -88,7 +88,7 @@ def test_multi_resolution_inputs_are_down_up_blurs():
 
 
 def test_different_z_give_different_outputs_same_z_same_output():
-    G = tiny_G()
+    G = tiny_G(residual=False)  # a residual G starts at x_r3 for every z (tested below)
     x = faces(2)
     z1, z2 = torch.randn(2, 4, generator=torch.Generator().manual_seed(1)), \
         torch.randn(2, 4, generator=torch.Generator().manual_seed(2))
@@ -184,11 +184,47 @@ def test_generator_checkpoint_round_trip_and_errors(tmp_path):
 
 
 def test_merge_starts_as_pass_through_of_global_output():
-    G = tiny_G(fuse_width=8)  # >= 6 hidden channels: the pass-through initialisation applies
+    # >= 6 hidden channels: the pass-through initialisation applies
+    G = tiny_G(size=64, fuse_width=8, residual=False)
     with torch.no_grad():
-        out = G(faces(2))
+        out = G(faces(2, size=64))
     assert float((out.fake - torch.tanh(out.G_g)).abs().max()) < 0.05
     assert float((out.fake - torch.tanh(out.G_g)).abs().max()) > 0  # local patches still enter
+
+
+def test_residual_generator_starts_at_x_r3_and_learns_away_from_it():
+    """generator.residual: G^R = clamp(x_r3 + R), patches = crop + residual, clamp at the
+    end; at initialisation G(x) is x_r3 (bicubic at the level's width) for every z, and one
+    optimizer step moves G(x) off it in a z-dependent way."""
+    G = tiny_G(size=64, fuse_width=8, level_widths=[6, 16])
+    x = faces(3, size=64)
+    widths = torch.tensor([6, 10, 16])
+    z1, z2 = torch.randn(3, 4), torch.randn(3, 4)
+    out = G(x, z1, widths=widths)
+    # equal up to float rounding of the feathered blend and the 1x1 convolutions
+    assert torch.allclose(out.fake, out.x_r3, atol=1e-6) and torch.equal(out.G_R, out.x_r3)
+    assert torch.allclose(G(x, z2, widths=widths).fake, out.fake, atol=1e-6)
+    opt = torch.optim.Adam(G.parameters(), lr=1e-2)
+    (out.fake - 0.5).abs().mean().backward()
+    assert float(G.head_R.weight.grad.abs().sum()) > 0  # the zero-started layers learn
+    opt.step()
+    with torch.no_grad():
+        a, b = G(x, z1, widths=widths), G(x, z2, widths=widths).fake
+    assert float((a.fake - a.x_r3).abs().max()) > 1e-3
+    assert float((a.fake - b).abs().max()) > 1e-5
+    assert -1.0 <= float(a.fake.min()) and float(a.fake.max()) <= 1.0
+
+
+def test_generator_saved_before_residual_option_loads_as_tanh(tmp_path):
+    G = tiny_G(residual=False)
+    pkg = generator_package(G)
+    del pkg["generator"]["residual"]  # what generator.pt files of earlier versions hold
+    save_checkpoint(str(tmp_path / "g.pt"), pkg)
+    G2, _ = load_generator(str(tmp_path / "g.pt"))
+    assert G2.residual is False
+    x, z = faces(2), torch.randn(2, 4)
+    with torch.no_grad():
+        assert torch.equal(G.eval()(x, z).fake, G2(x, z).fake)
 
 
 @pytest.mark.parametrize("template,size", [("arcface", 112), ("dlib", 112), ("dlib", 150)])
@@ -231,11 +267,17 @@ def test_z_selects_a_level_that_sets_x_r3_and_is_coded_into_g():
     assert not torch.allclose(out.fake[0], other[0]) and torch.allclose(out.fake[1], other[1])
     assert torch.allclose(level_code(torch.tensor([6, 16]), 6, 16).view(-1), torch.tensor([-1.0, 1.0]))
     # log-uniform widths stay in range, reach both ends, and come from the generator alone
-    a = sample_widths(4000, 6, 16, torch.Generator().manual_seed(0))
+    a = sample_widths(4000, 6, 16, torch.Generator().manual_seed(0), law="log")
     assert int(a.min()) == 6 and int(a.max()) == 16
-    assert torch.equal(a, sample_widths(4000, 6, 16, torch.Generator().manual_seed(0)))
+    assert torch.equal(a, sample_widths(4000, 6, 16, torch.Generator().manual_seed(0), law="log"))
     # as many faces below the geometric middle (~9.8 px) as above it
     assert abs(float((a < 10).float().mean()) - 0.5) < 0.1
+    # uniform (the default, every degrader's law): torch.randint's draws, 4/11 below 10 px
+    u = sample_widths(4000, 6, 16, torch.Generator().manual_seed(0))
+    assert torch.equal(u, torch.randint(6, 17, (4000,), generator=torch.Generator().manual_seed(0)))
+    assert abs(float((u < 10).float().mean()) - 4 / 11) < 0.03
+    with pytest.raises(ValueError, match="width law"):
+        sample_widths(3, 6, 16, law="cubic")
 
 
 def test_level_band_is_the_shared_eye_to_mouth_band():

@@ -29,6 +29,8 @@ __all__ = [
     "downsample",
     "upsample",
     "down_up",
+    "sample_widths",
+    "WIDTH_LAWS",
     "gaussian_blur",
     "gaussian_noise",
     "jpeg",
@@ -139,6 +141,25 @@ def upsample(x: Image, hw: Tuple[int, int], kernel: str = "bicubic",
     """Resize to ``hw = (height, width)`` (the model's input size), clamped."""
     t, vr, back = _to_batch(x, value_range)
     return back(_clamp(_resize(t, (int(hw[0]), int(hw[1])), kernel), vr))
+
+
+WIDTH_LAWS = ("uniform", "log")
+
+
+def sample_widths(n: int, lo: int, hi: int, generator: Optional[torch.Generator] = None,
+                  law: str = "uniform") -> torch.Tensor:
+    """(n,) integer widths (px) in [lo, hi] that faces are shrunk to, drawn from ``generator``:
+    the one law of every degrader's LR level (bicubic twins, second-order, MR-GAN's z level).
+
+    ``uniform``: every width equally likely (``torch.randint``); ``log``: log-uniform, each
+    octave of width equally likely (more very small faces)."""
+    if law == "uniform":
+        return torch.randint(int(lo), int(hi) + 1, (n,), generator=generator)
+    if law != "log":
+        raise ValueError(f"width law must be one of {WIDTH_LAWS}, got {law!r}")
+    u = torch.rand(n, generator=generator, device=generator.device if generator is not None else None)
+    w = torch.exp(math.log(lo) + u.cpu().double() * (math.log(hi + 1) - math.log(lo)))
+    return w.floor().clamp(lo, hi).long()
 
 
 def down_up(x: Image, size: int, down: str = "bicubic", up: str = "bicubic",
@@ -444,8 +465,7 @@ class SecondOrderDegradation:
         self.value_range = value_range
 
     def widths(self, n: int, generator: GeneratorLike = None) -> torch.Tensor:
-        lo, hi = self.config.size_range
-        return torch.randint(int(lo), int(hi) + 1, (n,), generator=_generator(generator))
+        return sample_widths(n, *self.config.size_range, generator=_generator(generator))
 
     def __call__(self, x: Image, generator: GeneratorLike = None) -> Image:
         t, vr, back = _to_batch(x, self.value_range)

@@ -51,14 +51,23 @@ class GeneratorConfig:
     fuse_width: int = 32  # hidden channels of the two 1x1 convolutions that output G(x)
     template: str = "arcface"  # alignment of the faces (arcface | dlib): places the regions
     # z selects a degradation level (abstract, §3.2): the width x_r3 is shrunk to, drawn per
-    # face log-uniformly in [lo, hi] px; x_r1 / x_r2 keep the ratios of ``scales``. Either
+    # face in [lo, hi] px (``level_law``); x_r1 / x_r2 keep the ratios of ``scales``. Either
     # widths or an eye-to-mouth band (px, align.select.band_to_widths with ``template``);
     # both empty: the fixed ``scales`` (one level).
     level_widths: List[int] = field(default_factory=list)
     level_band: List[float] = field(default_factory=list)
+    # how the level's width is drawn (ranface.degrade.sample_widths): uniform, as the bicubic,
+    # random-degrade and second-order twins draw theirs (Table 1 compares like with like), or log
+    level_law: str = "uniform"
     # G_l's patches fade into G_g over this fraction of a region's shorter side before the
     # two 1x1 convolutions (a seamless merge); 0: hard-edged boxes
     feather: float = 0.25
+    # G^R ("the output residual face", §3.2) as x_r3 plus a learned residual, G_l's patches as
+    # their x_r3 crop plus a residual, the merge ending in a clamp: G(x) = x_r3 (bicubic at
+    # the level's width) at initialisation, and training learns what real LR faces add to
+    # it. False: G^R, the patches and G(x) are tanh outputs learned from scratch
+    # (docs/decisions.md, issue 12)
+    residual: bool = True
 
 
 @dataclass
@@ -196,6 +205,10 @@ def validate_gan_config(cfg: GanConfig) -> None:
             raise ConfigError(f"{key} must be >= 1, got {v}")
     if lo.pixel_schedule not in ("g_every", "d_ratio"):
         raise ConfigError(f"loss.pixel_schedule must be g_every or d_ratio, got {lo.pixel_schedule!r}")
+    from ..degrade import WIDTH_LAWS
+
+    if g.level_law not in WIDTH_LAWS:
+        raise ConfigError(f"generator.level_law must be one of {', '.join(WIDTH_LAWS)}, got {g.level_law!r}")
     if g.level_widths and g.level_band:
         raise ConfigError("generator.level_widths and generator.level_band are alternatives; set one")
     if g.level_widths and (len(g.level_widths) != 2 or not 1 <= g.level_widths[0] <= g.level_widths[1] <= s):

@@ -167,8 +167,9 @@ class BicubicDegrader(Degrader):
     def levels(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """The width (px) each of ``n`` faces is shrunk to: the first draw from the batch's
         generator, so :func:`synthesize` can record it without degrading again."""
-        lo, hi = self.size_range
-        return torch.randint(lo, hi + 1, (n,), generator=generator)
+        from ..degrade import sample_widths
+
+        return sample_widths(n, *self.size_range, generator=generator)
 
     def __call__(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         from ..degrade import down_up
@@ -237,7 +238,7 @@ class MRGANDegrader(Degrader):
     ``checkpoint``: generator.pt, a train-gan run directory or a train-gan checkpoint.
 
     A generator trained with levels (``generator.level_widths`` / ``level_band``) draws
-    each face's x_r3 width log-uniformly from ``level_widths`` or from the widths of
+    each face's x_r3 width (by its ``level_law``) from ``level_widths`` or from the widths of
     ``eye_mouth_range`` (px, :func:`ranface.align.select.band_to_widths`), default its
     trained range; a chosen range must lie inside the trained one (G never saw other
     levels). The width of each face is recorded by :func:`synthesize`."""
@@ -293,13 +294,13 @@ class MRGANDegrader(Degrader):
         return out
 
     def levels(self, n: int, generator: torch.Generator) -> Optional[torch.Tensor]:
-        """x_r3's width per face (log-uniform in the chosen range, as in training), drawn
+        """x_r3's width per face (in the chosen range, by the law G was trained with), drawn
         first from the batch's generator; None for a generator with one fixed level."""
         if self.range is None:
             return None
-        from .generator import sample_widths
+        from ..degrade import sample_widths
 
-        return sample_widths(n, *self.range, generator=generator)
+        return sample_widths(n, *self.range, generator=generator, law=self.G.cfg.level_law)
 
     @torch.no_grad()
     def __call__(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -11,14 +11,21 @@ Paper name -> code name:
   stream, SE block) -> :class:`FusionUnit`.
 * z -> ``z`` (``z_dim``); injected by :class:`NoiseInjection` (see below).
 * spatial attention, Eq. 1: ``G_g = G_A * x_r3 + (1 - G_A) * G_R`` ->
-  :func:`attention_blend`, ``GenOutput.G_A`` (sigmoid), ``GenOutput.G_R`` (tanh).
+  :func:`attention_blend`, ``GenOutput.G_A`` (sigmoid), ``GenOutput.G_R``: "the output
+  residual face", with ``residual`` (default) ``clamp(x_r3 + R)`` where R, the last
+  convolution's output, starts at zero; else ``tanh`` of it.
 * local generator G_l (three encoder-decoders: eyes, nose, mouth of x_r3) ->
   :class:`LocalGenerator`; regions from :mod:`ranface.gan.regions`.
 * the two 1x1 convolutions merging G_l's patches with G_g into G(x) -> ``MRGenerator.merge``;
   each patch first fades into G_g under a feathered mask (:func:`ranface.gan.regions.
   feather_mask`, ``feather``), so the merge sees no step at a box border (no seams).
+  With ``residual``, the patches are their x_r3 crop plus a zero-started residual and
+  G(x) is clamped to [-1, 1] instead of tanh-squashed, so G(x) = x_r3 exactly at
+  initialisation: training starts from bicubic down-sampling at the level's width and
+  learns what real LR faces add to it (:meth:`MRGenerator.init_residual`).
 * "z randomly selects one resolution" (abstract) -> ``level_widths`` / ``level_band``:
-  per face a width w for x_r3 (log-uniform in the range, :meth:`MRGenerator.sample_levels`);
+  per face a width w for x_r3 (``level_law``: uniform, as every other degrader draws its
+  widths, or log-uniform; :meth:`MRGenerator.sample_levels`);
   x_r2, x_r1 are shrunk to w times the ratios of ``scales``; the level enters G beside z
   (:func:`level_code`), and L_pixel (Eq. 4, towards x_r3 at that width) makes G express it.
 
@@ -58,7 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..degrade import down_up
+from ..degrade import down_up, sample_widths
 from .config import GeneratorConfig
 from .regions import REGIONS, crop, feather_mask, paste, region_boxes
 
@@ -157,9 +164,10 @@ class LocalGenerator(nn.Module):
     refined patch of the same size (tanh). Two stride-2 levels with a skip connection;
     the decoder resizes to the skip's exact size, so any crop size works."""
 
-    def __init__(self, width: int, z_dim: int):
+    def __init__(self, width: int, z_dim: int, residual: bool = False):
         super().__init__()
         w = width
+        self.residual = residual
         self.inc = _conv(3 + z_dim, w, 3)
         self.down1 = _conv(w, 2 * w, 3, 2)
         self.down2 = _conv(2 * w, 4 * w, 3, 2)
@@ -174,6 +182,8 @@ class LocalGenerator(nn.Module):
         m = self.mid(self.down2(e1))
         d1 = self.up1(torch.cat([F.interpolate(m, size=e1.shape[-2:], mode="nearest"), e1], 1))
         d0 = self.up2(torch.cat([F.interpolate(d1, size=e0.shape[-2:], mode="nearest"), e0], 1))
+        if self.residual:  # the crop plus a learned residual (self.out starts at zero)
+            return (patch + self.out(d0).to(patch.dtype)).clamp(-1.0, 1.0)
         return torch.tanh(self.out(d0))
 
 
@@ -206,14 +216,6 @@ def level_range(cfg: GeneratorConfig, face_size: int) -> Optional[Tuple[int, int
     else:
         return None
     return max(1, min(lo, face_size)), max(1, min(hi, face_size))
-
-
-def sample_widths(n: int, lo: int, hi: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """(n,) integer widths in [lo, hi], log-uniform (each octave of width equally likely:
-    the band's small faces are as frequent as its large ones), from ``generator``."""
-    u = torch.rand(n, generator=generator, device=generator.device if generator is not None else None)
-    w = torch.exp(math.log(lo) + u.cpu().double() * (math.log(hi + 1) - math.log(lo)))
-    return w.floor().clamp(lo, hi).long()
 
 
 def level_code(widths: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
@@ -296,7 +298,8 @@ class MRGenerator(nn.Module):
         self.head_A = nn.Conv2d(b, 1, 3, 1, 1)
         # local generator G_l
         self.boxes = region_boxes(face_size, cfg.template)
-        self.local = nn.ModuleDict({n: LocalGenerator(cfg.local_width, cond) for n in REGIONS})
+        self.residual = bool(cfg.residual)
+        self.local = nn.ModuleDict({n: LocalGenerator(cfg.local_width, cond, self.residual) for n in REGIONS})
         # G_g (3) + three patches faded into G_g (9) + their masks (3) -> two 1x1 convs -> G(x)
         self.feather = float(cfg.feather)
         masks = torch.cat([feather_mask(self.boxes[n], (face_size, face_size), self.feather)
@@ -305,6 +308,8 @@ class MRGenerator(nn.Module):
         self.merge = nn.Sequential(nn.Conv2d(15, cfg.fuse_width, 1), nn.ReLU(inplace=True),
                                    nn.Conv2d(cfg.fuse_width, 3, 1))
         self._init_merge()
+        if self.residual:
+            self.init_residual()
 
     @torch.no_grad()
     def _init_merge(self) -> None:
@@ -330,6 +335,22 @@ class MRGenerator(nn.Module):
             second.weight[c, c] = 1.0
             second.weight[c, c + 3] = -1.0
 
+    @torch.no_grad()
+    def init_residual(self) -> None:
+        """Residual start: G^R's and G_l's last convolutions at zero (G^R = x_r3, each patch
+        = its x_r3 crop) and the merge an exact pass-through of G_g (the hidden units that
+        carry G_l's patches start with zero output weights; they still learn, since their
+        activations are not zero). With the clamp at the end, G(x) = x_r3 at step 0 (exactly
+        when ``fuse_width`` >= 6, the pass-through of :meth:`_init_merge`)."""
+        nn.init.zeros_(self.head_R.weight)
+        nn.init.zeros_(self.head_R.bias)
+        for m in self.local.values():
+            nn.init.zeros_(m.out.weight)
+            nn.init.zeros_(m.out.bias)
+        second = self.merge[2]
+        if self.merge[0].out_channels >= 6:
+            second.weight[:, 6:].zero_()
+
     def sample_z(self, n: int, generator: Optional[torch.Generator] = None,
                  device: Optional[torch.device] = None) -> torch.Tensor:
         """z ~ N(0, I), (n, z_dim), drawn from ``generator`` (on its device)."""
@@ -338,12 +359,15 @@ class MRGenerator(nn.Module):
         return z.to(device) if device is not None else z
 
     def sample_levels(self, n: int, generator: Optional[torch.Generator] = None) -> Optional[torch.Tensor]:
-        """Widths (n,) of x_r3, log-uniform in :attr:`levels` (None without levels)."""
-        return None if self.levels is None else sample_widths(n, *self.levels, generator=generator)
+        """Widths (n,) of x_r3 in :attr:`levels`, by ``level_law`` (None without levels)."""
+        if self.levels is None:
+            return None
+        return sample_widths(n, *self.levels, generator=generator, law=self.cfg.level_law)
 
     def global_stream(self, x_r: Sequence[torch.Tensor], z: torch.Tensor
                       ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """x_r1..x_r3, z -> (G^A in [0, 1] (sigmoid), G^R in [-1, 1] (tanh))."""
+        """x_r1..x_r3, z -> (G^A in [0, 1] (sigmoid), G^R in [-1, 1]: clamp(x_r3 + R) with
+        ``residual``, else tanh(R))."""
         f1, h2, h3 = (enc(xr) for enc, xr in zip(self.enc, x_r))
         gates = self.noise(z)
         for k in range(len(self.res_r1)):
@@ -355,7 +379,9 @@ class MRGenerator(nn.Module):
         y = self.dec_in(torch.cat([h3, _broadcast(z, h3)], dim=1))
         for layer in self.dec:
             y = layer(F.interpolate(y, scale_factor=2, mode="nearest"))
-        return torch.sigmoid(self.head_A(y)), torch.tanh(self.head_R(y))
+        R = self.head_R(y)
+        G_R = (x_r[2].to(R.dtype) + R).clamp(-1.0, 1.0) if self.residual else torch.tanh(R)
+        return torch.sigmoid(self.head_A(y)), G_R
 
     def merge_inputs(self, G_g: torch.Tensor, local: Dict[str, torch.Tensor]) -> torch.Tensor:
         """The 15 channels the two 1x1 convolutions see: G_g, each G_l patch placed on the
@@ -398,7 +424,8 @@ class MRGenerator(nn.Module):
         G_A, G_R = self.global_stream((x_r1, x_r2, x_r3), cond)
         G_g = attention_blend(G_A, x_r3.to(G_A.dtype), G_R)
         local = {r: self.local[r](crop(x_r3, self.boxes[r]), cond) for r in REGIONS}
-        fake = torch.tanh(self.merge(self.merge_inputs(G_g, local)))
+        merged = self.merge(self.merge_inputs(G_g, local))
+        fake = merged.clamp(-1.0, 1.0) if self.residual else torch.tanh(merged)
         return GenOutput(fake=fake, G_A=G_A, G_R=G_R, G_g=G_g, x_r1=x_r1, x_r2=x_r2, x_r3=x_r3,
                          z=z, local=local, widths=widths)
 
@@ -453,6 +480,8 @@ def load_generator(path: str, device: Any = "cpu") -> Tuple["MRGenerator", Dict]
         kind = "a recognition model" if state.get("format") == "ranface-model/1" else "something else"
         raise CheckpointError(path, f"not an MR-GAN generator checkpoint (it holds {kind}; "
                               "expected generator.pt or a train-gan checkpoint)")
+    if isinstance(gcfg, dict):  # saved before these options existed: what G was then
+        gcfg = {"residual": False, "level_law": "log", **gcfg}
     try:
         cfg_obj = from_dict(GeneratorConfig, gcfg)
     except ConfigError as exc:

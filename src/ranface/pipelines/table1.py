@@ -64,16 +64,23 @@ def gan_level_widths(cfg: Any) -> List[int]:
     return list(cfg.bicubic_sizes)
 
 
+def gan_networks(cfg: Any) -> tuple:
+    """(GeneratorConfig, DiscriminatorConfig) of the chain's MR-GAN: the profile's, with the
+    regions of the demo's alignment template and z's levels over the twins' widths."""
+    from ..gan.config import profile_configs
+
+    gen, disc = profile_configs(cfg.gan_profile)
+    gen = dataclasses.replace(gen, template=cfg.template, level_widths=gan_level_widths(cfg))
+    return gen, dataclasses.replace(disc, template=cfg.template)
+
+
 def stage_gan(cfg: Any, out: str, faces: str, pool: str, expert: str) -> Dict[str, Any]:
     from ..config import from_dict
     from ..demo import _run_cfg
-    from ..gan.config import GanConfig, profile_configs
+    from ..gan.config import GanConfig
     from ..gan.trainer import run_train_gan
 
-    gen, disc = profile_configs(cfg.gan_profile)
-    # regions of the local generator / discriminators follow the demo's alignment template
-    gen = dataclasses.replace(gen, template=cfg.template, level_widths=gan_level_widths(cfg))
-    disc = dataclasses.replace(disc, template=cfg.template)
+    gen, disc = gan_networks(cfg)
     d = {"data": {"hr": faces, "lr_pool": pool, "face_size": cfg.face_size, "batch_size": cfg.gan_batch,
                   "num_workers": 1},
          "generator": gen, "discriminator": disc,
@@ -148,7 +155,8 @@ def run_degrader_chain(cfg: Any, out: str, st: Any, faces: str, pool: str, hr_mo
     if "mrgan" in cfg.degraders:
         gan = st.run("gan", {"steps": cfg.gan_steps, "b": cfg.gan_batch, "p": cfg.gan_profile,
                              "expert": st.key("expert") if expert != hr_model else expert,
-                             "levels": gan_level_widths(cfg), "pix": cfg.gan_pixel_schedule, **deps},
+                             "nets": [dataclasses.asdict(c) for c in gan_networks(cfg)],
+                             "pix": cfg.gan_pixel_schedule, **deps},
                      lambda: stage_gan(cfg, out, faces, pool, expert), outputs=[_run_dir(out, "gan")])
         gan_key = st.key("gan")
     for deg in cfg.degraders:
