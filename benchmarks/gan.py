@@ -6,6 +6,13 @@ paper profile short:
 
     python benchmarks/gan.py                          # small + paper, this machine
     python benchmarks/gan.py --profiles small --threads 2 --expert resnet29
+    python benchmarks/gan.py --profiles small --expert mobilefacenet --profile   # where a step goes
+
+``--profile`` runs the timed steps under ``torch.profiler`` and prints, per profile, the
+share of the step in each part: the forward passes of G, D_1..D_4, the expert on G(x)
+(with grad) and on x (no grad), labelled in :class:`ranface.gan.trainer.GanSteps`; the
+backward pass (all autograd nodes), the optimizer steps, and the rest; then the ops
+that take the most time.
 """
 from __future__ import annotations
 
@@ -36,9 +43,9 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def profile_cfg(name):
+def profile_cfg(name, extra=()):
     over = [f"{sec}.{k}={v}" for sec, kv in PROFILES[name].items() for k, v in kv.items()]
-    return load_config(GanConfig, None, over)
+    return load_config(GanConfig, None, over + list(extra))
 
 
 def synth_rate(cfg, batch, repeats, device, precision):
@@ -57,7 +64,25 @@ def synth_rate(cfg, batch, repeats, device, precision):
     return batch / statistics.median(times), sum(p.numel() for p in G.parameters())
 
 
-def step_time(cfg, expert, batch, steps, repeats, device, precision):
+def _breakdown(prof, steps):
+    """Seconds per step in each labelled part of a profiled GAN step (top-level events)."""
+    parts = {}
+    events = [e for e in prof.events() if e.device_type.name == "CPU"]
+    total = 0.0
+    for e in events:
+        name = e.name
+        if name.startswith("ProfilerStep") or name == "gan.step":
+            total += e.cpu_time_total
+        elif name.startswith("gan."):
+            parts[name] = parts.get(name, 0.0) + e.cpu_time_total
+        elif name.startswith("autograd::engine::evaluate_function"):
+            parts["backward"] = parts.get("backward", 0.0) + e.cpu_time_total
+        elif name.startswith("Optimizer.step"):
+            parts["optimizer"] = parts.get("optimizer", 0.0) + e.cpu_time_total
+    return {k: v / 1e6 / steps for k, v in parts.items()}, total / 1e6 / steps
+
+
+def step_time(cfg, expert, batch, steps, repeats, device, precision, profile=False):
     torch.manual_seed(0)
     G = MRGenerator(cfg.generator).to(device)
     D = MultiRegionDiscriminator(cfg.discriminator).to(device)
@@ -84,6 +109,21 @@ def step_time(cfg, expert, batch, steps, repeats, device, precision):
             tr.fit()
             _sync(device)
             times.append((time.perf_counter() - t) / steps)
+        if profile:
+            from torch.profiler import ProfilerActivity, profile as tprofile, record_function
+
+            tr.opt.max_steps = tr.step + steps
+            with tprofile(activities=[ProfilerActivity.CPU]) as prof:
+                with record_function("gan.step"):
+                    t = time.perf_counter()
+                    tr.fit()
+                    wall = (time.perf_counter() - t) / steps
+            parts, _ = _breakdown(prof, steps)
+            print(f"  where a step goes ({steps} steps profiled, {wall:.3f} s a step under the profiler):")
+            rest = wall - sum(parts.values())
+            for k, v in sorted(parts.items(), key=lambda kv: -kv[1]) + [("rest (data, losses, Python)", rest)]:
+                print(f"  | {k} | {v:.3f} s | {100 * v / wall:.0f}% |")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     return statistics.median(times), sum(p.numel() for p in D.parameters())
 
 
@@ -98,6 +138,9 @@ def main():
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--expert", default="resnet29", help="resnet29 (face-api folder) | mobilefacenet (untrained)")
+    ap.add_argument("--profile", action="store_true", help="also profile the training step (where it goes)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a GanConfig field of every profile (e.g. generator.level_widths=[8,32])")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -112,9 +155,9 @@ def main():
           f"| D+G step s (batch {args.train_batch}) | train faces/s |")
     print("|---|---|---|---|---|---|")
     for name in args.profiles.split(","):
-        cfg = profile_cfg(name)
+        cfg = profile_cfg(name, args.set)
         rate, gp = synth_rate(cfg, args.synth_batch, args.repeats, device, precision)
-        st, dp = step_time(cfg, expert, args.train_batch, args.steps, args.repeats, device, precision)
+        st, dp = step_time(cfg, expert, args.train_batch, args.steps, args.repeats, device, precision, args.profile)
         print(f"| {name} | {gp / 1e6:.2f}M | {dp / 1e6:.2f}M | {rate:.1f} | {st:.3f} | {args.train_batch / st:.1f} |",
               flush=True)
 

@@ -31,6 +31,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 from torch import nn
+from torch.profiler import record_function
 from torch.utils.data import Dataset
 
 from ..config import to_dict
@@ -160,7 +161,7 @@ class GanSteps:
         g = z_generator(self.cfg.run.seed, ctx.step, self.rank)
         z = torch.randn(x.shape[0], self.z_dim, generator=g).to(x.device)
         widths = unwrap(self.G).sample_levels(x.shape[0], g)  # z's degradation level (None: fixed)
-        with ctx.autocast():
+        with ctx.autocast(), record_function("gan.G"):  # labels for benchmarks/gan.py --profile
             return self.G(x, z, widths=widths)
 
     def d_loss(self, batch: Any, ctx: StepContext) -> Tuple[torch.Tensor, Dict[str, Any]]:
@@ -174,7 +175,7 @@ class GanSteps:
             out = self.generate(x, ctx)
             ctx.cache["gen"] = out  # the G phase back-propagates through this graph
         ny = y.shape[0]
-        with ctx.autocast():
+        with ctx.autocast(), record_function("gan.D"):
             scores = self.D(torch.cat([y, out.fake.detach().to(y.dtype)], 0))
         real = {k: v[:ny] for k, v in scores.items()}
         fake = {k: v[ny:] for k, v in scores.items()}
@@ -193,9 +194,11 @@ class GanSteps:
         if out is None:
             out = self.generate(x, ctx)
         with frozen(self.D_plain), ctx.autocast():
-            d_fake = self.D_plain(out.fake)
-            f_gx = self.expert.features(out.fake)
-            with torch.no_grad():
+            with record_function("gan.D"):
+                d_fake = self.D_plain(out.fake)
+            with record_function("gan.expert"):
+                f_gx = self.expert.features(out.fake)
+            with torch.no_grad(), record_function("gan.expert_x"):
                 f_x = self.expert.features(x)
         adv = adversarial_g_loss(d_fake)
         perc = perceptual_loss(f_x, f_gx)
