@@ -29,7 +29,7 @@ from ranface.gan.config import GanConfig, PROFILES
 from ranface.gan.discriminators import MultiRegionDiscriminator
 from ranface.gan.generator import MRGenerator
 from ranface.gan.losses import ExpertNetwork, load_expert
-from ranface.gan.trainer import GanSteps, default_expert
+from ranface.gan.trainer import GanSteps, default_expert, to_memory_format
 from ranface.models import create_backbone
 from ranface.train.distributed import DistInfo
 from ranface.train.loop import RepeatStream, Phase, Trainer, TrainerOptions
@@ -86,12 +86,15 @@ def step_time(cfg, expert, batch, steps, repeats, device, precision, profile=Fal
     torch.manual_seed(0)
     G = MRGenerator(cfg.generator).to(device)
     D = MultiRegionDiscriminator(cfg.discriminator).to(device)
+    cl = to_memory_format(G, D, device, precision, cfg.run.channels_last)  # as train-gan decides
     cfg.run.seed = 0
     gs = GanSteps(G, D, D, expert, cfg)
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
     x = torch.rand(batch, 3, 112, 112, device=device) * 2 - 1
     y = torch.rand(batch, 3, 112, 112, device=device) * 2 - 1
+    if cl:
+        x, y = x.contiguous(memory_format=torch.channels_last), y.contiguous(memory_format=torch.channels_last)
     with tempfile.TemporaryDirectory() as tmp:
         tr = Trainer(run_dir=tmp, phases=[Phase("D", opt_d, gs.d_loss, [D]), Phase("G", opt_g, gs.g_loss, [G])],
                      state_modules={"generator": G, "discriminator": D}, stream=RepeatStream((x, y, [])),
@@ -127,6 +130,35 @@ def step_time(cfg, expert, batch, steps, repeats, device, precision, profile=Fal
     return statistics.median(times), sum(p.numel() for p in D.parameters())
 
 
+def make_expert(name, device):
+    if name == "resnet29" and os.path.isdir(default_expert()):
+        return load_expert(default_expert(), device=device)
+    return ExpertNetwork(create_backbone("mobilefacenet"), source="mobilefacenet (untrained)").to(device)
+
+
+def compare(args, device):
+    """D+G step time of each (expert, precision) variant, ``--repeats`` rounds interleaved
+    (one window of ``--steps`` steps per variant per round), medians and ratios to the first."""
+    name = args.profiles.split(",")[0]
+    variants = [tuple(v.split(":")) for v in args.compare.split(",")]
+    experts = {e: make_expert(e, device) for e, _ in variants}
+    times = {v: [] for v in variants}
+    for _ in range(args.repeats):
+        for e, p in variants:
+            st, _ = step_time(profile_cfg(name, args.set), experts[e], args.train_batch, args.steps, 1, device,
+                              resolve_precision(p, device))
+            times[(e, p)].append(st)
+    print(f"device {device}, threads {torch.get_num_threads()}, profile {name}, batch {args.train_batch}, "
+          f"{args.repeats} interleaved rounds of {args.steps} steps")
+    print("| expert | precision | D+G step s (median) | min..max | steps/s ratio vs first |")
+    print("|---|---|---|---|---|")
+    base = statistics.median(times[variants[0]])
+    for v in variants:
+        m = statistics.median(times[v])
+        print(f"| {experts[v[0]].source} | {resolve_precision(v[1], device)} | {m:.3f} | "
+              f"{min(times[v]):.3f}..{max(times[v]):.3f} | x{base / m:.2f} |", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profiles", default="small,paper")
@@ -141,15 +173,18 @@ def main():
     ap.add_argument("--profile", action="store_true", help="also profile the training step (where it goes)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a GanConfig field of every profile (e.g. generator.level_widths=[8,32])")
+    ap.add_argument("--compare", default="", metavar="EXPERT:PRECISION,...",
+                    help="time the D+G step of the first profile for each variant side by side, rounds "
+                         "interleaved, ratios against the first (e.g. resnet29:fp32,mobilefacenet:fp32,"
+                         "mobilefacenet:bf16)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if args.compare:
+        return compare(args, device)
     precision = resolve_precision(args.precision, device)
-    if args.expert == "resnet29" and os.path.isdir(default_expert()):
-        expert = load_expert(default_expert(), device=device)
-    else:
-        expert = ExpertNetwork(create_backbone("mobilefacenet"), source="mobilefacenet (untrained)").to(device)
+    expert = make_expert(args.expert, device)
     print(f"device {device}, precision {precision}, threads {torch.get_num_threads()}, expert {expert.source}")
     print(f"| profile | G params | D params | synth faces/s (batch {args.synth_batch}) "
           f"| D+G step s (batch {args.train_batch}) | train faces/s |")

@@ -73,6 +73,12 @@ def test_readme_main_command_quick_profile_from_repo_root():
         assert os.path.exists(os.path.join(out, "report", "degraders.png"))
         levels = open(os.path.join(out, "lr_mrgan", "synth_levels.tsv")).read().splitlines()[1:]
         assert levels and all(8 <= int(ln.split("\t")[1]) <= 32 for ln in levels)
+        # MR-GAN trained at the real pool's band; every realism row scored at that band
+        for deg in rows:
+            band = json.load(open(os.path.join(out, "realism_twins", deg, "synth_manifest.json")))
+            assert band["degrader_info"]["band"]["widths_px"] == [25, 76], deg
+        mrgan_band = json.load(open(os.path.join(out, "lr_mrgan", "synth_manifest.json")))["degrader_info"]["band"]
+        assert mrgan_band["trained_widths_px"] == [25, 76] and mrgan_band["extrapolated"] is True
         assert os.path.exists(os.path.join(out, "models", "expert", "model.pt"))  # the distilled expert
         # the MR stage's adaption trace: D's scores at the first and last step
         assert "d_real" in report and "| mr_bicubic |" in report

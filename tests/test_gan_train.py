@@ -325,3 +325,40 @@ def test_train_expert_distils_the_teacher_into_a_loadable_model(data, tmp_path, 
     for s in TINY + [f"run.out_dir={tmp_path / 'g'}", "run.name=with_expert", "optim.max_steps=1"]:
         args += ["--set", s]
     assert main(args) == 0
+
+
+def test_memory_format_follows_precision_and_the_explicit_setting():
+    from ranface.gan.config import GeneratorConfig, DiscriminatorConfig
+    from ranface.gan.trainer import to_memory_format
+
+    def nets():
+        return (MRGenerator(GeneratorConfig(base_width=4, num_stages=1, blocks_per_stage=1, z_dim=4, local_width=4,
+                                            fuse_width=8), face_size=32),
+                MultiRegionDiscriminator(DiscriminatorConfig(base_width=4), face_size=32))
+
+    def is_cl(m):
+        w = [p for p in m.parameters() if p.dim() == 4 and p.shape[-1] > 1 and p.shape[1] > 1]
+        return all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in w)
+
+    cpu = torch.device("cpu")
+    G, D = nets()
+    assert to_memory_format(G, D, cpu, "fp32") is False and not is_cl(G)
+    G, D = nets()
+    assert to_memory_format(G, D, cpu, "bf16") is True and is_cl(G) and is_cl(D)  # dense convolutions only
+    G, D = nets()
+    assert to_memory_format(G, D, cpu, "bf16", setting=False) is False and not is_cl(G)
+    G, D = nets()
+    assert to_memory_format(G, D, cpu, "fp32", setting=True) is True and is_cl(D)
+    # a G and D in channels_last compute the same fakes and scores as in NCHW
+    torch.manual_seed(0)
+    G, D = nets()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    z = torch.randn(2, 4)
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        ref, ref_d = G(x, z).fake, D(x)
+        to_memory_format(G, D, cpu, "fp32", setting=True)
+        out, out_d = G(x.contiguous(memory_format=torch.channels_last), z).fake, D(x)
+    assert torch.allclose(ref, out, atol=1e-5)
+    assert all(torch.allclose(ref_d[k], out_d[k], atol=1e-5) for k in ref_d)

@@ -294,11 +294,21 @@ def test_mrgan_with_levels_records_each_face_width_and_refuses_untrained_levels(
     deg = create_degrader("mrgan", {"checkpoint": gen, "level_widths": [8, 12]})
     n = min(3, s["batch_size"])
     assert deg.levels(n, batch_generator(s["seed"], 0)).tolist() == [int(r[1]) for r in sorted(rows)[:n]]
-    with pytest.raises(ConfigError, match="outside the levels"):
+    assert s["degrader_info"]["band"]["extrapolated"] is False
+    with pytest.raises(ConfigError, match="outside the levels.*extrapolate=true"):
         create_degrader("mrgan", {"checkpoint": gen, "level_widths": [4, 12]})
+    # past the trained levels only when asked, and recorded as such
+    far = synthesize(cfg(hr, tmp_path / "far", "mrgan",
+                         options={"checkpoint": gen, "level_widths": [3, 5], "extrapolate": True}))
+    assert far["degrader_info"]["band"]["widths_px"] == [3, 5] and far["degrader_info"]["band"]["extrapolated"]
+    rows = [ln.split("\t") for ln in (tmp_path / "far" / LEVELS_NAME).read_text().splitlines()[1:]]
+    assert rows and all(3 <= int(r[1]) <= 5 for r in rows)
+    with pytest.raises(ConfigError, match="extrapolate must be true or false"):
+        create_degrader("mrgan", {"checkpoint": gen, "level_widths": [4, 12], "extrapolate": "yes"})
     (tmp_path / "fixed").mkdir()
-    with pytest.raises(ConfigError, match="outside the levels"):
-        create_degrader("mrgan", {"checkpoint": _generator_file(tmp_path / "fixed"), "level_widths": [8, 12]})
+    with pytest.raises(ConfigError, match="outside the levels"):  # one fixed level: nothing to extrapolate
+        create_degrader("mrgan", {"checkpoint": _generator_file(tmp_path / "fixed"), "level_widths": [8, 12],
+                                  "extrapolate": True})
 
 
 def test_second_order_degrader_is_registered_and_records_levels(hr, tmp_path):

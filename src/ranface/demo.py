@@ -81,7 +81,11 @@ class DemoConfig:
     # model on the training faces (train-expert; the paper's kind of expert), "hr" = the HR model
     gan_expert: str = ""
     expert_steps: Optional[int] = None
-    gan_level_widths: List[int] = field(default_factory=list)  # [] -> the twins' band (bicubic_*)
+    # the widths z's level spans while MR-GAN trains: "pool" = the real LR pool's band (LR_BAND;
+    # D compares fakes with real faces of the same sizes), "twins" = the training twins' band;
+    # a non-empty gan_level_widths overrides both (docs/decisions.md "MR-GAN's levels")
+    gan_levels: str = "pool"
+    gan_level_widths: List[int] = field(default_factory=list)
     gan_pixel_schedule: str = "g_every"  # loss.pixel_schedule (docs/decisions.md)
     # the first is the main chain (LR, MR and the no-translator ablation); docs/decisions.md
     degraders: List[str] = field(default_factory=lambda: ["bicubic", "mrgan"])
@@ -126,6 +130,8 @@ def resolve(cfg: DemoConfig) -> DemoConfig:
     extra = [d for d in out.mr_degraders if d not in out.degraders]
     if extra:
         raise ConfigError(f"mr_degraders {extra} are not in degraders {out.degraders}")
+    if out.gan_levels not in ("pool", "twins"):
+        raise ConfigError(f"gan_levels must be 'pool' or 'twins', got {out.gan_levels!r}")
     if not 0.0 <= float(out.mr_twin_prob or 0.0) <= 1.0:
         raise ConfigError(f"mr_twin_prob must be a probability in [0, 1], got {out.mr_twin_prob}")
     from .eval.protocols.pairs import MODES

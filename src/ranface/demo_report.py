@@ -177,15 +177,19 @@ def _targets_md(recs: Sequence[Mapping[str, Any]]) -> str:
 
 
 def twin_bands(out: str, degraders: Sequence[str]) -> Dict[str, Dict[str, Any]]:
-    """The band each synthesized twin recorded (``synth_manifest.json`` degrader_info.band)."""
+    """The band each synthesized twin recorded (``synth_manifest.json`` degrader_info.band):
+    ``<deg>`` for the training twins, ``<deg> @ pool band`` for the realism twins."""
     from .gan.degraders import MANIFEST_NAME, read_synth_manifest
+    from .pipelines.table1 import REALISM_ONLY, realism_twins
 
     bands = {}
-    for deg in degraders:
-        band = ((read_synth_manifest(os.path.join(out, f"lr_{deg}", MANIFEST_NAME)) or {})
+    folders = [(deg, os.path.join(out, f"lr_{deg}")) for deg in degraders] + \
+        [(f"{deg} @ pool band", realism_twins(out, deg)) for deg in dict.fromkeys(list(degraders) + list(REALISM_ONLY))]
+    for label, folder in folders:
+        band = ((read_synth_manifest(os.path.join(folder, MANIFEST_NAME)) or {})
                 .get("degrader_info") or {}).get("band")
         if band:
-            bands[deg] = band
+            bands[label] = band
     return bands
 
 
@@ -229,7 +233,7 @@ def band_section(out: str, degraders: Sequence[str], probe_sizes: Sequence[int],
     if d.size:
         ax.hist(d, bins=np.arange(0, max(40.0, float(d.max()) + 2), 1.0), color="0.6", label="real LR pool")
     colors = ["tab:blue", "tab:orange", "tab:green", "tab:purple"]
-    for k, (deg, b) in enumerate(bands.items()):
+    for k, (deg, b) in enumerate((d, b) for d, b in bands.items() if "@" not in d):  # training twins
         e = b.get("eye_mouth_px", [])
         if len(e) == 2:
             lo, hi = e if e[1] > e[0] else (e[0] - 0.25, e[1] + 0.25)

@@ -241,9 +241,11 @@ class MRGANDegrader(Degrader):
     each face's x_r3 width (by its ``level_law``) from ``level_widths`` or from the widths of
     ``eye_mouth_range`` (px, :func:`ranface.align.select.band_to_widths`), default its
     trained range; a chosen range must lie inside the trained one (G never saw other
-    levels). The width of each face is recorded by :func:`synthesize`."""
+    levels) unless ``extrapolate`` is true: then G's level code runs past the ends it was
+    trained on (e.g. a generator trained at the real pool's band asked for smaller faces;
+    recorded in the manifest). The width of each face is recorded by :func:`synthesize`."""
 
-    defaults = {"checkpoint": "", "level_widths": None, "eye_mouth_range": None}
+    defaults = {"checkpoint": "", "level_widths": None, "eye_mouth_range": None, "extrapolate": False}
 
     def __init__(self, options: Mapping[str, Any]):
         from ..align.select import band_to_widths
@@ -261,9 +263,13 @@ class MRGANDegrader(Degrader):
             want = list(band_to_widths(band, self.G.cfg.template))
         if want is not None:
             lo, hi = _size_range(self.name, list(want))
-            if trained is None or lo < trained[0] or hi > trained[1]:
+            extrapolate = self.options["extrapolate"]
+            if not isinstance(extrapolate, bool):
+                raise ConfigError(f"degrader {self.name}: extrapolate must be true or false, got {extrapolate!r}")
+            if trained is None or (not extrapolate and (lo < trained[0] or hi > trained[1])):
                 raise ConfigError(f"degrader {self.name}: widths {[lo, hi]} px lie outside the levels "
-                                  f"the generator was trained on ({list(trained) if trained else 'one fixed level'})")
+                                  f"the generator was trained on ({list(trained) if trained else 'one fixed level'})"
+                                  + ("" if trained is None else "; set extrapolate=true to go past them"))
             self.range: Optional[Tuple[int, int]] = (lo, hi)
         else:
             self.range = trained
@@ -284,7 +290,8 @@ class MRGANDegrader(Degrader):
             e2m = widths_to_band(self.range, tpl)
             out["band"] = {"widths_px": list(self.range), "eye_mouth_px": [round(v, 2) for v in e2m],
                            "template": tpl, "source": "z's level (width of x_r3 per face)",
-                           "trained_widths_px": list(self.G.levels)}
+                           "trained_widths_px": list(self.G.levels),
+                           "extrapolated": bool(self.range[0] < self.G.levels[0] or self.range[1] > self.G.levels[1])}
         elif scales:
             # the lowest stream x_r3 (Eq. 1, 4) sets the resolution G's faces are pulled to
             w = max(1, round(self.face_size * float(scales[-1])))

@@ -49,7 +49,7 @@ from .losses import (ExpertNetwork, adversarial_d_loss, adversarial_g_loss, atte
                      pixel_loss)
 
 __all__ = ["run_train_gan", "LRPoolDataset", "GanStream", "GanSteps", "default_expert",
-           "sample_grid"]
+           "sample_grid", "to_memory_format"]
 
 
 # --------------------------------------------------------------------------- data
@@ -266,6 +266,20 @@ class SampleWriter:
 
 
 # --------------------------------------------------------------------------- recipe
+def to_memory_format(G: nn.Module, D: nn.Module, device: torch.device, precision: str,
+                     setting: Optional[bool] = None) -> bool:
+    """Put G and D in channels_last when :func:`ranface.train.precision.use_channels_last`
+    says so for G (``run.channels_last``; auto: under bf16/fp16, their convolutions are
+    dense); returns whether it did (the batches follow). The expert keeps its own layout."""
+    from ..train.precision import use_channels_last
+
+    cl = use_channels_last(G, device, precision, setting)
+    if cl:
+        G.to(memory_format=torch.channels_last)
+        D.to(memory_format=torch.channels_last)
+    return cl
+
+
 def default_expert() -> str:
     from ..config import default_data_root
 
@@ -350,7 +364,7 @@ def run_train_gan(cfg: GanConfig, expert: Optional[ExpertNetwork] = None) -> Dic
                              val_every=0, keep_last=r.keep_last, keep_best=r.keep_best,
                              max_nonfinite=r.max_nonfinite, progress=r.progress,
                              tensorboard=r.tensorboard, inject_nonfinite=tuple(r.inject_nonfinite))
-    channels_last = r.channels_last and device.type == "cuda"
+    channels_last = to_memory_format(G, D, device, ctx.precision, r.channels_last)
     trainer = Trainer(run_dir=ctx.run_dir, phases=phases,
                       state_modules={"generator": G, "discriminator": D}, stream=stream,
                       to_device=make_to_device(device, channels_last), device=device,

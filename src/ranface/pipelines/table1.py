@@ -52,16 +52,31 @@ def stage_expert(cfg: Any, out: str, faces: str, teacher: str) -> Dict[str, Any]
     return {k: s[k] for k in ("run_dir", "steps", "elapsed_s", "final_cosine_to_teacher") if k in s}
 
 
-def gan_level_widths(cfg: Any) -> List[int]:
-    """The widths z's level ranges over: the twins' band (``bicubic_band`` / ``bicubic_sizes``),
-    so every degrader's twins cover the same faces sizes (one band definition)."""
+def twin_widths(cfg: Any) -> List[int]:
+    """The widths of the twins the LR / MR models train on (``bicubic_band`` /
+    ``bicubic_sizes``): every degrader's training twins cover the same face sizes."""
     from ..align.select import band_to_widths
 
-    if cfg.gan_level_widths:
-        return list(cfg.gan_level_widths)
     if cfg.bicubic_band:
         return list(band_to_widths(cfg.bicubic_band, cfg.template))
     return list(cfg.bicubic_sizes)
+
+
+def pool_widths(cfg: Any) -> List[int]:
+    """The widths whose eye-to-mouth distances span the real LR pool's band (``LR_BAND``,
+    the ``--lr-select`` of the pool, paper §4.1): where real LR faces exist to compare with."""
+    from ..align.select import LR_BAND, band_to_widths
+
+    return list(band_to_widths(LR_BAND, cfg.template))
+
+
+def gan_level_widths(cfg: Any) -> List[int]:
+    """The widths z's level ranges over while MR-GAN trains: ``gan_level_widths`` when set,
+    else by ``gan_levels``: "pool" = the real pool's band (the discriminators compare fakes
+    with real faces of the same sizes; docs/decisions.md), "twins" = the twins' band."""
+    if cfg.gan_level_widths:
+        return list(cfg.gan_level_widths)
+    return pool_widths(cfg) if cfg.gan_levels == "pool" else twin_widths(cfg)
 
 
 def gan_networks(cfg: Any) -> tuple:
@@ -95,28 +110,41 @@ def stage_gan(cfg: Any, out: str, faces: str, pool: str, expert: str) -> Dict[st
     return {k: summary[k] for k in keep if k in summary}
 
 
-def stage_synth(cfg: Any, out: str, faces: str, degrader: str, gan_dir: str) -> Dict[str, Any]:
+def stage_synth(cfg: Any, out: str, faces: str, degrader: str, gan_dir: str,
+                widths: Optional[Sequence[int]] = None, dest: str = "") -> Dict[str, Any]:
+    """``degrader``'s LR twin of ``faces`` into ``dest`` (default ``<out>/lr_<degrader>``),
+    at ``widths`` (default: the twins' band). MR-GAN may be asked for widths outside the
+    levels it trained on (``extrapolate``)."""
     from ..config import from_dict
     from ..gan.config import SynthConfig
     from ..gan.degraders import synthesize
 
     opts: Dict[str, Any] = {}
     if degrader == "mrgan":
-        opts = {"checkpoint": os.path.join(gan_dir, "generator.pt")}
-    elif degrader == "bicubic":
+        opts = {"checkpoint": os.path.join(gan_dir, "generator.pt"),
+                "level_widths": list(widths or twin_widths(cfg)), "extrapolate": True}
+    elif degrader == "bicubic" and widths is None:
         opts = ({"eye_mouth_range": list(cfg.bicubic_band)} if cfg.bicubic_band
                 else {"size_range": list(cfg.bicubic_sizes)})
         opts["template"] = cfg.template
-    elif degrader in ("random-degrade", "second-order"):
-        opts = {"size_range": gan_level_widths(cfg)}  # the same band as the other twins
-    sc = from_dict(SynthConfig, {"input": faces, "output": os.path.join(out, f"lr_{degrader}"),
+    elif degrader in ("bicubic", "random-degrade", "second-order"):
+        opts = {"size_range": list(widths or twin_widths(cfg))}  # the same band as the other twins
+        if degrader == "bicubic":
+            opts["template"] = cfg.template
+    sc = from_dict(SynthConfig, {"input": faces, "output": dest or os.path.join(out, f"lr_{degrader}"),
                                  "degrader": degrader, "options": opts, "seed": cfg.seed,
                                  "num_workers": 1, "progress": cfg.progress, "batch_size": 32})
     res = synthesize(sc)
     return {k: v for k, v in res.items() if isinstance(v, (int, float, str, list, dict))}
 
 
-def stage_realism(cfg: Any, out: str, degrader: str, expert: str, faces: str, pool: str) -> Dict[str, Any]:
+def realism_twins(out: str, degrader: str) -> str:
+    """The folder of ``degrader``'s twins at the real pool's band (realism rows, face grid)."""
+    return os.path.join(out, "realism_twins", degrader)
+
+
+def stage_realism(cfg: Any, out: str, degrader: str, expert: str, faces: str, pool: str,
+                  synth: str) -> Dict[str, Any]:
     from ..eval.protocols import EvalContext, evaluate
     from ..eval.protocols.realism import RealismOptions
     from ..inference import load_model
@@ -126,7 +154,7 @@ def stage_realism(cfg: Any, out: str, degrader: str, expert: str, faces: str, po
     dev = resolve_device("auto")  # the GPU when there is one
     m, info = load_model(expert, device=dev)
     ctx = EvalContext(model=m, info=info, device=dev, batch_size=64, progress=cfg.progress)
-    opts = RealismOptions(synth=os.path.join(out, f"lr_{degrader}"), real=pool, hr=faces, label=degrader,
+    opts = RealismOptions(synth=synth, real=pool, hr=faces, label=degrader,
                           seed=cfg.seed)
     res = evaluate("lr-realism", ctx, out, opts, out_dir=os.path.join(out, "eval", f"realism_{degrader}"))
     return {"result": os.path.join(out, "eval", f"realism_{degrader}", "result.json"), "metrics": res["metrics"]}
@@ -161,7 +189,7 @@ def run_degrader_chain(cfg: Any, out: str, st: Any, faces: str, pool: str, hr_mo
         gan_key = st.key("gan")
     for deg in cfg.degraders:
         st.run(f"synth_{deg}", {"gan": gan_key if deg == "mrgan" else "", "sizes": cfg.bicubic_sizes,
-                                "band": cfg.bicubic_band, "levels": gan_level_widths(cfg), "tpl": cfg.template, **deps},
+                                "band": cfg.bicubic_band, "levels": twin_widths(cfg), "tpl": cfg.template, **deps},
                lambda deg=deg: stage_synth(cfg, out, faces, deg, gan["run_dir"]),
                outputs=[os.path.join(out, f"lr_{deg}")])
         lr_dir = os.path.join(out, f"lr_{deg}")
@@ -186,15 +214,18 @@ def run_degrader_chain(cfg: Any, out: str, st: Any, faces: str, pool: str, hr_mo
             label = f"MR ({deg})" if trans else f"MR ({deg}, no translator)"
             models[label] = r["run_dir"]
             model_keys[label] = st.key(name)
-    # realism of each synthesis method against the real LR pool (expert = the HR model)
+    # realism of each synthesis method against the real LR pool (expert = the HR model), on
+    # twins at the pool's own band: at the training twins' smaller widths every method would
+    # be told from the real faces by resolution alone (docs/decisions.md "Realism at the pool's band")
     realism: List[Dict[str, Any]] = []
+    widths = pool_widths(cfg)
     for deg in list(dict.fromkeys(list(cfg.degraders) + list(REALISM_ONLY))):
-        if deg not in cfg.degraders:  # synthesized for realism (and the face grid) only
-            st.run(f"synth_{deg}", {"levels": gan_level_widths(cfg), **deps},
-                   lambda deg=deg: stage_synth(cfg, out, faces, deg, gan["run_dir"]),
-                   outputs=[os.path.join(out, f"lr_{deg}")])
-        realism.append(st.run(f"realism_{deg}", {"model": hr_model, "synth": st.key(f"synth_{deg}"), **deps},
-                              lambda deg=deg: stage_realism(cfg, out, deg, hr_model, faces, pool),
+        dest = realism_twins(out, deg)
+        st.run(f"synth_pool_{deg}", {"gan": gan_key if deg == "mrgan" else "", "widths": widths, **deps},
+               lambda deg=deg, dest=dest: stage_synth(cfg, out, faces, deg, gan["run_dir"], widths, dest),
+               outputs=[dest])
+        realism.append(st.run(f"realism_{deg}", {"model": hr_model, "synth": st.key(f"synth_pool_{deg}"), **deps},
+                              lambda deg=deg, dest=dest: stage_realism(cfg, out, deg, hr_model, faces, pool, dest),
                               outputs=[os.path.join(out, "eval", f"realism_{deg}")]))
     return {"models": models, "model_keys": model_keys, "realism": realism}
 
@@ -278,20 +309,22 @@ def table1_markdown(rows: Sequence[Dict[str, Any]], sizes: Sequence[int]) -> str
 def write_table1(out: str, degraders: Sequence[str], results: Mapping[str, Dict[str, Any]],
                  realism: Sequence[Dict[str, Any]], sizes: Sequence[int], faces: str, pool: str,
                  twins_root: str, seed: int = 0) -> Dict[str, Any]:
-    """``table1.md``, ``table1.json`` and ``degraders.png`` under ``out``; the twins are
-    ``<twins_root>/lr_<degrader>``."""
+    """``table1.md``, ``table1.json`` and ``degraders.png`` under ``out``; the grid shows the
+    twins at the real pool's band (:func:`realism_twins` under ``twins_root``)."""
     rows = table1_rows(degraders, results, realism, sizes)
-    twins = {r["degrader"]: os.path.join(twins_root, f"lr_{r['degrader']}") for r in rows}
+    twins = {r["degrader"]: realism_twins(twins_root, r["degrader"]) for r in rows}
     grid = degrader_grid(faces, {k: v for k, v in twins.items() if os.path.isdir(v)}, pool,
                          os.path.join(out, "degraders.png"), seed=seed)
     md = ["# Table 1: LR synthesis methods under one budget", "",
-          "Realism against the real LR pool (expert: the HR model) and HR-vs-LR verification accuracy (%) "
-          "of the LR model trained on each method's twins (and of the MR model where trained), on the "
-          "held-out pairs. Fréchet distance +- 1.96 bootstrap std over faces; domain-classifier "
-          "accuracy with the 95% range of a guessing classifier on as many test faces.", "",
+          "Realism against the real LR pool (expert: the HR model) of each method's twins at the pool's band "
+          "of face sizes, and HR-vs-LR verification accuracy (%) "
+          "of the LR model trained on each method's twins at the training band (and of the MR model where "
+          "trained), on the held-out pairs. Fréchet distance +- 1.96 bootstrap std over faces; "
+          "domain-classifier accuracy with the 95% range of a guessing classifier on as many test faces.", "",
           table1_markdown(rows, sizes), ""]
     if grid:
-        md += ["Faces (Fig. 5 shape): HR | each method's twin of the same face | a real LR face.", "",
+        md += ["Faces (Fig. 5 shape): HR | each method's twin of the same face at the pool's band | "
+               "a real LR face.", "",
                "![degraders.png](degraders.png)", ""]
     os.makedirs(out, exist_ok=True)
     atomic_write_text(os.path.join(out, "table1.md"), "\n".join(md))
