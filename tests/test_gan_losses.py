@@ -128,3 +128,32 @@ def test_expert_is_frozen_and_embeddings_normalised():
     assert torch.allclose(e.norm(dim=1), torch.ones(3), atol=1e-5)
     feats = ExpertNetwork(bb, stages=(1,)).features(x)
     assert set(feats) == {"embedding", "stage1"} and feats["stage1"].shape[:2] == (3, 64)
+
+
+def test_frozen_prelu_matches_prelu_values_and_input_gradients():
+    from ranface.gan.losses import FrozenPReLU, freeze_prelu
+
+    torch.manual_seed(0)
+    for n in (1, 8):
+        p = nn.PReLU(n)
+        with torch.no_grad():
+            p.weight.uniform_(-0.5, 0.7)
+        x1 = torch.randn(3, 8, 5, 5, requires_grad=True)
+        x2 = x1.detach().clone().requires_grad_()
+        y1, y2 = p(x1), FrozenPReLU(p)(x2)
+        assert torch.equal(y1, y2)
+        g = torch.randn_like(y1)
+        y1.backward(g)
+        y2.backward(g)
+        assert torch.allclose(x1.grad, x2.grad, atol=1e-6)
+    # an expert's backbone gets them; the embedding is unchanged
+    net = create_backbone("mobilefacenet").eval()
+    x = torch.rand(2, 3, 112, 112) * 2 - 1
+    with torch.no_grad():
+        ref = net(x)
+    expert = ExpertNetwork(net, normalize=False)
+    assert not any(isinstance(m, nn.PReLU) for m in expert.backbone.modules())
+    assert any(isinstance(m, FrozenPReLU) for m in expert.backbone.modules())
+    with torch.no_grad():
+        assert torch.allclose(expert.backbone(x), ref, atol=1e-5)
+    assert freeze_prelu(expert.backbone) == 0

@@ -31,6 +31,33 @@ Features = Union[torch.Tensor, Mapping[str, torch.Tensor]]
 
 
 # --------------------------------------------------------------------------- expert F
+class FrozenPReLU(nn.Module):
+    """PReLU with a fixed slope, as relu(x) - a * relu(-x): the same values, and a backward
+    pass (to the input only) 2-4x faster on CPU than ``prelu``'s, which also computes the
+    slope's gradient (17% of an MR-GAN step with the MobileFaceNet expert; performance.md)."""
+
+    def __init__(self, prelu: nn.PReLU):
+        super().__init__()
+        self.register_buffer("weight", prelu.weight.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.to(x.dtype)
+        a = w.view(1, -1, *([1] * (x.dim() - 2))) if x.dim() > 1 and w.numel() > 1 else w
+        return F.relu(x) - a * F.relu(-x)
+
+
+def freeze_prelu(module: nn.Module) -> int:
+    """Replace every ``nn.PReLU`` under ``module`` by :class:`FrozenPReLU`; returns how many."""
+    n = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.PReLU):
+            setattr(module, name, FrozenPReLU(child))
+            n += 1
+        else:
+            n += freeze_prelu(child)
+    return n
+
+
 class ExpertNetwork:
     """The pre-trained, frozen expert F of Eq. 2 around any registered backbone.
 
@@ -51,6 +78,7 @@ class ExpertNetwork:
         self.backbone = backbone.eval()
         for p in self.backbone.parameters():
             p.requires_grad_(False)
+        freeze_prelu(self.backbone)  # frozen slopes: the cheap backward (same outputs)
         self.normalize = normalize
         self.stages = tuple(int(s) for s in stages)
         self.source = source
