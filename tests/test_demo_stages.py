@@ -141,15 +141,18 @@ def test_table1_rows_and_markdown_from_results():
     realism = [{"options": {"label": "bicubic"}, "metrics": {"frechet_distance": 0.02, "frechet_ci95": [0.018, 0.023],
                                                              "domain_accuracy": 0.8, "domain_chance_ci95": [0.45, 0.55],
                                                              "identity_cosine": 0.9}},
-               {"options": {"label": "second-order"}, "metrics": {"frechet_distance": 0.01, "domain_accuracy": 0.6}}]
+               {"options": {"label": "second-order"}, "metrics": {
+                   "frechet_distance": 0.01, "domain_accuracy": 0.6,
+                   "frechet_vs_reference": {"diff": -0.01, "ci95": [-0.012, -0.008], "reference": "bicubic"}}}]
     rows = table1_rows(["bicubic", "mrgan"], {"LR (bicubic)": res(0.9), "MR (bicubic)": res(0.92),
                                               "LR (mrgan)": res(0.85)}, realism, [16, 12])
     assert [r["degrader"] for r in rows] == ["bicubic", "mrgan", "second-order"]
     assert rows[0]["LR"]["16"] == 0.9 and rows[0]["MR"]["12"] == pytest.approx(0.82) and "MR" not in rows[1]
     md = table1_markdown(rows, [16, 12])
-    assert "| bicubic | 0.0200 [0.0180, 0.0230] | 0.800 [0.450, 0.550] | 0.900 | 90.00 | 80.00 | 92.00 | 82.00 |" in md
-    assert "| mrgan | n/a | n/a | n/a | 85.00 | 75.00 | — | — |" in md
-    assert "| second-order | 0.0100 | 0.600 | n/a | — | — | — | — |" in md
+    assert "Fréchet − bicubic [95% paired]" in md
+    assert "| bicubic | 0.0200 [0.0180, 0.0230] | — | 0.800 [0.450, 0.550] | 0.900 | 90.00 | 80.00 | 92.00 | 82.00 |" in md
+    assert "| mrgan | n/a | — | n/a | n/a | 85.00 | 75.00 | — | — |" in md
+    assert "| second-order | 0.0100 | -0.0100 [-0.0120, -0.0080] | 0.600 | n/a | — | — | — | — |" in md
 
 
 def test_table1_command_refuses_missing_inputs_in_one_line(tmp_path, capsys):

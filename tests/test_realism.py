@@ -6,8 +6,9 @@ import torch
 from PIL import Image
 
 from ranface.eval.protocols import EvalContext, evaluate
+from ranface.errors import ProtocolError
 from ranface.eval.protocols.realism import (RealismOptions, domain_classifier_accuracy, frechet_distance,
-                                            realism_table)
+                                            frechet_paired_bootstrap, realism_table)
 from ranface.models import create_backbone
 
 
@@ -58,6 +59,43 @@ def test_protocol_end_to_end(tmp_path):
     assert res["counts"]["synth"] == 12 and res["counts"]["real"] == 12
     assert os.path.exists(tmp_path / "out" / "result.json")
     assert "blur" in realism_table([res])
+    # a paired comparison with another method's twins of the same faces
+    ref = _folder(str(tmp_path / "ref"), 12, 0)
+    res2 = evaluate("lr-realism", ctx, str(tmp_path), RealismOptions(synth="synth", real="real", reference="ref",
+                                                                      reference_label="sharp", bootstrap=20),
+                    out_dir=str(tmp_path / "out2"))
+    pv = res2["metrics"]["frechet_vs_reference"]
+    assert pv["reference"] == "sharp" and pv["ci95"][0] <= pv["diff"] <= pv["ci95"][1]
+    assert pv["diff"] == pytest.approx(res2["metrics"]["frechet_distance"] - frechet_distance(
+        *[np.asarray(x) for x in (_embed_all(model, str(tmp_path / "real")), _embed_all(model, ref))]), abs=1e-3)
+    os.remove(os.path.join(ref, "003.png"))
+    with pytest.raises(ProtocolError, match="reference twins lack 1 of the synthesized faces"):
+        evaluate("lr-realism", ctx, str(tmp_path), RealismOptions(synth="synth", real="real", reference="ref"),
+                 out_dir=str(tmp_path / "out3"))
+
+
+def _embed_all(model, folder):
+    from ranface.eval.features import embed_images, list_image_files
+
+    ctx = EvalContext(model=model, info={"source": "test"})
+    feats = embed_images(ctx.embedder(flip=False), [os.path.join(folder, r) for r in list_image_files(folder)])
+    return feats[""]
+
+
+def test_paired_frechet_bootstrap_is_narrower_than_unpaired_and_centred():
+    rng = np.random.default_rng(3)
+    real = rng.normal(size=(300, 4))
+    base = rng.normal(size=(300, 4)) + 0.5
+    a, b = base + 0.05 * rng.normal(size=base.shape), base + np.array([0.2, 0, 0, 0])  # b shifted further away
+    pv = frechet_paired_bootstrap(real, a, b, resamples=100, seed=0)
+    assert pv["diff"] == pytest.approx(frechet_distance(real, a) - frechet_distance(real, b))
+    assert pv["diff"] < 0 and pv["ci95"][1] < 0  # a is closer, and the paired interval says so
+    # unpaired: the spread of one method's distance alone is wider than the paired difference's
+    rs = np.random.default_rng(1)
+    single = [frechet_distance(real[rs.integers(0, 300, 300)], a[rs.integers(0, 300, 300)]) for _ in range(100)]
+    assert pv["std"] < np.std(single)
+    with pytest.raises(ValueError, match="paired sets differ"):
+        frechet_paired_bootstrap(real, a, b[:10])
 
 
 def test_missing_folder_listed(tmp_path):

@@ -144,7 +144,7 @@ def realism_twins(out: str, degrader: str) -> str:
 
 
 def stage_realism(cfg: Any, out: str, degrader: str, expert: str, faces: str, pool: str,
-                  synth: str) -> Dict[str, Any]:
+                  synth: str, reference: str = "", reference_label: str = "") -> Dict[str, Any]:
     from ..eval.protocols import EvalContext, evaluate
     from ..eval.protocols.realism import RealismOptions
     from ..inference import load_model
@@ -154,7 +154,7 @@ def stage_realism(cfg: Any, out: str, degrader: str, expert: str, faces: str, po
     dev = resolve_device("auto")  # the GPU when there is one
     m, info = load_model(expert, device=dev)
     ctx = EvalContext(model=m, info=info, device=dev, batch_size=64, progress=cfg.progress)
-    opts = RealismOptions(synth=synth, real=pool, hr=faces, label=degrader,
+    opts = RealismOptions(synth=synth, real=pool, reference=reference, reference_label=reference_label, hr=faces, label=degrader,
                           seed=cfg.seed)
     res = evaluate("lr-realism", ctx, out, opts, out_dir=os.path.join(out, "eval", f"realism_{degrader}"))
     return {"result": os.path.join(out, "eval", f"realism_{degrader}", "result.json"), "metrics": res["metrics"]}
@@ -218,15 +218,26 @@ def run_degrader_chain(cfg: Any, out: str, st: Any, faces: str, pool: str, hr_mo
     # twins at the pool's own band: at the training twins' smaller widths every method would
     # be told from the real faces by resolution alone (docs/decisions.md "Realism at the pool's band")
     realism: List[Dict[str, Any]] = []
+    # every other method is also compared with the first (the main chain's) on the same faces:
+    # a paired Fréchet difference (eval/protocols/realism.frechet_paired_bootstrap)
     widths = pool_widths(cfg)
-    for deg in list(dict.fromkeys(list(cfg.degraders) + list(REALISM_ONLY))):
+    methods = list(dict.fromkeys(list(cfg.degraders) + list(REALISM_ONLY)))
+    for deg in methods:
         dest = realism_twins(out, deg)
         st.run(f"synth_pool_{deg}", {"gan": gan_key if deg == "mrgan" else "", "widths": widths, **deps},
                lambda deg=deg, dest=dest: stage_synth(cfg, out, faces, deg, gan["run_dir"], widths, dest),
                outputs=[dest])
-        realism.append(st.run(f"realism_{deg}", {"model": hr_model, "synth": st.key(f"synth_pool_{deg}"), **deps},
-                              lambda deg=deg, dest=dest: stage_realism(cfg, out, deg, hr_model, faces, pool, dest),
-                              outputs=[os.path.join(out, "eval", f"realism_{deg}")]))
+    ref = methods[0]
+    for deg in methods:
+        dest = realism_twins(out, deg)
+        paired = deg != ref
+        realism.append(st.run(
+            f"realism_{deg}", {"model": hr_model, "synth": st.key(f"synth_pool_{deg}"),
+                               "ref": st.key(f"synth_pool_{ref}") if paired else "", **deps},
+            lambda deg=deg, dest=dest, paired=paired: stage_realism(
+                cfg, out, deg, hr_model, faces, pool, dest, realism_twins(out, ref) if paired else "",
+                ref if paired else ""),
+            outputs=[os.path.join(out, "eval", f"realism_{deg}")]))
     return {"models": models, "model_keys": model_keys, "realism": realism}
 
 
@@ -290,7 +301,9 @@ def table1_rows(degraders: Sequence[str], results: Mapping[str, Dict[str, Any]],
 def table1_markdown(rows: Sequence[Dict[str, Any]], sizes: Sequence[int]) -> str:
     from ..eval.report import md_table
 
-    head = ["LR synthesis", "Fréchet ↓ [±1.96 bootstrap sd]", "domain acc ↓ [chance 95%]", "identity cos ↑"] + \
+    refs = {(r.get("realism") or {}).get("frechet_vs_reference", {}).get("reference") for r in rows} - {None}
+    vs = f"Fréchet − {sorted(refs)[0]} [95% paired]" if len(refs) == 1 else "Fréchet − reference [95% paired]"
+    head = ["LR synthesis", "Fréchet ↓ [±1.96 bootstrap sd]", vs, "domain acc ↓ [chance 95%]", "identity cos ↑"] + \
         [f"LR model {s} px" for s in sizes] + [f"MR model {s} px" for s in sizes]
     body = []
     for r in rows:
@@ -300,10 +313,23 @@ def table1_markdown(rows: Sequence[Dict[str, Any]], sizes: Sequence[int]) -> str
             f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "")
         da = "n/a" if "domain_accuracy" not in m else f"{m['domain_accuracy']:.3f}" + (
             f" [{ch[0]:.3f}, {ch[1]:.3f}]" if ch else "")
+        pv = m.get("frechet_vs_reference")
+        pd = "—" if not pv else f"{pv['diff']:+.4f} [{pv['ci95'][0]:+.4f}, {pv['ci95'][1]:+.4f}]"
         ic = m.get("identity_cosine")
         acc = [f"{100 * r[k][str(s)]:.2f}" if k in r else "—" for k in ("LR", "MR") for s in sizes]
-        body.append([r["degrader"], fd, da, "n/a" if ic is None else f"{ic:.3f}"] + acc)
+        body.append([r["degrader"], fd, pd, da, "n/a" if ic is None else f"{ic:.3f}"] + acc)
     return md_table(head, body)
+
+
+def _paired_lr(results: Mapping[str, Dict[str, Any]], degraders: Sequence[str]) -> str:
+    """Each method's LR model minus the first method's, HR-vs-LR, paired over the same pairs."""
+    from ..demo_report import paired_table
+
+    lr = {k: v for k, v in results.items() if k.startswith("LR (")}
+    base = f"LR ({degraders[0]})"
+    if base not in lr or len(lr) < 2 or "metrics" not in lr[base] or "sizes" not in lr[base]["metrics"]:
+        return ""
+    return paired_table(lr, baseline=base)[0]
 
 
 def write_table1(out: str, degraders: Sequence[str], results: Mapping[str, Dict[str, Any]],
@@ -322,6 +348,10 @@ def write_table1(out: str, degraders: Sequence[str], results: Mapping[str, Dict[
           "trained), on the held-out pairs. Fréchet distance +- 1.96 bootstrap std over faces; "
           "domain-classifier accuracy with the 95% range of a guessing classifier on as many test faces.", "",
           table1_markdown(rows, sizes), ""]
+    lr_paired = _paired_lr(results, degraders)
+    if lr_paired:
+        md += [f"LR models against the LR model of `{degraders[0]}`'s twins on the same pairs (accuracy points, "
+               "95% paired bootstrap over pairs within folds; * = the interval excludes 0):", "", lr_paired, ""]
     if grid:
         md += ["Faces (Fig. 5 shape): HR | each method's twin of the same face at the pool's band | "
                "a real LR face.", "",

@@ -17,6 +17,11 @@ frozen expert (the evaluated model):
   (with replacement, seeded); the table gives the distance +- 1.96 bootstrap std (see
   :func:`frechet_bootstrap` for why not the percentile interval). Two degraders whose
   intervals overlap are not told apart by this pool.
+* **Paired difference to a reference method** (with ``reference`` given: another method's
+  twins of the same faces, e.g. bicubic's): FD(synth) - FD(reference) with a paired
+  bootstrap interval (:func:`frechet_paired_bootstrap`: each resample draws the same HR
+  faces for both methods and the same real faces), far narrower than comparing the two
+  unpaired intervals, since most of each interval's width is the shared sampling of faces.
 * **Identity preservation** (with ``hr`` given): mean cosine between the expert
   embedding of each HR face x and of its synthesized twin G(x) (same relative path).
 """
@@ -44,6 +49,8 @@ class RealismOptions:
     seed: int = 0
     label: str = ""  # name of the degrader in the report
     bootstrap: int = 200  # resamples for the Fréchet distance's interval; 0: none
+    reference: str = path_field()  # optional: another method's twins of the same faces (paired difference)
+    reference_label: str = ""
 
 
 def _resolve(root: str, p: str) -> str:
@@ -76,6 +83,25 @@ def frechet_bootstrap(a: np.ndarray, b: np.ndarray, resamples: int = 200, seed: 
     est = frechet_distance(a, b)
     sd = float(vals.std(ddof=1))
     return sd, est - 1.96 * sd, est + 1.96 * sd, float(vals.mean() - est)
+
+
+def frechet_paired_bootstrap(real: np.ndarray, a: np.ndarray, b: np.ndarray, resamples: int = 200,
+                             seed: int = 0) -> Dict[str, float]:
+    """FD(real, a) - FD(real, b) for two methods' twins ``a``, ``b`` of the same faces (row i
+    of both = the same HR face), with a paired bootstrap: each resample draws one set of
+    face indices for both methods and one of the real faces. Returns ``diff`` (on the full
+    sets), ``std`` of the resampled differences and ``ci95`` = diff +- 1.96 std (normal
+    interval, as :func:`frechet_bootstrap`; the bias of each distance largely cancels)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired sets differ in size ({len(a)} vs {len(b)})")
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(int(resamples)):
+        i, j = rng.integers(0, len(a), len(a)), rng.integers(0, len(real), len(real))
+        diffs.append(frechet_distance(real[j], a[i]) - frechet_distance(real[j], b[i]))
+    diff = frechet_distance(real, a) - frechet_distance(real, b)
+    sd = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else float("nan")
+    return {"diff": diff, "std": sd, "ci95": [diff - 1.96 * sd, diff + 1.96 * sd], "resamples": int(resamples)}
 
 
 def chance_interval(n_test: int, z: float = 1.96) -> Tuple[float, float]:
@@ -136,7 +162,8 @@ class RealismProtocol(Protocol):
         if not o.synth or not o.real:
             raise ConfigError("lr-realism needs --set synth=<synthesized LR folder> and real=<real LR folder>")
         missing = [p for p in (_resolve(root, o.synth), _resolve(root, o.real)) + (
-            (_resolve(root, o.hr),) if o.hr else ()) if not os.path.isdir(p)]
+            (_resolve(root, o.hr),) if o.hr else ()) + ((_resolve(root, o.reference),) if o.reference else ())
+            if not os.path.isdir(p)]
         if missing:
             raise ProtocolError(root, "missing folder(s): " + ", ".join(missing))
 
@@ -168,6 +195,19 @@ class RealismProtocol(Protocol):
             sd, lo, hi, bias = frechet_bootstrap(fr, fs, o.bootstrap, o.seed)
             metrics.update({"frechet_std": sd, "frechet_ci95": [lo, hi], "frechet_bootstrap_bias": bias,
                             "frechet_bootstrap": int(o.bootstrap)})
+        if o.reference:
+            ref_dir = _resolve(root, o.reference)
+            kept = [r for r, ok in zip(synth_rels, oks) if ok]
+            absent = [r for r in kept if not os.path.exists(os.path.join(ref_dir, r))]
+            if absent:
+                raise ProtocolError(ref_dir, f"reference twins lack {len(absent)} of the synthesized faces "
+                                    f"(e.g. {absent[0]}): a paired comparison needs the same faces")
+            fref, okref = self._embed(ctx, ref_dir, kept, skips)
+            if not okref.all():
+                raise ProtocolError(ref_dir, f"{int((~okref).sum())} reference faces could not be read")
+            pd = frechet_paired_bootstrap(fr, fs, fref, max(int(o.bootstrap), 2), o.seed + 2)
+            metrics["frechet_vs_reference"] = {**pd, "reference": o.reference_label or os.path.basename(
+                os.path.normpath(ref_dir))}
         if o.hr:
             hr_dir = _resolve(root, o.hr)
             pairs = [r for r, ok in zip(synth_rels, oks) if ok and os.path.exists(os.path.join(hr_dir, r))]
