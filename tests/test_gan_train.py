@@ -362,3 +362,23 @@ def test_memory_format_follows_precision_and_the_explicit_setting():
         out, out_d = G(x.contiguous(memory_format=torch.channels_last), z).fake, D(x)
     assert torch.allclose(ref, out, atol=1e-5)
     assert all(torch.allclose(ref_d[k], out_d[k], atol=1e-5) for k in ref_d)
+
+
+def test_sample_writer_due_steps_with_and_without_d_ratio(tmp_path):
+    from ranface.gan.trainer import SampleWriter
+
+    class Out:
+        x_r3 = G_A = fake = torch.zeros(2, 3, 8, 8)
+
+    x = torch.zeros(2, 3, 8, 8)
+
+    def written(interval, every=10, steps=50):
+        w = SampleWriter(str(tmp_path / f"i{interval}"), every, 2, steps - 1, interval)
+        for step in range(0, steps, interval):  # the steps on which the G phase runs
+            w(step, x, Out(), x)
+        return [int(os.path.basename(p)[5:13]) for p in w.written]
+
+    assert written(1) == [1, 10, 20, 30, 40, 50]
+    # G on every 5th step (steps 0, 5, ..., 45): the first G step at or after each due point, and the last
+    assert written(5) == [1, 11, 21, 31, 41, 46]
+    assert written(5, every=7, steps=23) == [1, 11, 16, 21]

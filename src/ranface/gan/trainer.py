@@ -239,19 +239,22 @@ class SampleWriter:
     """Every ``every`` steps: a grid of x, x_r3, G^A, G(x) and real LR faces y to
     TensorBoard (``samples``) and to ``<run>/samples/step-XXXXXXXX.png`` (atomic)."""
 
-    def __init__(self, run_dir: str, every: int, count: int, last_step: int):
+    def __init__(self, run_dir: str, every: int, count: int, last_step: int, interval: int = 1):
         self.dir = os.path.join(run_dir, "samples")
         self.every = every
         self.count = count
         self.last_step = last_step
+        self.interval = max(1, int(interval))  # G runs on every interval-th step (pixel_schedule d_ratio)
+        self.due = 0  # the step from which the next grid is due
         self.writer = None  # the Trainer's MetricsWriter, set once the Trainer exists
         self.written: List[str] = []
 
     def __call__(self, step: int, x: torch.Tensor, out: GenOutput, y: torch.Tensor) -> None:
-        # the first step, every ``every``-th and the last; named by steps completed
-        if self.every <= 0 or not (step == 0 or (step + 1) % self.every == 0
-                                   or step == self.last_step):
+        # the first G step, the first G step at or after every ``every``-th step, and the last
+        # G step of the run; named by steps completed
+        if self.every <= 0 or not (step >= self.due or step + self.interval > self.last_step):
             return
+        self.due = ((step + 1) // self.every + 1) * self.every - 1
         from ..io_utils import atomic_write_bytes
 
         k = self.count
@@ -352,13 +355,14 @@ def run_train_gan(cfg: GanConfig, expert: Optional[ExpertNetwork] = None) -> Dic
     opt_G = torch.optim.Adam(G.parameters(), lr=o.lr, betas=betas)
     opt_D = torch.optim.Adam(D.parameters(), lr=o.d_lr or o.lr, betas=betas)
 
-    samples = SampleWriter(ctx.run_dir, cfg.image_every, cfg.num_samples, o.max_steps - 1) \
+    g_interval = cfg.loss.pixel_every if cfg.loss.pixel_schedule == "d_ratio" else 1
+    samples = SampleWriter(ctx.run_dir, cfg.image_every, cfg.num_samples, o.max_steps - 1, g_interval) \
         if dist.is_main else None
     steps = GanSteps(G_fwd, D_fwd, D, expert, cfg, dist.rank, samples)
     clip = o.clip_grad_norm or None
     phases = [Phase("D", opt_D, steps.d_loss, [D_fwd], clip_grad_norm=clip),
               Phase("G", opt_G, steps.g_loss, [G_fwd], clip_grad_norm=clip,
-                    interval=cfg.loss.pixel_every if cfg.loss.pixel_schedule == "d_ratio" else 1)]
+                    interval=g_interval)]
     r = cfg.run
     options = TrainerOptions(max_steps=o.max_steps, log_every=r.log_every, ckpt_every=r.ckpt_every,
                              val_every=0, keep_last=r.keep_last, keep_best=r.keep_best,
