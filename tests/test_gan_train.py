@@ -29,7 +29,8 @@ from ranface.train.stats import read_metrics
 TINY = ["data.face_size=32", "data.batch_size=4", "data.num_workers=0", "generator.base_width=4",
         "generator.num_stages=1", "generator.blocks_per_stage=1", "generator.z_dim=4",
         "generator.local_width=4", "generator.fuse_width=8", "discriminator.base_width=4",
-        "run.progress=false", "run.precision=fp32", "run.log_every=1", "run.tensorboard=false"]
+        "run.progress=false", "run.precision=fp32", "run.log_every=1", "run.tensorboard=false",
+        "loss.pixel_schedule=g_every"]  # D and G every step (the default d_ratio has its own test)
 
 
 @pytest.fixture(autouse=True)
@@ -72,8 +73,8 @@ def same(a, b):
 
 
 
-def one_phase_trainer(tmp_path, which, steps=1, pixel_every=5):
-    cfg = load_config(GanConfig, None, TINY + [f"loss.pixel_every={pixel_every}"])
+def one_phase_trainer(tmp_path, which, steps=1, pixel_every=5, schedule="g_every"):
+    cfg = load_config(GanConfig, None, TINY + [f"loss.pixel_every={pixel_every}", f"loss.pixel_schedule={schedule}"])
     torch.manual_seed(0)
     G = MRGenerator(cfg.generator, 32)
     D = MultiRegionDiscriminator(cfg.discriminator, 32)

@@ -40,14 +40,14 @@ from .io_utils import atomic_write_text
 PROFILES: Dict[str, Dict[str, Any]] = {
     # CI-sized: one held-out fold, 100+100 of its pairs; a few dozen training identities.
     "quick": dict(test_folds=[9], pairs_per_fold=100, train_ids=40, train_images_per_id=4,
-                  lr_pool_upscales=[1.0, 2.0], gan_steps=20, gan_batch=8, gan_profile="small",
+                  lr_pool_upscales=[1.0, 2.0], gan_steps=40, gan_batch=8, gan_profile="small",
                   lr_steps=16, mr_steps=16, batch_size=16, probe_sizes=[16, 12],
                   lr_pool_limit=14, mr_twin_prob=0.5, eval_modes=["hr-lr"], gan_expert="distil",
                   expert_steps=4),
     # 2-core laptop, <= 40 min (about 20 measured): two held-out folds (1,200 pairs), 200
     # training identities; steps chosen from learning curves (docs/results.md, issue 11)
     "default": dict(test_folds=[8, 9], pairs_per_fold=0, train_ids=200, train_images_per_id=6,
-                    lr_pool_upscales=[1.0, 2.0], gan_steps=200, gan_batch=16,
+                    lr_pool_upscales=[1.0, 2.0], gan_steps=1000, gan_batch=16,
                     gan_profile="small", lr_steps=120, mr_steps=120, batch_size=32,
                     probe_sizes=[24, 16, 12, 8], lr_pool_limit=0, mr_twin_prob=0.5,
                     eval_modes=["hr-lr", "lr-lr"], mr_degraders=["mrgan"], gan_expert="distil",
@@ -86,7 +86,7 @@ class DemoConfig:
     # a non-empty gan_level_widths overrides both (docs/decisions.md "MR-GAN's levels")
     gan_levels: str = "pool"
     gan_level_widths: List[int] = field(default_factory=list)
-    gan_pixel_schedule: str = "g_every"  # loss.pixel_schedule (docs/decisions.md)
+    gan_pixel_schedule: str = "d_ratio"  # loss.pixel_schedule (docs/decisions.md, issue 12 round 3)
     # the first is the main chain (LR, MR and the no-translator ablation); docs/decisions.md
     degraders: List[str] = field(default_factory=lambda: ["bicubic", "mrgan"])
     bicubic_sizes: List[int] = field(default_factory=lambda: [8, 32])  # widths, when bicubic_band is empty

@@ -101,7 +101,7 @@ class GanLossConfig:
     lambda_pix: float = 20.0
     lambda_att: float = 0.4
     pixel_every: int = 5
-    pixel_schedule: str = "g_every"  # g_every | d_ratio (docs/decisions.md, issue 12)
+    pixel_schedule: str = "d_ratio"  # d_ratio | g_every (docs/decisions.md, issue 12: d_ratio measured more realistic)
     center_size: List[int] = field(default_factory=lambda: [85, 82])
     perceptual_normalize: bool = True
     perceptual_stages: List[int] = field(default_factory=list)
