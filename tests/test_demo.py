@@ -74,7 +74,7 @@ def test_readme_main_command_quick_profile_from_repo_root():
         levels = open(os.path.join(out, "lr_mrgan", "synth_levels.tsv")).read().splitlines()[1:]
         assert levels and all(8 <= int(ln.split("\t")[1]) <= 32 for ln in levels)
         # MR-GAN trained at the real pool's band; every realism row scored at that band
-        for deg in rows:
+        for deg in ("bicubic", "mrgan", "second-order"):  # the methods that record their widths
             band = json.load(open(os.path.join(out, "realism_twins", deg, "synth_manifest.json")))
             assert band["degrader_info"]["band"]["widths_px"] == [25, 76], deg
         mrgan_band = json.load(open(os.path.join(out, "lr_mrgan", "synth_manifest.json")))["degrader_info"]["band"]
