@@ -94,6 +94,8 @@ def test_paired_frechet_bootstrap_is_narrower_than_unpaired_and_centred():
     rs = np.random.default_rng(1)
     single = [frechet_distance(real[rs.integers(0, 300, 300)], a[rs.integers(0, 300, 300)]) for _ in range(100)]
     assert pv["std"] < np.std(single)
+    none = frechet_paired_bootstrap(real, a, b, resamples=0)
+    assert none["diff"] == pv["diff"] and none["ci95"] is None and none["std"] is None
     with pytest.raises(ValueError, match="paired sets differ"):
         frechet_paired_bootstrap(real, a, b[:10])
 

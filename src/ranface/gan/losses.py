@@ -68,6 +68,9 @@ class ExpertNetwork:
     ``requires_grad=False`` on every parameter; it is deliberately not an ``nn.Module``
     attribute of anything trained (never in a state_dict, an optimizer or DDP).
 
+    The backbone's PReLUs are replaced in place by :class:`FrozenPReLU` (same outputs,
+    cheaper backward), so pass a module that nothing else trains.
+
     ``features(x)`` returns ``{"embedding": (N, D)}`` (L2-normalised when ``normalize``)
     plus ``{"stage<i>": map}`` for each index of ``stages`` into the backbone's
     ``forward_stages()``.

@@ -81,7 +81,7 @@ def gan_level_widths(cfg: Any) -> List[int]:
 
 def gan_networks(cfg: Any) -> tuple:
     """(GeneratorConfig, DiscriminatorConfig) of the chain's MR-GAN: the profile's, with the
-    regions of the demo's alignment template and z's levels over the twins' widths."""
+    regions of the demo's alignment template and z's levels over :func:`gan_level_widths`."""
     from ..gan.config import profile_configs
 
     gen, disc = profile_configs(cfg.gan_profile)
@@ -123,14 +123,10 @@ def stage_synth(cfg: Any, out: str, faces: str, degrader: str, gan_dir: str,
     if degrader == "mrgan":
         opts = {"checkpoint": os.path.join(gan_dir, "generator.pt"),
                 "level_widths": list(widths or twin_widths(cfg)), "extrapolate": True}
-    elif degrader == "bicubic" and widths is None:
-        opts = ({"eye_mouth_range": list(cfg.bicubic_band)} if cfg.bicubic_band
-                else {"size_range": list(cfg.bicubic_sizes)})
-        opts["template"] = cfg.template
     elif degrader in ("bicubic", "random-degrade", "second-order"):
         opts = {"size_range": list(widths or twin_widths(cfg))}  # the same band as the other twins
         if degrader == "bicubic":
-            opts["template"] = cfg.template
+            opts["template"] = cfg.template  # its manifest's eye-to-mouth band
     sc = from_dict(SynthConfig, {"input": faces, "output": dest or os.path.join(out, f"lr_{degrader}"),
                                  "degrader": degrader, "options": opts, "seed": cfg.seed,
                                  "num_workers": 1, "progress": cfg.progress, "batch_size": 32})
@@ -222,14 +218,12 @@ def run_degrader_chain(cfg: Any, out: str, st: Any, faces: str, pool: str, hr_mo
     # a paired Fréchet difference (eval/protocols/realism.frechet_paired_bootstrap)
     widths = pool_widths(cfg)
     methods = list(dict.fromkeys(list(cfg.degraders) + list(REALISM_ONLY)))
+    ref = methods[0]  # synthesized first: the loop's first method
     for deg in methods:
         dest = realism_twins(out, deg)
         st.run(f"synth_pool_{deg}", {"gan": gan_key if deg == "mrgan" else "", "widths": widths, **deps},
                lambda deg=deg, dest=dest: stage_synth(cfg, out, faces, deg, gan["run_dir"], widths, dest),
                outputs=[dest])
-    ref = methods[0]
-    for deg in methods:
-        dest = realism_twins(out, deg)
         paired = deg != ref
         realism.append(st.run(
             f"realism_{deg}", {"model": hr_model, "synth": st.key(f"synth_pool_{deg}"),
@@ -314,7 +308,8 @@ def table1_markdown(rows: Sequence[Dict[str, Any]], sizes: Sequence[int]) -> str
         da = "n/a" if "domain_accuracy" not in m else f"{m['domain_accuracy']:.3f}" + (
             f" [{ch[0]:.3f}, {ch[1]:.3f}]" if ch else "")
         pv = m.get("frechet_vs_reference")
-        pd = "—" if not pv else f"{pv['diff']:+.4f} [{pv['ci95'][0]:+.4f}, {pv['ci95'][1]:+.4f}]"
+        pd = "—" if not pv else f"{pv['diff']:+.4f}" + (
+            f" [{pv['ci95'][0]:+.4f}, {pv['ci95'][1]:+.4f}]" if pv.get("ci95") else "")
         ic = m.get("identity_cosine")
         acc = [f"{100 * r[k][str(s)]:.2f}" if k in r else "—" for k in ("LR", "MR") for s in sizes]
         body.append([r["degrader"], fd, pd, da, "n/a" if ic is None else f"{ic:.3f}"] + acc)
@@ -327,7 +322,7 @@ def _paired_lr(results: Mapping[str, Dict[str, Any]], degraders: Sequence[str]) 
 
     lr = {k: v for k, v in results.items() if k.startswith("LR (")}
     base = f"LR ({degraders[0]})"
-    if base not in lr or len(lr) < 2 or "metrics" not in lr[base] or "sizes" not in lr[base]["metrics"]:
+    if base not in lr or len(lr) < 2:
         return ""
     return paired_table(lr, baseline=base)[0]
 

@@ -91,7 +91,8 @@ def frechet_paired_bootstrap(real: np.ndarray, a: np.ndarray, b: np.ndarray, res
     of both = the same HR face), with a paired bootstrap: each resample draws one set of
     face indices for both methods and one of the real faces. Returns ``diff`` (on the full
     sets), ``std`` of the resampled differences and ``ci95`` = diff +- 1.96 std (normal
-    interval, as :func:`frechet_bootstrap`; the bias of each distance largely cancels)."""
+    interval, as :func:`frechet_bootstrap`; the bias of each distance largely cancels);
+    with fewer than 2 resamples ``std`` and ``ci95`` are None."""
     if len(a) != len(b):
         raise ValueError(f"paired sets differ in size ({len(a)} vs {len(b)})")
     rng = np.random.default_rng(seed)
@@ -100,8 +101,10 @@ def frechet_paired_bootstrap(real: np.ndarray, a: np.ndarray, b: np.ndarray, res
         i, j = rng.integers(0, len(a), len(a)), rng.integers(0, len(real), len(real))
         diffs.append(frechet_distance(real[j], a[i]) - frechet_distance(real[j], b[i]))
     diff = frechet_distance(real, a) - frechet_distance(real, b)
-    sd = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else float("nan")
-    return {"diff": diff, "std": sd, "ci95": [diff - 1.96 * sd, diff + 1.96 * sd], "resamples": int(resamples)}
+    if len(diffs) < 2:
+        return {"diff": diff, "std": None, "ci95": None, "resamples": len(diffs)}
+    sd = float(np.std(diffs, ddof=1))
+    return {"diff": diff, "std": sd, "ci95": [diff - 1.96 * sd, diff + 1.96 * sd], "resamples": len(diffs)}
 
 
 def chance_interval(n_test: int, z: float = 1.96) -> Tuple[float, float]:
@@ -205,7 +208,7 @@ class RealismProtocol(Protocol):
             fref, okref = self._embed(ctx, ref_dir, kept, skips)
             if not okref.all():
                 raise ProtocolError(ref_dir, f"{int((~okref).sum())} reference faces could not be read")
-            pd = frechet_paired_bootstrap(fr, fs, fref, max(int(o.bootstrap), 2), o.seed + 2)
+            pd = frechet_paired_bootstrap(fr, fs, fref, int(o.bootstrap), o.seed + 2)
             metrics["frechet_vs_reference"] = {**pd, "reference": o.reference_label or os.path.basename(
                 os.path.normpath(ref_dir))}
         if o.hr:
