@@ -28,7 +28,7 @@ from ranface.config import load_config
 from ranface.gan.config import GanConfig, PROFILES
 from ranface.gan.discriminators import MultiRegionDiscriminator
 from ranface.gan.generator import MRGenerator
-from ranface.gan.losses import ExpertNetwork, load_expert
+from ranface.gan.losses import ExpertNetwork
 from ranface.gan.trainer import GanSteps, default_expert, to_memory_format
 from ranface.models import create_backbone
 from ranface.train.distributed import DistInfo
@@ -131,9 +131,17 @@ def step_time(cfg, expert, batch, steps, repeats, device, precision, profile=Fal
 
 
 def make_expert(name, device):
+    """``resnet29`` | ``mobilefacenet``; a ``+nofold`` suffix keeps the expert's BatchNorms
+    (what :func:`ranface.gan.losses.fold_batchnorm` saves)."""
+    name, _, flag = name.partition("+")
+    fold = flag != "nofold"
     if name == "resnet29" and os.path.isdir(default_expert()):
-        return load_expert(default_expert(), device=device)
-    return ExpertNetwork(create_backbone("mobilefacenet"), source="mobilefacenet (untrained)").to(device)
+        from ranface.models.loader import load_model
+
+        module, _ = load_model(default_expert(), device=device)
+        return ExpertNetwork(module, source="resnet29" + ("" if fold else "+nofold"), fold_bn=fold)
+    return ExpertNetwork(create_backbone("mobilefacenet"), fold_bn=fold,
+                         source="mobilefacenet (untrained)" + ("" if fold else "+nofold")).to(device)
 
 
 def compare(args, device):

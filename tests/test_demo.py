@@ -12,7 +12,7 @@ from conftest import require_shared
 
 SECTIONS = ("## Verification accuracy, HR-vs-LR", "## Targets of the main job", "## Difference from the HR model",
             "## The LR band", "## Start of training", "## Adaption terms (Eq. 10)",
-            "## LR synthesis methods (Table 1 shape)", "## TAR@FAR", "## Accuracy vs probe pixels",
+            "## LR synthesis methods (Table 1 shape)", "## Held-out probes (`second-order`)", "## TAR@FAR", "## Accuracy vs probe pixels",
             "## ROC curves", "## Synthesized faces", "## Translation gate W", "## Stages", "## Models")
 
 
@@ -70,6 +70,10 @@ def test_readme_main_command_quick_profile_from_repo_root():
         assert set(rows) == {"bicubic", "mrgan", "random-degrade", "second-order"}
         assert all(len(r["realism"]["frechet_ci95"]) == 2 for r in rows.values())
         assert "LR" in rows["bicubic"] and "LR" in rows["mrgan"] and "MR" in rows["bicubic"]
+        # and on held-out probes (second-order at 16 and 12 px), recorded in each result
+        assert set(rows["mrgan"]["LR_heldout"]) == {"16", "12"} and rows["bicubic"]["heldout_probe"] == "second-order"
+        held = json.load(open(os.path.join(out, "eval", "lr_mrgan_second_order", "result.json")))
+        assert held["options"]["probe_degrader"] == "second-order" and held["metrics"]["modes"] == ["hr-lr"]
         assert os.path.exists(os.path.join(out, "report", "degraders.png"))
         levels = open(os.path.join(out, "lr_mrgan", "synth_levels.tsv")).read().splitlines()[1:]
         assert levels and all(8 <= int(ln.split("\t")[1]) <= 32 for ln in levels)

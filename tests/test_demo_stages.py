@@ -154,6 +154,27 @@ def test_table1_rows_and_markdown_from_results():
     assert "| mrgan | n/a | — | n/a | n/a | 85.00 | 75.00 | — | — |" in md
     assert "| second-order | 0.0100 | -0.0100 [-0.0120, -0.0080] | 0.600 | n/a | — | — | — | — |" in md
 
+    # held-out probes: extra LR columns at their own sizes, named by the probe's degrader
+    def held(acc):
+        return {"metrics": {"sizes": [16], "probe": {"degrader": "second-order"}, "hr-lr": {"16": {"acc": acc}}}}
+
+    rows = table1_rows(["bicubic", "mrgan"], {"LR (bicubic)": res(0.9), "LR (mrgan)": res(0.85)}, realism[:1],
+                       [16, 12], heldout={"LR (bicubic)": held(0.7), "LR (mrgan)": held(0.75), "HR": held(0.6)})
+    assert rows[1]["LR_heldout"] == {"16": 0.75} and rows[0]["heldout_probe"] == "second-order"
+    md = table1_markdown(rows, [16, 12])
+    assert md.splitlines()[0].endswith("| LR model 16 px (second-order probes) |")
+    assert "| mrgan | n/a | — | n/a | n/a | 85.00 | 75.00 | — | — | 75.00 |" in md
+
+
+def test_heldout_probe_must_be_held_out():
+    from ranface.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="would not be held out"):
+        resolve(DemoConfig(profile="quick", degraders=["bicubic", "second-order"]))
+    with pytest.raises(ConfigError, match="heldout_probe_sizes"):
+        resolve(DemoConfig(profile="quick", heldout_probe_sizes=[]))
+    assert resolve(DemoConfig(profile="quick", heldout_probe="", heldout_probe_sizes=[])).heldout_probe == ""
+
 
 def test_table1_command_refuses_missing_inputs_in_one_line(tmp_path, capsys):
     from ranface.cli import main

@@ -157,3 +157,37 @@ def test_frozen_prelu_matches_prelu_values_and_input_gradients():
     with torch.no_grad():
         assert torch.allclose(expert.backbone(x), ref, atol=1e-5)
     assert freeze_prelu(expert.backbone) == 0
+
+
+def test_fold_batchnorm_keeps_the_frozen_function_and_input_gradients():
+    from ranface.gan.losses import fold_batchnorm
+
+    torch.manual_seed(1)
+    net = create_backbone("mobilefacenet")
+    for m in net.modules():  # trained-like statistics, so that folding is not a no-op
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            with torch.no_grad():
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    net.eval()
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    x1 = torch.rand(2, 3, 112, 112, requires_grad=True)
+    ref = net(x1)
+    ref.sum().backward()
+    import copy
+
+    folded = copy.deepcopy(net)
+    assert fold_batchnorm(folded) == n_bn > 40
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert fold_batchnorm(folded) == 0
+    x2 = x1.detach().clone().requires_grad_()
+    out = folded(x2)
+    out.sum().backward()
+    assert torch.allclose(out, ref, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(x2.grad, x1.grad, rtol=1e-3, atol=1e-5)
+    # the expert folds its backbone: same embedding
+    expert = ExpertNetwork(copy.deepcopy(net), normalize=False)
+    with torch.no_grad():
+        assert torch.allclose(expert.backbone(x1), ref, rtol=1e-4, atol=1e-4)

@@ -371,3 +371,44 @@ def test_threaded_decoding_gives_the_sequential_embeddings(lfw_folder, tmp_path)
         np.testing.assert_array_equal(got.ok, ref.ok)
         for v in variants:
             np.testing.assert_array_equal(got[v], ref[v])  # NaN rows in the same places
+
+
+def test_probe_degrader_bicubic_equals_default_and_second_order_is_fixed_per_image(lfw_folder, tmp_path):
+    """``probe_degrader``: the registry's bicubic gives the default probes exactly; a random
+    degrader's probes are a pure function of the image (threads, order and model do not
+    change them), they differ from bicubic's, and the result records the probe kind."""
+    from ranface.eval.features import embed_images
+    from ranface.eval.protocols.pairs import _degrader_probe
+
+    P = get_protocol("pairs")
+    run = lambda **kw: P.run(ctx_for(TinyNet()), lfw_folder, P.Options(  # noqa: E731
+        probe_sizes=[12], modes=["hr-lr"], fars=[0.5], **kw))
+    ref, bic = run(), run(probe_degrader="bicubic")
+    assert bic["metrics"]["hr-lr"]["12"]["correct"] == ref["metrics"]["hr-lr"]["12"]["correct"]
+    assert bic["metrics"]["hr-lr"]["12"]["auc"] == ref["metrics"]["hr-lr"]["12"]["auc"]
+    assert ref["metrics"]["probe"] == {"degrader": "down-up", "kernel": "bicubic"}
+    so = run(probe_degrader="second-order", probe_seed=3)
+    assert so["metrics"]["probe"] == {"degrader": "second-order", "options": {}, "seed": 3}
+    assert "degraded by `second-order` at the probe width" in P.markdown(so)
+
+    img = np.array(Image.open(os.path.join(lfw_folder, "images", PEOPLE[0], f"{PEOPLE[0]}_0001.jpg")).convert("RGB"))
+    op = _degrader_probe("second-order", {}, 12, 3)
+    a = op(img)
+    assert a.shape == img.shape and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, op(img.copy()))  # the pixels pick the draws
+    assert not np.array_equal(a, _degrader_probe("second-order", {}, 12, 4)(img))  # and the seed
+    assert not np.array_equal(a, down_up(img, 12))
+    rels = sorted(os.path.relpath(os.path.join(d, f), os.path.join(lfw_folder, "images"))
+                  for d, _, fs in os.walk(os.path.join(lfw_folder, "images")) for f in fs)
+    paths = [os.path.join(lfw_folder, "images", r) for r in rels]
+    feats = [embed_images(ctx_for(TinyNet()).embedder(False), order, variants={"p": op}, workers=w)
+             for order, w in ((paths, 0), (paths[::-1], 3))]
+    np.testing.assert_array_equal(feats[0]["p"], feats[1]["p"][::-1])
+
+
+@pytest.mark.parametrize("name,opts,what", [("nope", {}, "unknown degrader 'nope'"),
+                                             ("second-order", {"bogus": 1}, "unknown option(s) bogus")])
+def test_probe_degrader_refused_before_any_work(lfw_folder, name, opts, what):
+    P = get_protocol("pairs")
+    with pytest.raises(ConfigError, match=what.replace("(", r"\(").replace(")", r"\)")):
+        P.validate_root(lfw_folder, P.Options(probe_degrader=name, probe_options=opts))

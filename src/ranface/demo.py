@@ -110,6 +110,11 @@ class DemoConfig:
     # step; m = 0.1 trains (issue 11, item 5; docs/decisions.md)
     margin: float = 0.1
     probe_sizes: List[int] = field(default_factory=list)
+    # held-out probes: every model is also scored HR-vs-LR with probes made by this degrader
+    # (ranface.gan.degraders; "" = off) at heldout_probe_sizes. It must be none of `degraders`:
+    # bicubic probes favour bicubic twins by construction (docs/decisions.md "Held-out probes")
+    heldout_probe: str = "second-order"
+    heldout_probe_sizes: List[int] = field(default_factory=lambda: [16, 12])
     workers: int = 2
     progress: bool = True
 
@@ -138,6 +143,11 @@ def resolve(cfg: DemoConfig) -> DemoConfig:
 
     if out.gan_expert not in ("distil", "hr"):
         raise ConfigError(f"gan_expert must be distil or hr, got {out.gan_expert!r}")
+    if out.heldout_probe and out.heldout_probe in out.degraders:
+        raise ConfigError(f"heldout_probe {out.heldout_probe!r} is one of degraders {out.degraders}: "
+                          "its probes would not be held out (set heldout_probe='' to turn them off)")
+    if out.heldout_probe and (not out.heldout_probe_sizes or any(int(s) < 1 for s in out.heldout_probe_sizes)):
+        raise ConfigError(f"heldout_probe_sizes must be positive widths (px), got {out.heldout_probe_sizes}")
     if not out.eval_modes or any(m not in MODES for m in out.eval_modes):
         raise ConfigError(f"eval_modes must be a non-empty list of {', '.join(MODES)}; got {out.eval_modes}")
     return out
@@ -318,7 +328,10 @@ def _run_dir(out: str, name: str) -> str:
     return os.path.join(out, "models", name)
 
 
-def stage_eval(cfg: DemoConfig, out: str, name: str, model: str, faces: str, pairs: str = "") -> Dict[str, Any]:
+def stage_eval(cfg: DemoConfig, out: str, name: str, model: str, faces: str, pairs: str = "",
+               probe: str = "") -> Dict[str, Any]:
+    """``pairs`` on the held-out faces: bicubic probes at ``probe_sizes`` in ``eval_modes``, or
+    with ``probe`` (a degrader) HR-vs-LR at ``heldout_probe_sizes``."""
     from .eval.protocols import EvalContext, evaluate
     from .eval.protocols.pairs import PairsOptions
     from .inference import load_model
@@ -329,7 +342,9 @@ def stage_eval(cfg: DemoConfig, out: str, name: str, model: str, faces: str, pai
     m, info = load_model(model, device=dev)
     ctx = EvalContext(model=m, info=info, device=dev, batch_size=64, progress=cfg.progress)
     opts = PairsOptions(pairs=pairs or os.path.join(out, "test_pairs.txt"), images=faces,
-                        probe_sizes=list(cfg.probe_sizes), modes=list(cfg.eval_modes), flip=False)
+                        probe_sizes=list(cfg.heldout_probe_sizes if probe else cfg.probe_sizes),
+                        modes=["hr-lr"] if probe else list(cfg.eval_modes), flip=False,
+                        probe_degrader=probe, probe_seed=cfg.seed)
     res = evaluate("pairs", ctx, out, opts, out_dir=os.path.join(out, "eval", name))
     return {"result": os.path.join(out, "eval", name, "result.json"), "metrics": res["metrics"]}
 
@@ -394,16 +409,12 @@ def run_demo(cfg: DemoConfig) -> Dict[str, Any]:
     model_keys: Dict[str, str] = {"HR": st.key("hr") if cfg.hr_finetune_steps > 0 else hr_model,
                                   **chain["model_keys"]}
     realism = chain["realism"]
-    evals: Dict[str, Dict[str, Any]] = {}
-    for label, path in models.items():
-        slug = label.lower().replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
-        evals[label] = st.run(f"eval_{slug}", {"model": path, "trained": model_keys[label], "sizes": cfg.probe_sizes,
-                                               "flip": False, "modes": cfg.eval_modes, **split},
-                              lambda label=label, path=path, slug=slug: stage_eval(cfg, out, slug, path, faces_test),
-                              outputs=[os.path.join(out, "eval", slug)])
+    from .pipelines.table1 import evaluate_models
+
+    evals, heldout = evaluate_models(cfg, out, st, models, model_keys, faces_test, "", {"flip": False, **split})
     from .demo_report import write_report
 
     report = write_report(cfg, out, st, models, evals, total_s=time.time() - t_start,
-                          realism_records=realism)
+                          realism_records=realism, heldout=heldout)
     return {"out": out, "report": report, "models": models,
             "stage_seconds": st.times, "total_s": round(time.time() - t_start, 1)}

@@ -335,8 +335,10 @@ def _md_to_html(md: str, images: Mapping[str, str]) -> str:
 
 def write_report(cfg: Any, out: str, stages: Any, models: Mapping[str, str],
                  evals: Mapping[str, Dict[str, Any]], total_s: float,
-                 realism_records: Optional[Sequence[Dict[str, Any]]] = None) -> str:
+                 realism_records: Optional[Sequence[Dict[str, Any]]] = None,
+                 heldout: Optional[Mapping[str, Dict[str, Any]]] = None) -> str:
     results = {label: _load(e["result"]) for label, e in evals.items()}
+    held = {label: _load(e["result"]) for label, e in (heldout or {}).items()}
     figs: Dict[str, str] = {}
     rep = os.path.join(out, "report")
     os.makedirs(rep, exist_ok=True)
@@ -360,7 +362,7 @@ def write_report(cfg: Any, out: str, stages: Any, models: Mapping[str, str],
 
     realism = [_load(r["result"]) for r in (realism_records or [])]
     t1 = write_table1(rep, cfg.degraders, results, realism, sizes, os.path.join(out, "faces_train"),
-                      os.path.join(out, "lr_pool"), out, seed=cfg.seed)
+                      os.path.join(out, "lr_pool"), out, seed=cfg.seed, heldout=held)
     if t1["grid"]:
         figs["degraders.png"] = t1["grid"]
     w = gate_curve(models, os.path.join(rep, "gate_w.png"))
@@ -397,6 +399,7 @@ def write_report(cfg: Any, out: str, stages: Any, models: Mapping[str, str],
           "width and resized back (bicubic, antialiased).", "",
           results_table(results, "hr-lr"), dropped_note(next(iter(results.values()))),
           *_paired_section(paired_md),
+          *_heldout_section(held),
           *band_md, *training_section(stages),
           *(["## LR-vs-LR (both images degraded)", "", results_table(results, "lr-lr")] if "lr-lr" in modes else []),
           "## TAR@FAR, HR-vs-LR", "", tar_table(results, "hr-lr"),
@@ -446,6 +449,22 @@ def _targets_section(table: str) -> List[str]:
             "paired over the same held-out pairs, 95% bootstrap interval). \"met\" compares the point estimate with the "
             "bound; \"interval clear\" means the whole interval is on the right side of it.", "",
             table, ""]
+
+
+def _heldout_section(held: Mapping[str, Dict[str, Any]]) -> List[str]:
+    """HR-vs-LR accuracy of every model on probes of a degrader none of them trained on."""
+    if not held:
+        return []
+    probe = next(iter(held.values()))["metrics"]["probe"]["degrader"]
+    table, _ = paired_table(held)
+    return [f"## Held-out probes (`{probe}`)", "",
+            f"The same pairs, the second image degraded by `{probe}` at the probe width (blur, resize, noise "
+            "and JPEG, twice, random per image, the same probe for every model) instead of bicubic: a kind of "
+            "LR face no model here trained on. Bicubic probes favour models trained on bicubic twins by "
+            "construction; these test whether LR training transfers.", "",
+            results_table(held, "hr-lr"), "",
+            *(["Difference from the HR model (paired, 95% bootstrap interval; * excludes 0):", "", table, ""]
+              if table else [])]
 
 
 def _paired_section(table: str) -> List[str]:

@@ -39,8 +39,8 @@ from torch.utils.data import DataLoader, Dataset
 from .. import degrade as _degrade
 from ..errors import ConfigError, DataError, RanfaceError
 
-__all__ = ["Degrader", "register_degrader", "create_degrader", "list_degraders", "synthesize",
-           "MANIFEST_NAME", "LEVELS_NAME", "BicubicDegrader", "RandomDegrader", "SecondOrderDegrader", "MRGANDegrader"]
+__all__ = ["Degrader", "register_degrader", "create_degrader", "create_at_width", "degrade_image",
+           "list_degraders", "synthesize", "MANIFEST_NAME", "LEVELS_NAME", "BicubicDegrader", "RandomDegrader", "SecondOrderDegrader", "MRGANDegrader"]
 
 MANIFEST_NAME = "synth_manifest.json"
 LEVELS_NAME = "synth_levels.tsv"  # face -> width (px) it was synthesized at, and its eye-to-mouth px
@@ -79,6 +79,7 @@ class Degrader:
     name: str = ""
     defaults: Dict[str, Any] = {}
     face_size: Optional[int] = None
+    width_option: Optional[str] = "size_range"  # [low, high] px each face is brought to (None: no such option)
 
     def __init__(self, options: Mapping[str, Any]):
         if not isinstance(options, Mapping):
@@ -100,6 +101,26 @@ class Degrader:
 
     def __call__(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
+
+
+def create_at_width(name: str, options: Optional[Mapping[str, Any]], width: int) -> "Degrader":
+    """``name`` with every face brought to ``width`` px (its :attr:`Degrader.width_option`
+    pinned to [width, width]; an ``eye_mouth_range`` given in ``options`` is dropped): a
+    probe of one resolution made by any degrader (the ``pairs`` protocol's ``probe_degrader``)."""
+    cls = _DEGRADERS.get(name)
+    if cls is None:
+        return create_degrader(name, options)  # the unknown-name error
+    opts = {k: v for k, v in dict(options or {}).items() if k != "eye_mouth_range"}
+    if cls.width_option is None:
+        raise ConfigError(f"degrader {name}: has no width option, cannot make probes of a chosen width")
+    opts[cls.width_option] = [int(width), int(width)]
+    return create_degrader(name, opts)
+
+
+def degrade_image(degrader: "Degrader", img: np.ndarray, generator: torch.Generator) -> np.ndarray:
+    """One H x W x 3 uint8 face through ``degrader``, with the value mapping of :func:`synthesize`."""
+    t = _to_float(torch.from_numpy(np.ascontiguousarray(img))[None])
+    return _to_uint8(degrader(t, generator))[0]
 
 
 def _size_range(name: str, v: Any) -> Tuple[int, int]:
@@ -246,6 +267,7 @@ class MRGANDegrader(Degrader):
     recorded in the manifest). The width of each face is recorded by :func:`synthesize`."""
 
     defaults = {"checkpoint": "", "level_widths": None, "eye_mouth_range": None, "extrapolate": False}
+    width_option = "level_widths"
 
     def __init__(self, options: Mapping[str, Any]):
         from ..align.select import band_to_widths

@@ -29,7 +29,7 @@ import numpy as np
 from ..config import AdaptConfig
 from ..io_utils import atomic_write_bytes, atomic_write_text
 
-__all__ = ["run_degrader_chain", "run_table1", "degrader_grid", "table1_markdown", "REALISM_ONLY"]
+__all__ = ["run_degrader_chain", "run_table1", "evaluate_models", "degrader_grid", "table1_markdown", "REALISM_ONLY"]
 
 # synthesized and scored for realism even when they get no LR model (cheap; Table 1's rows)
 REALISM_ONLY = ("random-degrade", "second-order")
@@ -278,8 +278,11 @@ def degrader_grid(faces: str, twins: Mapping[str, str], pool: str, path: str, n:
 
 
 def table1_rows(degraders: Sequence[str], results: Mapping[str, Dict[str, Any]],
-                realism: Sequence[Dict[str, Any]], sizes: Sequence[int]) -> List[Dict[str, Any]]:
-    """One record per degrader: realism metrics and the HR-vs-LR accuracy of its LR / MR models."""
+                realism: Sequence[Dict[str, Any]], sizes: Sequence[int],
+                heldout: Optional[Mapping[str, Dict[str, Any]]] = None) -> List[Dict[str, Any]]:
+    """One record per degrader: realism metrics and the HR-vs-LR accuracy of its LR / MR models
+    (``LR`` / ``MR``: bicubic probes at ``sizes``; ``LR_heldout`` / ``MR_heldout``: the probes of
+    ``heldout``'s results, keyed by their own sizes, with ``heldout_probe`` naming the degrader)."""
     by_label = {r["options"].get("label"): r["metrics"] for r in realism}
     rows = []
     for deg in list(dict.fromkeys(list(degraders) + [r["options"].get("label") for r in realism])):
@@ -288,6 +291,10 @@ def table1_rows(degraders: Sequence[str], results: Mapping[str, Dict[str, Any]],
             m = results.get(f"{kind} ({deg})", {}).get("metrics")
             if m:
                 rec[kind] = {"full": m["full"]["acc"], **{str(s): m["hr-lr"][str(s)]["acc"] for s in sizes}}
+            h = (heldout or {}).get(f"{kind} ({deg})", {}).get("metrics")
+            if h:
+                rec[f"{kind}_heldout"] = {str(s): h["hr-lr"][str(s)]["acc"] for s in h["sizes"]}
+                rec["heldout_probe"] = h["probe"]["degrader"]
         rows.append(rec)
     return rows
 
@@ -297,8 +304,11 @@ def table1_markdown(rows: Sequence[Dict[str, Any]], sizes: Sequence[int]) -> str
 
     refs = {(r.get("realism") or {}).get("frechet_vs_reference", {}).get("reference") for r in rows} - {None}
     vs = f"Fréchet − {sorted(refs)[0]} [95% paired]" if len(refs) == 1 else "Fréchet − reference [95% paired]"
+    probe = next((r["heldout_probe"] for r in rows if "heldout_probe" in r), "")
+    hsizes = next((list(r["LR_heldout"]) for r in rows if "LR_heldout" in r), [])
     head = ["LR synthesis", "Fréchet ↓ [±1.96 bootstrap sd]", vs, "domain acc ↓ [chance 95%]", "identity cos ↑"] + \
-        [f"LR model {s} px" for s in sizes] + [f"MR model {s} px" for s in sizes]
+        [f"LR model {s} px" for s in sizes] + [f"MR model {s} px" for s in sizes] + \
+        [f"LR model {s} px ({probe} probes)" for s in hsizes]
     body = []
     for r in rows:
         m = r.get("realism") or {}
@@ -312,6 +322,7 @@ def table1_markdown(rows: Sequence[Dict[str, Any]], sizes: Sequence[int]) -> str
             f" [{pv['ci95'][0]:+.4f}, {pv['ci95'][1]:+.4f}]" if pv.get("ci95") else "")
         ic = m.get("identity_cosine")
         acc = [f"{100 * r[k][str(s)]:.2f}" if k in r else "—" for k in ("LR", "MR") for s in sizes]
+        acc += [f"{100 * r['LR_heldout'][s]:.2f}" if "LR_heldout" in r else "—" for s in hsizes]
         body.append([r["degrader"], fd, pd, da, "n/a" if ic is None else f"{ic:.3f}"] + acc)
     return md_table(head, body)
 
@@ -329,10 +340,12 @@ def _paired_lr(results: Mapping[str, Dict[str, Any]], degraders: Sequence[str]) 
 
 def write_table1(out: str, degraders: Sequence[str], results: Mapping[str, Dict[str, Any]],
                  realism: Sequence[Dict[str, Any]], sizes: Sequence[int], faces: str, pool: str,
-                 twins_root: str, seed: int = 0) -> Dict[str, Any]:
+                 twins_root: str, seed: int = 0,
+                 heldout: Optional[Mapping[str, Dict[str, Any]]] = None) -> Dict[str, Any]:
     """``table1.md``, ``table1.json`` and ``degraders.png`` under ``out``; the grid shows the
-    twins at the real pool's band (:func:`realism_twins` under ``twins_root``)."""
-    rows = table1_rows(degraders, results, realism, sizes)
+    twins at the real pool's band (:func:`realism_twins` under ``twins_root``). ``heldout``:
+    the models' results on held-out probes (:func:`evaluate_models`), extra LR columns."""
+    rows = table1_rows(degraders, results, realism, sizes, heldout)
     twins = {r["degrader"]: realism_twins(twins_root, r["degrader"]) for r in rows}
     grid = degrader_grid(faces, {k: v for k, v in twins.items() if os.path.isdir(v)}, pool,
                          os.path.join(out, "degraders.png"), seed=seed)
@@ -347,6 +360,11 @@ def write_table1(out: str, degraders: Sequence[str], results: Mapping[str, Dict[
     if lr_paired:
         md += [f"LR models against the LR model of `{degraders[0]}`'s twins on the same pairs (accuracy points, "
                "95% paired bootstrap over pairs within folds; * = the interval excludes 0):", "", lr_paired, ""]
+    held_paired = _paired_lr(heldout or {}, degraders)
+    if held_paired:
+        probe = next(r["heldout_probe"] for r in rows if "heldout_probe" in r)
+        md += [f"The same on held-out probes made by `{probe}` (no LR model trained on its faces; bicubic "
+               f"probes favour `bicubic` twins by construction):", "", held_paired, ""]
     if grid:
         md += ["Faces (Fig. 5 shape): HR | each method's twin of the same face at the pool's band | "
                "a real LR face.", "",
@@ -360,7 +378,7 @@ def write_table1(out: str, degraders: Sequence[str], results: Mapping[str, Dict[
 def run_table1(cfg: Any, faces: str, pool: str, test_faces: str, pairs: str, hr_model: str) -> Dict[str, Any]:
     """``ranface table1``: the chain on prepared folders, each model evaluated on ``pairs``
     (LFW format, paths under ``test_faces``); outputs under ``cfg.out``."""
-    from ..demo import Stages, resolve, stage_eval
+    from ..demo import Stages, resolve
     from ..errors import DataError
 
     cfg = resolve(cfg)
@@ -380,18 +398,42 @@ def run_table1(cfg: Any, faces: str, pool: str, test_faces: str, pairs: str, hr_
     chain = run_degrader_chain(cfg, out, st, faces, pool, hr_model, deps)
     models = {"HR": hr_model, **chain["models"]}
     keys = {"HR": hr_model, **chain["model_keys"]}
-    results: Dict[str, Dict[str, Any]] = {}
-    for label, path in models.items():
-        slug = label.lower().replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
-        rec = st.run(f"eval_{slug}", {"model": path, "trained": keys[label], "sizes": cfg.probe_sizes,
-                                      "modes": cfg.eval_modes, "pairs": pairs, "test": test_faces},
-                     lambda slug=slug, path=path: stage_eval(cfg, out, slug, path, test_faces, pairs=pairs),
-                     outputs=[os.path.join(out, "eval", slug)])
-        with open(rec["result"], encoding="utf-8") as fh:
-            results[label] = json.load(fh)
+    evals, heldout = evaluate_models(cfg, out, st, models, keys, test_faces, pairs,
+                                     {"pairs": pairs, "test": test_faces})
+    results, held = ({label: _load(rec["result"]) for label, rec in d.items()} for d in (evals, heldout))
     realism = []
     for rec in chain["realism"]:  # stage records -> the protocol's results
         with open(rec["result"], encoding="utf-8") as fh:
             realism.append(json.load(fh))
     return {"out": out, **write_table1(os.path.join(out, "table1"), cfg.degraders, results, realism,
-                                       cfg.probe_sizes, faces, pool, out, cfg.seed)}
+                                       cfg.probe_sizes, faces, pool, out, cfg.seed, heldout=held)}
+
+
+def _load(path: str) -> Dict[str, Any]:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def evaluate_models(cfg: Any, out: str, st: Any, models: Mapping[str, str], keys: Mapping[str, str],
+                    test_faces: str, pairs: str, deps: Mapping[str, Any]) -> tuple:
+    """Every model on the held-out pairs as cached stages: ``eval_<slug>`` (bicubic probes,
+    ``cfg.probe_sizes``, ``cfg.eval_modes``) and, with ``cfg.heldout_probe``, ``eval_<slug>_<probe>``
+    (HR-vs-LR, probes made by that degrader at ``cfg.heldout_probe_sizes``). Returns two dicts
+    label -> stage record (``result``: the result.json path); the second is empty without it."""
+    from ..demo import stage_eval
+
+    evals: Dict[str, Dict[str, Any]] = {}
+    heldout: Dict[str, Dict[str, Any]] = {}
+    for label, path in models.items():
+        slug = label.lower().replace(" ", "_").replace("(", "").replace(")", "").replace(",", "")
+        base = {"model": path, "trained": keys[label], **deps}
+        evals[label] = st.run(f"eval_{slug}", {**base, "sizes": cfg.probe_sizes, "modes": cfg.eval_modes},
+                              lambda slug=slug, path=path: stage_eval(cfg, out, slug, path, test_faces, pairs),
+                              outputs=[os.path.join(out, "eval", slug)])
+        if cfg.heldout_probe:
+            name = f"{slug}_{cfg.heldout_probe.replace('-', '_')}"
+            heldout[label] = st.run(
+                f"eval_{name}", {**base, "sizes": cfg.heldout_probe_sizes, "probe": cfg.heldout_probe},
+                lambda name=name, path=path: stage_eval(cfg, out, name, path, test_faces, pairs, cfg.heldout_probe),
+                outputs=[os.path.join(out, "eval", name)])
+    return evals, heldout

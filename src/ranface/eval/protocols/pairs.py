@@ -14,7 +14,12 @@ flip-sum embeddings (``flip``).
 
 Probe-resolution sweep: a probe of ``s`` px is the aligned image shrunk to ``s`` px wide
 and resized back to its aligned size (:func:`ranface.degrade.down_up`, bicubic,
-antialiased), then to the model's input. Mode ``hr-lr`` degrades the SECOND image of
+antialiased), then to the model's input. With ``probe_degrader`` the probe is made by that
+registered degrader instead (e.g. ``second-order``: blur, resize to ``s`` px, noise and
+JPEG, twice), its random draws seeded by the image's pixels, the width and ``probe_seed``:
+the same probe for every model, whatever the order or threads of the run. A probe kind no
+compared model was trained on tests what bicubic probes cannot: whether a model's LR
+training transfers to degradations it did not see. Mode ``hr-lr`` degrades the SECOND image of
 every pair line (``j`` / ``name2 j``) and keeps the first at full resolution; mode
 ``lr-lr`` degrades both. The ``full`` row is HR-HR. Each distinct image is read once and
 embedded once per size it is needed at.
@@ -65,6 +70,11 @@ class PairsOptions:
     modes: List[str] = field(default_factory=lambda: list(MODES))
     fars: List[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1])
     kernel: str = "bicubic"  # down_up kernel (both directions)
+    # "": probes are down_up(kernel); else a degrader of ranface.gan.degraders (second-order,
+    # random-degrade, ...) with its width option pinned to each probe size
+    probe_degrader: str = ""
+    probe_options: Dict[str, Any] = field(default_factory=dict)
+    probe_seed: int = 0
     color: str = ""  # channel order fed to the model; "" : the model's own
     per_fold: int = 0  # >0: keep only the first N matched and N mismatched pairs per fold
 
@@ -208,6 +218,9 @@ class PairsProtocol(Protocol):
             raise ConfigError(f"probe_sizes must be positive pixel widths, got {o.probe_sizes}")
         if o.ext.lstrip(".").lower() not in ("jpg", "jpeg", "png", "bmp", "webp"):
             raise ConfigError(f"ext must be an image extension (jpg, png, ...), got {o.ext!r}")
+        if o.probe_degrader:
+            for s in o.probe_sizes:  # unknown name, bad option or width: a ConfigError now
+                _degrader_probe(o.probe_degrader, o.probe_options, int(s), o.probe_seed)
         pairs, images = self._paths(root, o)
         require(root, [(pairs, "file"), (images, "dir")], "pairs-protocol")
 
@@ -271,7 +284,8 @@ class PairsProtocol(Protocol):
         variants: Dict[str, Any] = {FULL: None}
         wanted: Dict[str, np.ndarray] = {FULL: ~gone}
         for s in sizes:
-            variants[str(s)] = _down_up(s, o.kernel)
+            variants[str(s)] = (_degrader_probe(o.probe_degrader, o.probe_options, s, o.probe_seed)
+                                if o.probe_degrader else _down_up(s, o.kernel))
             wanted[str(s)] = need_lr & ~gone
         emb = ctx.embedder(o.flip)
         feats = embed_images(emb, [os.path.join(images, r) for r in rels],
@@ -322,6 +336,9 @@ class PairsProtocol(Protocol):
         result["metrics"] = {"sizes": sizes, "modes": list(o.modes),
                              "fars": [far_label(f) for f in o.fars],
                              "degraded_image": "second of each pair (hr-lr); both (lr-lr)",
+                             "probe": ({"degrader": o.probe_degrader, "options": dict(o.probe_options),
+                                        "seed": o.probe_seed} if o.probe_degrader
+                                       else {"degrader": "down-up", "kernel": o.kernel}),
                              "folds": n_folds, "fold_ids": sorted(int(f) for f in np.unique(folds)),
                              **metrics}
         # which pair each character of a "correct" string is (pairs.txt line numbers)
@@ -355,8 +372,11 @@ class PairsProtocol(Protocol):
         rows = [row("full", lambda md: m[FULL])]
         rows += [row(str(s), lambda md, s=s: m[md][str(s)]) for s in m["sizes"]]
         k = m.get("folds", 10)
-        note = ("\nhr-lr: the second image of each pair is shrunk to the probe width and "
-                "resized back; lr-lr: both images. full: both at full resolution. "
+        probe = m.get("probe") or {}
+        how = ("shrunk to the probe width and resized back" if probe.get("degrader", "down-up") == "down-up"
+               else f"degraded by `{probe['degrader']}` at the probe width")
+        note = (f"\nhr-lr: the second image of each pair is {how}; lr-lr: both images. "
+                "full: both at full resolution. "
                 f"Accuracy: {k}-fold mean ± std (%), threshold chosen on the other fold"
                 f"{'s' if k > 2 else ''}.\n")
         note += dropped_note(result)
@@ -428,5 +448,25 @@ def _down_up(size: int, kernel: str):
 
     def op(img: np.ndarray) -> np.ndarray:
         return down_up(img, size, down=kernel, up=kernel)
+
+    return op
+
+
+def _degrader_probe(name: str, options: Dict[str, Any], size: int, seed: int):
+    """Probes of ``size`` px made by degrader ``name``; each image's random draws come from
+    a generator seeded by its pixels, ``size`` and ``seed`` (deterministic under threads)."""
+    import zlib
+
+    import torch
+
+    from ...gan.degraders import create_at_width, degrade_image
+
+    deg = create_at_width(name, options, size)
+
+    def op(img: np.ndarray) -> np.ndarray:
+        key = zlib.crc32(np.ascontiguousarray(img).tobytes())
+        s = np.random.SeedSequence([key, int(size), int(seed) & 0xFFFFFFFF, 0x9B0BE])
+        g = torch.Generator().manual_seed(int(s.generate_state(1, dtype=np.uint64)[0] >> 1))
+        return degrade_image(deg, img, g)
 
     return op
