@@ -44,7 +44,8 @@ def test_readme_main_command_quick_profile_from_repo_root():
         html = open(os.path.join(out, "report", "report.html")).read()
         assert html.count("data:image/png;base64") >= 4
         summary = json.load(open(os.path.join(out, "report", "summary.json")))
-        assert set(summary) == {"HR", "LR (bicubic)", "MR (bicubic)", "MR (bicubic, no translator)", "LR (mrgan)"}
+        assert set(summary) == {"HR", "LR (bicubic)", "MR (bicubic)", "MR (bicubic, no translator)", "LR (mrgan)",
+                                "LR (random-degrade)"}
         for label, row in summary.items():
             assert all(math.isfinite(v) for v in row.values()), label
         # a wrong weight import or alignment shows here
@@ -69,7 +70,7 @@ def test_readme_main_command_quick_profile_from_repo_root():
         rows = {r["degrader"]: r for r in json.load(open(os.path.join(out, "report", "table1.json")))}
         assert set(rows) == {"bicubic", "mrgan", "random-degrade", "second-order"}
         assert all(len(r["realism"]["frechet_ci95"]) == 2 for r in rows.values())
-        assert "LR" in rows["bicubic"] and "LR" in rows["mrgan"] and "MR" in rows["bicubic"]
+        assert all("LR" in rows[d] for d in ("bicubic", "mrgan", "random-degrade")) and "MR" in rows["bicubic"]
         # and on held-out probes (second-order at 16 and 12 px), recorded in each result
         assert set(rows["mrgan"]["LR_heldout"]) == {"16", "12"} and rows["bicubic"]["heldout_probe"] == "second-order"
         held = json.load(open(os.path.join(out, "eval", "lr_mrgan_second_order", "result.json")))

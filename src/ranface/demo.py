@@ -88,7 +88,9 @@ class DemoConfig:
     gan_level_widths: List[int] = field(default_factory=list)
     gan_pixel_schedule: str = "d_ratio"  # loss.pixel_schedule (docs/decisions.md, issue 12 round 3)
     # the first is the main chain (LR, MR and the no-translator ablation); docs/decisions.md
-    degraders: List[str] = field(default_factory=lambda: ["bicubic", "mrgan"])
+    # random-degrade's LR model is the control of MR-GAN's on the held-out probes: noise, blur
+    # and JPEG without learning (docs/decisions.md "Held-out probes")
+    degraders: List[str] = field(default_factory=lambda: ["bicubic", "mrgan", "random-degrade"])
     bicubic_sizes: List[int] = field(default_factory=lambda: [8, 32])  # widths, when bicubic_band is empty
     # eye-to-mouth band (px) of the bicubic twins; non-empty replaces bicubic_sizes (one band
     # definition: ranface.align.select; docs/decisions.md "The LR band")
