@@ -407,8 +407,17 @@ def test_probe_degrader_bicubic_equals_default_and_second_order_is_fixed_per_ima
 
 
 @pytest.mark.parametrize("name,opts,what", [("nope", {}, "unknown degrader 'nope'"),
-                                             ("second-order", {"bogus": 1}, "unknown option(s) bogus")])
-def test_probe_degrader_refused_before_any_work(lfw_folder, name, opts, what):
+                                             ("second-order", {"bogus": 1}, "unknown option(s) bogus"),
+                                             ("second-order", [1], "must be a mapping")])
+def test_probe_degrader_refused_before_any_work(lfw_folder, name, opts, what, tmp_path, capsys):
+    from ranface.cli import main
+
     P = get_protocol("pairs")
     with pytest.raises(ConfigError, match=what.replace("(", r"\(").replace(")", r"\)")):
         P.validate_root(lfw_folder, P.Options(probe_degrader=name, probe_options=opts))
+    # the CLI: one line, exit 2, nothing written
+    rc = main(["evaluate", "-p", "pairs", "--model", "tiny-missing-is-checked-later", "--root", lfw_folder,
+               "--set", f"probe_degrader={name}", "--set", f"probe_options={json.dumps(opts)}",
+               "--out", str(tmp_path / "ev")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and what in err[0] and not (tmp_path / "ev").exists()

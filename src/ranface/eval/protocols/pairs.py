@@ -73,7 +73,7 @@ class PairsOptions:
     # "": probes are down_up(kernel); else a degrader of ranface.gan.degraders (second-order,
     # random-degrade, ...) with its width option pinned to each probe size
     probe_degrader: str = ""
-    probe_options: Dict[str, Any] = field(default_factory=dict)
+    probe_options: Any = field(default_factory=dict)  # the degrader validates them
     probe_seed: int = 0
     color: str = ""  # channel order fed to the model; "" : the model's own
     per_fold: int = 0  # >0: keep only the first N matched and N mismatched pairs per fold
@@ -218,6 +218,8 @@ class PairsProtocol(Protocol):
             raise ConfigError(f"probe_sizes must be positive pixel widths, got {o.probe_sizes}")
         if o.ext.lstrip(".").lower() not in ("jpg", "jpeg", "png", "bmp", "webp"):
             raise ConfigError(f"ext must be an image extension (jpg, png, ...), got {o.ext!r}")
+        if not isinstance(o.probe_options, dict):
+            raise ConfigError(f"probe_options must be a mapping of the degrader's options, got {o.probe_options!r}")
         if o.probe_degrader:
             for s in o.probe_sizes:  # unknown name, bad option or width: a ConfigError now
                 _degrader_probe(o.probe_degrader, o.probe_options, int(s), o.probe_seed)
