@@ -400,18 +400,13 @@ def run_table1(cfg: Any, faces: str, pool: str, test_faces: str, pairs: str, hr_
     keys = {"HR": hr_model, **chain["model_keys"]}
     evals, heldout = evaluate_models(cfg, out, st, models, keys, test_faces, pairs,
                                      {"pairs": pairs, "test": test_faces})
+    from ..demo_report import _load
+
+    # stage records -> the protocols' results
     results, held = ({label: _load(rec["result"]) for label, rec in d.items()} for d in (evals, heldout))
-    realism = []
-    for rec in chain["realism"]:  # stage records -> the protocol's results
-        with open(rec["result"], encoding="utf-8") as fh:
-            realism.append(json.load(fh))
+    realism = [_load(rec["result"]) for rec in chain["realism"]]
     return {"out": out, **write_table1(os.path.join(out, "table1"), cfg.degraders, results, realism,
                                        cfg.probe_sizes, faces, pool, out, cfg.seed, heldout=held)}
-
-
-def _load(path: str) -> Dict[str, Any]:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
 
 
 def evaluate_models(cfg: Any, out: str, st: Any, models: Mapping[str, str], keys: Mapping[str, str],
