@@ -133,15 +133,14 @@ def step_time(cfg, expert, batch, steps, repeats, device, precision, profile=Fal
 def make_expert(name, device):
     """``resnet29`` | ``mobilefacenet``; a ``+nofold`` suffix keeps the expert's BatchNorms
     (what :func:`ranface.gan.losses.fold_batchnorm` saves)."""
-    name, _, flag = name.partition("+")
-    fold = flag != "nofold"
-    if name == "resnet29" and os.path.isdir(default_expert()):
+    base, _, flag = name.partition("+")
+    if base == "resnet29" and os.path.isdir(default_expert()):
         from ranface.models.loader import load_model
 
-        module, _ = load_model(default_expert(), device=device)
-        return ExpertNetwork(module, source="resnet29" + ("" if fold else "+nofold"), fold_bn=fold)
-    return ExpertNetwork(create_backbone("mobilefacenet"), fold_bn=fold,
-                         source="mobilefacenet (untrained)" + ("" if fold else "+nofold")).to(device)
+        module, source = load_model(default_expert(), device=device)[0], name
+    else:
+        module, source = create_backbone("mobilefacenet"), name.replace("mobilefacenet", "mobilefacenet (untrained)")
+    return ExpertNetwork(module, source=source, fold_bn=flag != "nofold").to(device)
 
 
 def compare(args, device):

@@ -189,5 +189,6 @@ def test_fold_batchnorm_keeps_the_frozen_function_and_input_gradients():
     assert torch.allclose(x2.grad, x1.grad, rtol=1e-3, atol=1e-5)
     # the expert folds its backbone: same embedding
     expert = ExpertNetwork(copy.deepcopy(net), normalize=False)
+    assert not any(p.requires_grad for p in expert.backbone.parameters())  # the fused convs stay frozen
     with torch.no_grad():
         assert torch.allclose(expert.backbone(x1), ref, rtol=1e-4, atol=1e-4)

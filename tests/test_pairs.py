@@ -389,6 +389,9 @@ def test_probe_degrader_bicubic_equals_default_and_second_order_is_fixed_per_ima
     assert ref["metrics"]["probe"] == {"degrader": "down-up", "kernel": "bicubic"}
     so = run(probe_degrader="second-order", probe_seed=3)
     assert so["metrics"]["probe"] == {"degrader": "second-order", "options": {}, "seed": 3}
+    # the protocol used it: other probe scores (the full-resolution row is untouched)
+    assert so["metrics"]["hr-lr"]["12"]["best_threshold"] != ref["metrics"]["hr-lr"]["12"]["best_threshold"]
+    assert so["metrics"]["full"]["best_threshold"] == ref["metrics"]["full"]["best_threshold"]
     assert "degraded by `second-order` at the probe width" in P.markdown(so)
 
     img = np.array(Image.open(os.path.join(lfw_folder, "images", PEOPLE[0], f"{PEOPLE[0]}_0001.jpg")).convert("RGB"))

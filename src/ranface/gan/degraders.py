@@ -40,7 +40,8 @@ from .. import degrade as _degrade
 from ..errors import ConfigError, DataError, RanfaceError
 
 __all__ = ["Degrader", "register_degrader", "create_degrader", "create_at_width", "degrade_image",
-           "list_degraders", "synthesize", "MANIFEST_NAME", "LEVELS_NAME", "BicubicDegrader", "RandomDegrader", "SecondOrderDegrader", "MRGANDegrader"]
+           "list_degraders", "synthesize", "MANIFEST_NAME", "LEVELS_NAME", "BicubicDegrader", "RandomDegrader",
+           "SecondOrderDegrader", "MRGANDegrader"]
 
 MANIFEST_NAME = "synth_manifest.json"
 LEVELS_NAME = "synth_levels.tsv"  # face -> width (px) it was synthesized at, and its eye-to-mouth px

@@ -41,13 +41,11 @@ def fold_batchnorm(module: nn.Module) -> int:
     n = 0
     for child in module.children():
         if isinstance(child, nn.Sequential):
-            kids = list(child)
-            for i in range(len(kids) - 1):
-                conv, bn = kids[i], kids[i + 1]
+            for i in range(len(child) - 1):
+                conv, bn = child[i], child[i + 1]
                 if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
                     child[i] = fuse_conv_bn_eval(conv.eval(), bn.eval())
                     child[i + 1] = nn.Identity()
-                    kids[i + 1] = child[i + 1]
                     n += 1
         n += fold_batchnorm(child)
     return n
