@@ -82,13 +82,14 @@ def _breakdown(prof, steps):
     return {k: v / 1e6 / steps for k, v in parts.items()}, total / 1e6 / steps
 
 
-def step_time(cfg, expert, batch, steps, repeats, device, precision, profile=False):
+def step_time(cfg, expert, batch, steps, repeats, device, precision, profile=False, compiled=False):
     torch.manual_seed(0)
     G = MRGenerator(cfg.generator).to(device)
     D = MultiRegionDiscriminator(cfg.discriminator).to(device)
     cl = to_memory_format(G, D, device, precision, cfg.run.channels_last)  # as train-gan decides
     cfg.run.seed = 0
-    gs = GanSteps(G, D, D, expert, cfg)
+    Gc, Dc = (torch.compile(G), torch.compile(D)) if compiled else (G, D)
+    gs = GanSteps(Gc, Dc, Dc, expert, cfg)
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
     x = torch.rand(batch, 3, 112, 112, device=device) * 2 - 1
@@ -101,7 +102,8 @@ def step_time(cfg, expert, batch, steps, repeats, device, precision, profile=Fal
                      to_device=lambda b: b, device=device, precision=precision, dist=DistInfo(),
                      options=TrainerOptions(max_steps=1, log_every=10 ** 6, ckpt_every=10 ** 6, progress=False,
                                             tensorboard=False), config={})
-        tr.fit()  # warm-up step (and its checkpoint)
+        tr.opt.max_steps = 2 if compiled else 1  # warm-up (compiling each phase's graphs; a checkpoint)
+        tr.fit()
         tr.ckpt.save = lambda *a, **k: None  # time the steps, not checkpoint writes
         tr.param_digest = lambda: ""  # nor the end-of-fit replica digest
         times = []
@@ -131,16 +133,21 @@ def step_time(cfg, expert, batch, steps, repeats, device, precision, profile=Fal
 
 
 def make_expert(name, device):
-    """``resnet29`` | ``mobilefacenet``; a ``+nofold`` suffix keeps the expert's BatchNorms
-    (what :func:`ranface.gan.losses.fold_batchnorm` saves)."""
-    base, _, flag = name.partition("+")
+    """``resnet29`` | ``mobilefacenet``; suffixes: ``+nofold`` keeps the expert's BatchNorms
+    (what :func:`ranface.gan.losses.fold_batchnorm` saves), ``+compile`` runs G, D and the
+    expert through ``torch.compile`` (:func:`ranface.gan.trainer.compile_networks`)."""
+    base, *flags = name.split("+")
+    flag = "nofold" if "nofold" in flags else ""
     if base == "resnet29" and os.path.isdir(default_expert()):
         from ranface.models.loader import load_model
 
         module, source = load_model(default_expert(), device=device)[0], name
     else:
         module, source = create_backbone("mobilefacenet"), name.replace("mobilefacenet", "mobilefacenet (untrained)")
-    return ExpertNetwork(module, source=source, fold_bn=flag != "nofold").to(device)
+    expert = ExpertNetwork(module, source=source, fold_bn=flag != "nofold").to(device)
+    if "compile" in flags:
+        expert.backbone = torch.compile(expert.backbone)
+    return expert
 
 
 def compare(args, device):
@@ -153,7 +160,7 @@ def compare(args, device):
     for _ in range(args.repeats):
         for e, p in variants:
             st, _ = step_time(profile_cfg(name, args.set), experts[e], args.train_batch, args.steps, 1, device,
-                              resolve_precision(p, device))
+                              resolve_precision(p, device), compiled="compile" in e.split("+"))
             times[(e, p)].append(st)
     print(f"device {device}, threads {torch.get_num_threads()}, profile {name}, batch {args.train_batch}, "
           f"{args.repeats} interleaved rounds of {args.steps} steps")

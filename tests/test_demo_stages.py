@@ -166,6 +166,88 @@ def test_table1_rows_and_markdown_from_results():
     assert "| mrgan | n/a | — | n/a | n/a | 85.00 | 75.00 | — | — | 75.00 |" in md
 
 
+def test_table1_over_seeds_aggregates_accuracy_pairs_and_realism(tmp_path):
+    from ranface.eval.metrics import seeds_paired_bootstrap_difference
+    from ranface.pipelines.table1 import write_table1_seeds
+
+    lines = [1, 2, 3, 4]
+
+    def res(correct, held=False):
+        c = ["1" if x else "0" for x in correct]
+        m = {"sizes": [16], "hr-lr": {"16": {"acc": sum(correct) / 4, "correct": c}}}
+        if held:
+            m["probe"] = {"degrader": "second-order"}
+        return {"metrics": m, "scored_pairs": {"lines": lines, "folds": [0, 0, 1, 1]}}
+
+    def realism(label, fd, ref=None):
+        m = {"frechet_distance": fd, "domain_accuracy": 0.7}
+        if ref is not None:
+            m["frechet_vs_reference"] = {"diff": ref, "reference": "bicubic"}
+        return {"options": {"label": label}, "metrics": m}
+
+    # seed 0: mrgan right on one more pair than bicubic; seed 1: one fewer
+    runs = {0: {"results": {"LR (bicubic)": res([1, 1, 0, 0]), "LR (mrgan)": res([1, 1, 1, 0])},
+                "heldout": {"LR (bicubic)": res([1, 0, 0, 0], True), "LR (mrgan)": res([1, 1, 0, 0], True)},
+                "realism": [realism("bicubic", 0.02), realism("mrgan", 0.01, -0.01)]},
+            1: {"results": {"LR (bicubic)": res([1, 1, 0, 0]), "LR (mrgan)": res([1, 0, 0, 0])},
+                "heldout": {"LR (bicubic)": res([1, 0, 0, 0], True), "LR (mrgan)": res([1, 1, 1, 0], True)},
+                "realism": [realism("bicubic", 0.04), realism("mrgan", 0.02, -0.02)]}}
+    out = write_table1_seeds(str(tmp_path), ["bicubic", "mrgan"], runs, [16])
+    agg = out["seeds_summary"]
+    assert agg["accuracy"]["LR (mrgan)"] == {"16": [0.75, 0.25], "second-order:16": [0.5, 0.75]}
+    d = agg["paired"]["LR (mrgan)"]["16"]
+    assert d["per_seed"] == [0.25, -0.25] and d["diff"] == 0.0 and d["n_positive"] == 1
+    ref = seeds_paired_bootstrap_difference([[1, 1, 1, 0], [1, 0, 0, 0]], [[1, 1, 0, 0], [1, 1, 0, 0]],
+                                            folds=[0, 0, 1, 1])
+    assert (d["lo"], d["hi"]) == (ref["lo"], ref["hi"])
+    assert agg["paired"]["LR (mrgan)"]["second-order:16"]["per_seed"] == [0.25, 0.5]
+    assert agg["realism"]["mrgan"]["frechet_minus_reference"] == [-0.01, -0.02]
+    md = open(tmp_path / "seeds.md").read()
+    # mean ± sd (ddof 1) over seeds, by hand: 75 and 25 -> 50.00 ± 35.36
+    assert "| LR (mrgan) | 50.00 ± 35.36 | 62.50 ± 17.68 |" in md
+    assert "16 px (second-order probes)" in md and "(1/2 > 0; +25.0 -25.0)" in md
+    assert "| mrgan | 0.0150 ± 0.0071 | -0.0150 ± 0.0071 | 0.700 ± 0.000 | — |" in md
+    assert json.load(open(tmp_path / "seeds.json"))["seeds"] == [0, 1]
+    # a seed that scored other pairs gets no paired comparison
+    runs[1]["results"]["LR (mrgan)"]["scored_pairs"] = {"lines": [9, 9, 9, 9], "folds": [0, 0, 1, 1]}
+    agg = write_table1_seeds(str(tmp_path), ["bicubic", "mrgan"], runs, [16])["seeds_summary"]
+    assert "16" not in agg["paired"]["LR (mrgan)"] and "second-order:16" in agg["paired"]["LR (mrgan)"]
+
+
+def test_every_chain_and_eval_stage_is_keyed_by_the_seed(tmp_path):
+    """A rerun with another seed in the same folder must not reuse the other seed's models."""
+    from ranface.pipelines.table1 import evaluate_models, run_degrader_chain
+
+    class Recorder:
+        def __init__(self):
+            self.settings = {}
+
+        def run(self, name, settings, fn, outputs=()):
+            self.settings[name] = settings
+            return {"run_dir": str(tmp_path / name), "result": ""}
+
+        def key(self, name):
+            return name
+
+    cfg = resolve(DemoConfig(profile="quick", seed=3, data_root="/nonexistent"))
+    st = Recorder()
+    chain = run_degrader_chain(cfg, str(tmp_path), st, "faces", "pool", "hr", {"x": 1})
+    evaluate_models(cfg, str(tmp_path), st, chain["models"], chain["model_keys"], "test", "pairs", {})
+    assert {"expert", "gan", "lr_mrgan", "mr_bicubic", "eval_lr_mrgan_second_order"} <= set(st.settings)
+    assert all(s.get("seed") == 3 for s in st.settings.values()), \
+        [n for n, s in st.settings.items() if s.get("seed") != 3]
+
+
+def test_seeds_are_validated_and_refused_by_the_demo():
+    from ranface.demo import run_demo
+    from ranface.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="distinct"):
+        resolve(DemoConfig(profile="quick", seeds=[1, 1]))
+    with pytest.raises(ConfigError, match="table1"):
+        run_demo(DemoConfig(profile="quick", seeds=[0, 1], data_root="/nonexistent"))
+
+
 def test_heldout_probe_must_be_held_out():
     from ranface.errors import ConfigError
 

@@ -377,6 +377,50 @@ def test_paired_bootstrap_difference_against_hand_values_and_plain_loop():
         paired_bootstrap_difference(a, b[:5])
 
 
+def test_seeds_paired_bootstrap_against_hand_values_and_plain_loop():
+    from ranface.eval.metrics import paired_bootstrap_difference, seeds_paired_bootstrap_difference
+
+    rng = np.random.default_rng(5)
+    a = rng.random((3, 12)) < np.array([[0.9], [0.6], [0.8]])
+    b = rng.random((3, 12)) < 0.7
+    folds = np.array([0] * 5 + [1] * 7)
+    r = seeds_paired_bootstrap_difference(a, b, folds=folds, n_boot=300, seed=2)
+    d = a.astype(float) - b.astype(float)
+    per = [(d[s, :5].mean() + d[s, 5:].mean()) / 2 for s in range(3)]
+    assert r["per_seed"] == pytest.approx(per) and r["diff"] == pytest.approx(np.mean(per))
+    assert r["seed_std"] == pytest.approx(np.std(per, ddof=1)) and r["n_positive"] == sum(p > 0 for p in per)
+    assert (r["n_seeds"], r["n"]) == (3, 12) and r["lo"] <= r["diff"] <= r["hi"]
+    # independent loop, one replicate at a time, drawing in the function's order: the pair
+    # draws of each fold (shared by all seeds), then the seeds
+    g = np.random.default_rng(2)
+    draws = [g.integers(0, 5, size=(300, 5)), g.integers(0, 7, size=(300, 7))]
+    pick = g.integers(0, 3, size=(300, 3))
+    reps = []
+    for k in range(300):
+        vals = []
+        for s in pick[k]:
+            f0 = d[s, :5][draws[0][k]].mean()
+            f1 = d[s, 5:][draws[1][k]].mean()
+            vals.append((f0 + f1) / 2)
+        reps.append(np.mean(vals))
+    assert r["lo"] == pytest.approx(np.quantile(reps, 0.025))
+    assert r["hi"] == pytest.approx(np.quantile(reps, 0.975))
+    # one seed: the one-seed paired bootstrap's point and (same draws) interval
+    one = seeds_paired_bootstrap_difference(a[:1], b[:1], folds=folds, n_boot=400, seed=7)
+    ref = paired_bootstrap_difference(a[0], b[0], folds=folds, n_boot=400, seed=7)
+    assert (one["diff"], one["lo"], one["hi"]) == pytest.approx((ref["diff"], ref["lo"], ref["hi"]))
+    assert one["seed_std"] == 0.0
+    # seeds that disagree widen the interval beyond what each seed's pairs alone give
+    agree = seeds_paired_bootstrap_difference(np.ones((3, 40)), np.vstack([np.zeros(40)] * 3))
+    assert (agree["lo"], agree["hi"], agree["n_positive"]) == (1.0, 1.0, 3)
+    split = seeds_paired_bootstrap_difference(np.vstack([np.ones(40), np.zeros(40)]), np.full((2, 40), 0.5))
+    assert split["diff"] == 0.0 and split["lo"] == -0.5 and split["hi"] == 0.5 and split["n_positive"] == 1
+    with pytest.raises(ValueError):
+        seeds_paired_bootstrap_difference(a, b[:, :5])
+    with pytest.raises(ValueError):
+        seeds_paired_bootstrap_difference(a, b, folds=folds[:4])
+
+
 def test_kfold_correct_matches_fold_accuracies():
     rng = np.random.default_rng(3)
     s = rng.normal(size=200)

@@ -63,6 +63,10 @@ class DemoConfig:
     out: str = "runs/demo"
     data_root: str = ""  # "" -> ../shared/data (or $RANFACE_DATA)
     seed: int = 0
+    # table1 only: replicate the whole chain (expert, MR-GAN, twins, LR / MR models, probes)
+    # once per seed under <out>/seed-<s> and add table1/seeds.md, the spread over seeds and the
+    # paired differences with a seeds x pairs bootstrap; [] = one run with `seed`
+    seeds: List[int] = field(default_factory=list)
     template: str = "dlib"  # alignment template of every face in the demo
     face_size: int = 112  # aligned faces; the ResNet-29 resizes to its 150x150 input
     test_folds: List[int] = field(default_factory=list)  # 0-based LFW folds held out
@@ -137,6 +141,9 @@ def resolve(cfg: DemoConfig) -> DemoConfig:
     extra = [d for d in out.mr_degraders if d not in out.degraders]
     if extra:
         raise ConfigError(f"mr_degraders {extra} are not in degraders {out.degraders}")
+    if len(set(out.seeds)) != len(out.seeds) or any(not isinstance(x, int) or isinstance(x, bool) or x < 0
+                                                    for x in out.seeds):
+        raise ConfigError(f"seeds must be distinct non-negative integers, got {out.seeds}")
     if out.gan_levels not in ("pool", "twins"):
         raise ConfigError(f"gan_levels must be 'pool' or 'twins', got {out.gan_levels!r}")
     if not 0.0 <= float(out.mr_twin_prob or 0.0) <= 1.0:
@@ -358,6 +365,9 @@ def run_demo(cfg: DemoConfig) -> Dict[str, Any]:
     from .align.select import LR_BAND
 
     cfg = resolve(cfg)
+    if cfg.seeds:
+        raise ConfigError(f"seeds {cfg.seeds}: replicating over seeds is `ranface table1`'s "
+                          "(the demo runs one seed: --set seed=N)")
     # one absolute base for every path the stages hand each other: a relative --out must
     # never be joined onto a protocol root that is itself under it (issue 11)
     out = os.path.abspath(cfg.out)

@@ -38,6 +38,7 @@ __all__ = [
     "best_accuracy_threshold",
     "kfold_verification_accuracy",
     "paired_bootstrap_difference",
+    "seeds_paired_bootstrap_difference",
     "KFoldResult",
     "match_ranks",
     "cmc",
@@ -528,6 +529,63 @@ def paired_bootstrap_difference(correct_a, correct_b, folds=None, n_boot: int = 
     lo, hi = np.quantile(reps, [(1 - level) / 2, 1 - (1 - level) / 2])
     return PairedDifference(diff=point, lo=float(lo), hi=float(hi), n=int(d.size), n_boot=int(n_boot),
                             level=float(level))
+
+
+class SeedsPairedDifference(TypedDict):
+    diff: float
+    lo: float
+    hi: float
+    per_seed: List[float]
+    seed_std: float
+    n_positive: int
+    n_seeds: int
+    n: int
+    n_boot: int
+    level: float
+
+
+def seeds_paired_bootstrap_difference(correct_a, correct_b, folds=None, n_boot: int = 2000,
+                                      level: float = 0.95, seed: int = 0) -> SeedsPairedDifference:
+    """A minus B over several training seeds, each seed's two models scored on the same pairs.
+
+    ``correct_a`` / ``correct_b``: arrays (S, N), row s = seed s's per-pair k-fold decisions
+    (as in :func:`paired_bootstrap_difference`); every seed scored the same N pairs (the same
+    test set), so the two sources of noise are crossed, not nested. Each replicate draws S
+    seeds with replacement and, within each fold, N_f pairs with replacement -- one pair draw
+    shared by all seeds, since it is one test set -- and takes the mean over the drawn seeds
+    of the mean fold difference over the drawn pairs (a two-way bootstrap; Davison & Hinkley
+    1997, §3.8). The interval thus covers the training-seed spread (another MR-GAN, another
+    fine-tuning run) as well as the test-pair sampling that a one-seed interval covers; with
+    few seeds it is optimistic about the seed part, so ``per_seed``, ``seed_std`` (ddof 1)
+    and ``n_positive`` (seeds with A > B) are returned to be read beside it.
+    """
+    a = np.atleast_2d(np.asarray(correct_a, dtype=np.float64))
+    b = np.atleast_2d(np.asarray(correct_b, dtype=np.float64))
+    if a.ndim != 2 or a.shape != b.shape or a.size == 0:
+        raise ValueError(f"correct_a and correct_b must be non-empty (seeds, pairs) arrays of one shape, "
+                         f"got {a.shape} and {b.shape}")
+    if not 0 < level < 1 or n_boot < 1:
+        raise ValueError(f"need 0 < level < 1 and n_boot >= 1, got {level}, {n_boot}")
+    d = a - b
+    n_seeds, n = d.shape
+    fold_ids = np.zeros(n, np.int64) if folds is None else np.asarray(folds).ravel()
+    if fold_ids.shape != (n,):
+        raise ValueError(f"folds: expected {n} fold ids, got {fold_ids.size}")
+    groups = [np.flatnonzero(fold_ids == f) for f in np.unique(fold_ids)]
+    per_seed = np.mean([d[:, idx].mean(axis=1) for idx in groups], axis=0)  # (S,) mean fold difference
+    rng = np.random.default_rng(seed)
+    by_seed = np.zeros((n_boot, n_seeds))  # each replicate's resampled difference of every seed
+    for idx in groups:
+        draw = rng.integers(0, idx.size, size=(n_boot, idx.size))
+        by_seed += d[:, idx][:, draw].mean(axis=2).T
+    by_seed /= len(groups)
+    pick = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+    reps = np.take_along_axis(by_seed, pick, axis=1).mean(axis=1)
+    lo, hi = np.quantile(reps, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return SeedsPairedDifference(
+        diff=float(per_seed.mean()), lo=float(lo), hi=float(hi), per_seed=[float(x) for x in per_seed],
+        seed_std=float(per_seed.std(ddof=1)) if n_seeds > 1 else 0.0, n_positive=int((per_seed > 0).sum()),
+        n_seeds=int(n_seeds), n=int(n), n_boot=int(n_boot), level=float(level))
 
 
 # ------------------------------------------------------------------ identification

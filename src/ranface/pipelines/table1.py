@@ -29,7 +29,7 @@ import numpy as np
 from ..config import AdaptConfig
 from ..io_utils import atomic_write_bytes, atomic_write_text
 
-__all__ = ["run_degrader_chain", "run_table1", "evaluate_models", "degrader_grid", "table1_markdown", "REALISM_ONLY"]
+__all__ = ["run_degrader_chain", "run_table1", "write_table1_seeds", "evaluate_models", "degrader_grid", "table1_markdown", "REALISM_ONLY"]
 
 # synthesized and scored for realism even when they get no LR model (cheap; Table 1's rows)
 REALISM_ONLY = ("random-degrade", "second-order")
@@ -167,6 +167,9 @@ def run_degrader_chain(cfg: Any, out: str, st: Any, faces: str, pool: str, hr_mo
     ``realism`` (one record per degrader)."""
     from ..demo import _run_dir, stage_recognition
 
+    # the seed drives every draw below (expert, GAN, twins, training order): a rerun in the
+    # same folder with another seed must not reuse these stages
+    deps = {**deps, "seed": cfg.seed}
     models: Dict[str, str] = {}
     model_keys: Dict[str, str] = {}
     expert = hr_model
@@ -377,8 +380,11 @@ def write_table1(out: str, degraders: Sequence[str], results: Mapping[str, Dict[
 
 def run_table1(cfg: Any, faces: str, pool: str, test_faces: str, pairs: str, hr_model: str) -> Dict[str, Any]:
     """``ranface table1``: the chain on prepared folders, each model evaluated on ``pairs``
-    (LFW format, paths under ``test_faces``); outputs under ``cfg.out``."""
-    from ..demo import Stages, resolve
+    (LFW format, paths under ``test_faces``); outputs under ``cfg.out``. With ``cfg.seeds``
+    the chain runs once per seed under ``<out>/seed-<s>`` (each a complete one-seed Table 1)
+    and ``<out>/table1/seeds.md`` aggregates them (:func:`write_table1_seeds`)."""
+    from ..config import save_config
+    from ..demo import resolve
     from ..errors import DataError
 
     cfg = resolve(cfg)
@@ -388,10 +394,29 @@ def run_table1(cfg: Any, faces: str, pool: str, test_faces: str, pairs: str, hr_
     if not os.path.isfile(pairs):
         raise DataError(pairs, "pairs file not found")
     out = os.path.abspath(cfg.out)
-    faces, pool, test_faces, pairs = (os.path.abspath(p) for p in (faces, pool, test_faces, pairs))
+    inputs = tuple(os.path.abspath(p) for p in (faces, pool, test_faces, pairs))
+    if not cfg.seeds:
+        return _table1_once(cfg, out, *inputs, hr_model)
     os.makedirs(out, exist_ok=True)
-    from ..config import save_config
+    save_config(cfg, os.path.join(out, "table1_config.yaml"))
+    runs = {}
+    for s in cfg.seeds:
+        one = dataclasses.replace(cfg, seed=s, seeds=[], out=os.path.join(out, f"seed-{s}"))
+        print(f"[table1] seed {s}: {one.out}", flush=True)
+        runs[s] = _table1_once(one, one.out, *inputs, hr_model)
+    agg = write_table1_seeds(os.path.join(out, "table1"), cfg.degraders, runs, cfg.probe_sizes)
+    first = runs[cfg.seeds[0]]
+    return {"out": out, "runs": {s: r["table"] for s, r in runs.items()}, **agg, "grid": first["grid"]}
 
+
+def _table1_once(cfg: Any, out: str, faces: str, pool: str, test_faces: str, pairs: str,
+                 hr_model: str) -> Dict[str, Any]:
+    """One seed's chain, evaluation and table under ``out`` (absolute inputs)."""
+    from ..config import save_config
+    from ..demo import Stages
+    from ..demo_report import _load
+
+    os.makedirs(out, exist_ok=True)
     save_config(cfg, os.path.join(out, "table1_config.yaml"))
     st = Stages(out)
     deps = {"faces": faces, "pool": pool, "face_size": cfg.face_size, "template": cfg.template}
@@ -400,13 +425,136 @@ def run_table1(cfg: Any, faces: str, pool: str, test_faces: str, pairs: str, hr_
     keys = {"HR": hr_model, **chain["model_keys"]}
     evals, heldout = evaluate_models(cfg, out, st, models, keys, test_faces, pairs,
                                      {"pairs": pairs, "test": test_faces})
-    from ..demo_report import _load
-
     # stage records -> the protocols' results
     results, held = ({label: _load(rec["result"]) for label, rec in d.items()} for d in (evals, heldout))
     realism = [_load(rec["result"]) for rec in chain["realism"]]
-    return {"out": out, **write_table1(os.path.join(out, "table1"), cfg.degraders, results, realism,
-                                       cfg.probe_sizes, faces, pool, out, cfg.seed, heldout=held)}
+    written = write_table1(os.path.join(out, "table1"), cfg.degraders, results, realism,
+                           cfg.probe_sizes, faces, pool, out, cfg.seed, heldout=held)
+    return {"out": out, **written, "results": results, "heldout": held, "realism": realism}
+
+
+def _mean_sd(xs: Sequence[float], scale: float = 100.0, digits: int = 2) -> str:
+    v = np.asarray(xs, dtype=np.float64) * scale
+    sd = f" ± {v.std(ddof=1):.{digits}f}" if v.size > 1 else ""
+    return f"{v.mean():.{digits}f}{sd}"
+
+
+def seeds_rows(degraders: Sequence[str], runs: Mapping[int, Mapping[str, Any]],
+               sizes: Sequence[int]) -> Dict[str, Any]:
+    """Aggregate one-seed Table 1 runs (``runs``: seed -> the ``results`` / ``heldout`` /
+    ``realism`` of :func:`_table1_once`). Returns ``accuracy`` (model -> column -> per-seed
+    values), ``paired`` (LR model -> column -> :func:`ranface.eval.metrics.
+    seeds_paired_bootstrap_difference` against the first degrader's LR model) and ``realism``
+    (degrader -> metric -> per-seed values). Columns: ``"<size>"`` for the bicubic probes,
+    ``"<probe>:<size>"`` for the held-out ones."""
+    from ..demo_report import _correct
+    from ..eval.metrics import seeds_paired_bootstrap_difference
+
+    seeds = list(runs)
+    sources = [("", "results", [str(s) for s in sizes])]
+    held_probe = ""
+    for r in runs.values():
+        for res in r["heldout"].values():
+            held_probe = res["metrics"]["probe"]["degrader"]
+            sources.append((held_probe, "heldout", [str(s) for s in res["metrics"]["sizes"]]))
+            break
+        break
+    accuracy: Dict[str, Dict[str, List[float]]] = {}
+    paired: Dict[str, Dict[str, Any]] = {}
+    base = f"LR ({degraders[0]})"
+    for probe, kind, keys in sources:
+        labels = [lb for lb in runs[seeds[0]][kind] if all(lb in runs[s][kind] for s in seeds)]
+        for label in labels:
+            for k in keys:
+                col = f"{probe}:{k}" if probe else k
+                accuracy.setdefault(label, {})[col] = [runs[s][kind][label]["metrics"]["hr-lr"][k]["acc"]
+                                                       for s in seeds]
+        if base not in labels:
+            continue
+        for label in (lb for lb in labels if lb.startswith("LR (") and lb != base):
+            for k in keys:
+                ra, rb = [runs[s][kind][label] for s in seeds], [runs[s][kind][base] for s in seeds]
+                lines = rb[0].get("scored_pairs", {}).get("lines")
+                ca, cb = [_correct(r, k) for r in ra], [_correct(r, k) for r in rb]
+                if (lines is None or any(r.get("scored_pairs", {}).get("lines") != lines for r in ra + rb)
+                        or any(c is None for c in ca + cb)):
+                    continue  # not the same scored pairs in every seed: no paired comparison
+                col = f"{probe}:{k}" if probe else k
+                paired.setdefault(label, {})[col] = seeds_paired_bootstrap_difference(
+                    ca, cb, folds=rb[0]["scored_pairs"]["folds"])
+    realism: Dict[str, Dict[str, List[float]]] = {}
+    for s in seeds:
+        for rec in runs[s]["realism"]:
+            m, deg = rec["metrics"], rec["options"].get("label")
+            row = realism.setdefault(deg, {})
+            for key in ("frechet_distance", "domain_accuracy", "identity_cosine"):
+                if m.get(key) is not None:
+                    row.setdefault(key, []).append(float(m[key]))
+            if m.get("frechet_vs_reference"):
+                row.setdefault("frechet_minus_reference", []).append(float(m["frechet_vs_reference"]["diff"]))
+                row["reference"] = m["frechet_vs_reference"]["reference"]
+    return {"seeds": seeds, "baseline": base, "heldout_probe": held_probe, "accuracy": accuracy,
+            "paired": paired, "realism": realism}
+
+
+def _col_name(col: str) -> str:
+    probe, _, size = col.rpartition(":")
+    return f"{size} px ({probe} probes)" if probe else f"{size} px"
+
+
+def seeds_markdown(agg: Mapping[str, Any]) -> str:
+    """The three tables of ``seeds.md`` from :func:`seeds_rows`."""
+    from ..eval.report import md_table
+
+    seeds = agg["seeds"]
+    cols = list(dict.fromkeys(c for row in agg["accuracy"].values() for c in row))
+    acc = md_table(["model"] + [_col_name(c) for c in cols],
+                   [[label] + [_mean_sd(row[c]) if c in row else "—" for c in cols]
+                    for label, row in agg["accuracy"].items()])
+    md = [f"Seeds {', '.join(map(str, seeds))}: HR-vs-LR accuracy (%), mean ± sd over seeds.", "", acc, ""]
+    if agg["paired"]:
+        pcols = list(dict.fromkeys(c for row in agg["paired"].values() for c in row))
+        body = []
+        for label, row in agg["paired"].items():
+            cells = [label]
+            for c in pcols:
+                d = row.get(c)
+                if d is None:
+                    cells.append("—")
+                    continue
+                sig = "" if d["lo"] <= 0 <= d["hi"] else " *"
+                cells.append(f"{100 * d['diff']:+.2f} [{100 * d['lo']:+.2f}, {100 * d['hi']:+.2f}]{sig} "
+                             f"({d['n_positive']}/{d['n_seeds']} > 0; "
+                             + " ".join(f"{100 * x:+.1f}" for x in d["per_seed"]) + ")")
+            body.append(cells)
+        md += [f"LR models minus `{agg['baseline']}`, paired on the same pairs in every seed (accuracy points): "
+               "mean over seeds [95% seeds x pairs bootstrap] (seeds with a gain; each seed's difference). "
+               "* = the interval excludes 0. With few seeds the interval understates the seed spread: read "
+               "the per-seed values beside it.", "", md_table(["model"] + [_col_name(c) for c in pcols], body), ""]
+    if agg["realism"]:
+        keys = [("frechet_distance", "Fréchet ↓", 4, 1.0), ("frechet_minus_reference", "Fréchet − reference", 4, 1.0),
+                ("domain_accuracy", "domain acc ↓", 3, 1.0), ("identity_cosine", "identity cos ↑", 3, 1.0)]
+        body = [[deg] + [_mean_sd(row[k], scale, dg) if row.get(k) else "—" for k, _, dg, scale in keys]
+                for deg, row in agg["realism"].items()]
+        ref = next((r["reference"] for r in agg["realism"].values() if "reference" in r), "the first method")
+        md += [f"Realism against the real LR pool, mean ± sd over seeds (reference of the paired Fréchet: `{ref}`).",
+               "", md_table(["LR synthesis"] + [name for _, name, _, _ in keys], body), ""]
+    return "\n".join(md)
+
+
+def write_table1_seeds(out: str, degraders: Sequence[str], runs: Mapping[int, Mapping[str, Any]],
+                       sizes: Sequence[int]) -> Dict[str, Any]:
+    """``seeds.md`` and ``seeds.json`` under ``out``: Table 1 over seeds (:func:`seeds_rows`)."""
+    agg = seeds_rows(degraders, runs, sizes)
+    md = ["# Table 1 over seeds", "",
+          "Each seed reran the whole chain: the distilled expert, MR-GAN, every method's twins, the LR / MR "
+          "models and the random draws of the held-out probes. One-seed tables: "
+          + ", ".join(f"[seed {s}](../seed-{s}/table1/table1.md)" for s in agg["seeds"]) + ".", "",
+          seeds_markdown(agg)]
+    os.makedirs(out, exist_ok=True)
+    atomic_write_text(os.path.join(out, "seeds.md"), "\n".join(md))
+    atomic_write_text(os.path.join(out, "seeds.json"), json.dumps(agg, indent=1, default=str))
+    return {"table": os.path.join(out, "seeds.md"), "grid": None, "seeds_summary": agg}
 
 
 def evaluate_models(cfg: Any, out: str, st: Any, models: Mapping[str, str], keys: Mapping[str, str],
@@ -417,6 +565,7 @@ def evaluate_models(cfg: Any, out: str, st: Any, models: Mapping[str, str], keys
     label -> stage record (``result``: the result.json path); the second is empty without it."""
     from ..demo import stage_eval
 
+    deps = {**deps, "seed": cfg.seed}  # the held-out probes' draws (probe_seed)
     evals: Dict[str, Dict[str, Any]] = {}
     heldout: Dict[str, Dict[str, Any]] = {}
     for label, path in models.items():
