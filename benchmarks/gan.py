@@ -29,7 +29,7 @@ from ranface.gan.config import GanConfig, PROFILES
 from ranface.gan.discriminators import MultiRegionDiscriminator
 from ranface.gan.generator import MRGenerator
 from ranface.gan.losses import ExpertNetwork
-from ranface.gan.trainer import GanSteps, default_expert, to_memory_format
+from ranface.gan.trainer import GanSteps, compile_networks, default_expert, to_memory_format
 from ranface.models import create_backbone
 from ranface.train.distributed import DistInfo
 from ranface.train.loop import RepeatStream, Phase, Trainer, TrainerOptions
@@ -88,8 +88,9 @@ def step_time(cfg, expert, batch, steps, repeats, device, precision, profile=Fal
     D = MultiRegionDiscriminator(cfg.discriminator).to(device)
     cl = to_memory_format(G, D, device, precision, cfg.run.channels_last)  # as train-gan decides
     cfg.run.seed = 0
-    Gc, Dc = (torch.compile(G), torch.compile(D)) if compiled else (G, D)
-    gs = GanSteps(Gc, Dc, Dc, expert, cfg)
+    # as train-gan does (compile_networks compiles the shared expert once, in place)
+    nets = compile_networks(G, D, D, expert) if compiled else (G, D, D)
+    gs = GanSteps(*nets, expert, cfg)
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
     x = torch.rand(batch, 3, 112, 112, device=device) * 2 - 1
@@ -144,10 +145,7 @@ def make_expert(name, device):
         module, source = load_model(default_expert(), device=device)[0], name
     else:
         module, source = create_backbone("mobilefacenet"), name.replace("mobilefacenet", "mobilefacenet (untrained)")
-    expert = ExpertNetwork(module, source=source, fold_bn=flag != "nofold").to(device)
-    if "compile" in flags:
-        expert.backbone = torch.compile(expert.backbone)
-    return expert
+    return ExpertNetwork(module, source=source, fold_bn=flag != "nofold").to(device)
 
 
 def compare(args, device):

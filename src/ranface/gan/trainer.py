@@ -41,6 +41,7 @@ from ..data.image import is_image_file
 from ..data.image import encode_image, read_image
 from ..errors import ConfigError, DataError
 from ..train.loop import BatchStream, Phase, StepContext, Trainer, TrainerOptions
+from ..train.precision import use_compile
 from .config import GanConfig, validate_gan_config
 from .discriminators import MultiRegionDiscriminator
 from .generator import GenOutput, MRGenerator, generator_package
@@ -49,7 +50,7 @@ from .losses import (ExpertNetwork, adversarial_d_loss, adversarial_g_loss, atte
                      pixel_loss)
 
 __all__ = ["run_train_gan", "LRPoolDataset", "GanStream", "GanSteps", "default_expert",
-           "sample_grid", "to_memory_format"]
+           "sample_grid", "to_memory_format", "compile_networks"]
 
 
 # --------------------------------------------------------------------------- data
@@ -283,6 +284,19 @@ def to_memory_format(G: nn.Module, D: nn.Module, device: torch.device, precision
     return cl
 
 
+def compile_networks(G: nn.Module, D: nn.Module, D_plain: nn.Module, expert: ExpertNetwork) -> tuple:
+    """``torch.compile`` for the modules a GAN step calls: returns (G, D, D_plain) to hand to
+    :class:`GanSteps` and compiles the frozen expert's backbone in place. The plain modules
+    stay what the optimizers and checkpoints hold (compiled wrappers share their parameters).
+    D_plain gets its own graphs: the G phase calls it with its parameters frozen."""
+    G_c = torch.compile(G)
+    D_c = torch.compile(D)
+    D_plain_c = D_c if D is D_plain else torch.compile(D_plain)
+    if not hasattr(expert.backbone, "_orig_mod"):  # compiled once, however many runs share it
+        expert.backbone = torch.compile(expert.backbone)
+    return G_c, D_c, D_plain_c
+
+
 def default_expert() -> str:
     from ..config import default_data_root
 
@@ -358,7 +372,9 @@ def run_train_gan(cfg: GanConfig, expert: Optional[ExpertNetwork] = None) -> Dic
     g_interval = cfg.loss.pixel_every if cfg.loss.pixel_schedule == "d_ratio" else 1
     samples = SampleWriter(ctx.run_dir, cfg.image_every, cfg.num_samples, o.max_steps - 1, g_interval) \
         if dist.is_main else None
-    steps = GanSteps(G_fwd, D_fwd, D, expert, cfg, dist.rank, samples)
+    compiled = use_compile(cfg.run.compile, device, o.max_steps, cfg.run.compile_min_steps)
+    nets = compile_networks(G_fwd, D_fwd, D, expert) if compiled else (G_fwd, D_fwd, D)
+    steps = GanSteps(*nets, expert, cfg, dist.rank, samples)
     clip = o.clip_grad_norm or None
     phases = [Phase("D", opt_D, steps.d_loss, [D_fwd], clip_grad_norm=clip),
               Phase("G", opt_G, steps.g_loss, [G_fwd], clip_grad_norm=clip,
@@ -379,6 +395,7 @@ def run_train_gan(cfg: GanConfig, expert: Optional[ExpertNetwork] = None) -> Dic
     result = trainer.fit()
     summary = {"stage": "gan", "run_dir": ctx.run_dir, "resumed": resumed, "num_hr": len(hr),
                "num_lr_pool": len(pool), "expert": expert.source, "precision": ctx.precision,
+               "compiled": compiled,
                "world_size": dist.world_size, "samples": list(samples.written) if samples else [],
                **result}
     if dist.is_main:

@@ -103,7 +103,10 @@ def stage_gan(cfg: Any, out: str, faces: str, pool: str, expert: str) -> Dict[st
          "optim": {"max_steps": cfg.gan_steps},
          "expert": expert,
          "image_every": max(1, cfg.gan_steps // 3),
-         "run": _run_cfg(os.path.join(out, "models"), "gan", cfg, ckpt_every=max(10, cfg.gan_steps // 3))}
+         # eager, as every other stage of the chain (fp32, no compile): the recipe its results
+         # were measured with (docs/performance.md "MR-GAN step": what compile buys)
+         "run": _run_cfg(os.path.join(out, "models"), "gan", cfg, ckpt_every=max(10, cfg.gan_steps // 3),
+                         compile=False)}
     gc = from_dict(GanConfig, d)
     summary = run_train_gan(gc)
     keep = ("run_dir", "steps", "elapsed_s", "counters", "losses", "generator", "expert")
