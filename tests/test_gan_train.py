@@ -175,6 +175,34 @@ def test_cli_run_outputs_and_exact_resume(data, tmp_path):
     assert [r["D/loss"] for r in ma] == [r["D/loss"] for r in mb]
 
 
+def test_table1_synth_from_a_training_checkpoint(data, tmp_path):
+    """pipelines.table1.stage_synth(checkpoint=...) synthesizes with that checkpoint's
+    generator (scripts/gan_curve.py scores each one): the last checkpoint gives generator.pt's
+    twins to the byte, an earlier one different twins."""
+    from types import SimpleNamespace
+
+    from ranface.pipelines.table1 import stage_synth
+
+    out = str(tmp_path / "runs")
+    assert cli(data, out, "g", 4, "generator.level_widths=[12,20]") == 0
+    run = os.path.join(out, "g")
+    cfg = SimpleNamespace(seed=3, progress=False, template="dlib")
+
+    def twins(name, checkpoint=""):
+        dest = str(tmp_path / name)
+        stage_synth(cfg, out, data["hr"], "mrgan", run, [12, 20], dest, checkpoint=checkpoint)
+        files = sorted(os.path.relpath(os.path.join(d, f), dest) for d, _, fs in os.walk(dest)
+                       for f in fs if f.endswith(".png"))
+        assert len(files) == 8
+        return [np.array(Image.open(os.path.join(dest, f))) for f in files]
+
+    final = twins("final")
+    last = twins("last", os.path.join(run, "checkpoints", "ckpt-00000004.pt"))
+    early = twins("early", os.path.join(run, "checkpoints", "ckpt-00000002.pt"))
+    assert all(np.array_equal(a, b) for a, b in zip(final, last))
+    assert not all(np.array_equal(a, b) for a, b in zip(final, early))
+
+
 @pytest.mark.slow
 def test_compiled_gan_step_matches_eager(data, tmp_path):
     """run.compile=true compiles G, D and the frozen expert: same losses as eager (float

@@ -114,17 +114,19 @@ def stage_gan(cfg: Any, out: str, faces: str, pool: str, expert: str) -> Dict[st
 
 
 def stage_synth(cfg: Any, out: str, faces: str, degrader: str, gan_dir: str,
-                widths: Optional[Sequence[int]] = None, dest: str = "") -> Dict[str, Any]:
+                widths: Optional[Sequence[int]] = None, dest: str = "",
+                checkpoint: str = "") -> Dict[str, Any]:
     """``degrader``'s LR twin of ``faces`` into ``dest`` (default ``<out>/lr_<degrader>``),
     at ``widths`` (default: the twins' band). MR-GAN may be asked for widths outside the
-    levels it trained on (``extrapolate``)."""
+    levels it trained on (``extrapolate``); its generator is ``<gan_dir>/generator.pt`` or
+    ``checkpoint`` (a train-gan checkpoint) when given."""
     from ..config import from_dict
     from ..gan.config import SynthConfig
     from ..gan.degraders import synthesize
 
     opts: Dict[str, Any] = {}
     if degrader == "mrgan":
-        opts = {"checkpoint": os.path.join(gan_dir, "generator.pt"),
+        opts = {"checkpoint": checkpoint or os.path.join(gan_dir, "generator.pt"),
                 "level_widths": list(widths or twin_widths(cfg)), "extrapolate": True}
     elif degrader in ("bicubic", "random-degrade", "second-order"):
         opts = {"size_range": list(widths or twin_widths(cfg))}  # the same band as the other twins

@@ -1,0 +1,165 @@
+"""Issue 12: MR-GAN's realism against the real LR pool as a function of its training steps.
+
+Extends the MR-GAN of a finished Table 1 (or default demo) run past its budget, in a copy
+(``<run>/models/gan_curve``; the run's own GAN stays untouched), keeping a checkpoint every
+``--every`` steps; then scores each checkpoint exactly as Table 1 scores its MR-GAN: twins of
+the HR faces at the real pool's band (``pipelines.table1.pool_widths``), the run's seed, the
+realism protocol (Fréchet distance with its bootstrap, paired against bicubic's twins; the
+held-out real-vs-synthetic classifier) with the run's realism model. The GAN's learning
+rate is constant (no schedule), so extending a finished run is the same recipe as a longer
+one from the start (``train.runs.RESUME_MAY_CHANGE``).
+
+    python scripts/gan_curve.py --run runs/table1-seeds/seed-1 --steps 3000 --every 250
+
+Writes ``<run>/gan_curve/curve.json``, ``curve.md`` and ``curve.png`` (atomically); a rerun
+reuses the checkpoints already trained and the rows already scored.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+from typing import Any, Dict, List
+
+from ranface.config import load_config
+from ranface.demo import DemoConfig
+from ranface.errors import ConfigError
+from ranface.gan.config import GanConfig
+from ranface.gan.trainer import run_train_gan
+from ranface.io_utils import atomic_write_text
+from ranface.pipelines.table1 import pool_widths, realism_twins, stage_realism, stage_synth
+
+
+def _read_json(path: str) -> Dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def extend_gan(run: str, steps: int, every: int) -> str:
+    """Copy ``<run>/models/gan`` to ``gan_curve`` (once) and train it on to ``steps``."""
+    src, dst = os.path.join(run, "models", "gan"), os.path.join(run, "models", "gan_curve")
+    if not os.path.isfile(os.path.join(src, "config.yaml")):
+        raise ConfigError(f"{src}: no finished MR-GAN run here (config.yaml missing)")
+    if not os.path.isdir(dst):
+        shutil.copytree(src, dst + ".partial")
+        os.replace(dst + ".partial", dst)
+    cfg = load_config(GanConfig, os.path.join(dst, "config.yaml"),
+                      [f"optim.max_steps={steps}", "run.name=gan_curve", f"run.ckpt_every={every}",
+                       "run.keep_last=1000", "run.resume=auto", "run.progress=false",
+                       f"image_every={every}"])
+    run_train_gan(cfg)
+    return dst
+
+
+def checkpoints(gan_dir: str) -> Dict[int, str]:
+    d = os.path.join(gan_dir, "checkpoints")
+    out = {}
+    for n in os.listdir(d):
+        if n.startswith("ckpt-") and n.endswith(".pt"):
+            out[int(n[5:-3])] = os.path.join(d, n)
+    return dict(sorted(out.items()))
+
+
+def score(run: str, cfg: DemoConfig, step: int, ckpt: str) -> Dict[str, Any]:
+    """Table 1's realism row of the generator in ``ckpt`` (cached in its result.json)."""
+    label = f"mrgan-step{step}"
+    res = os.path.join(run, "eval", f"realism_{label}", "result.json")
+    if not os.path.isfile(res):
+        settings = _read_json(os.path.join(run, "stages", "realism_bicubic.json"))["settings"]
+        faces, pool = settings["faces"], settings["pool"]
+        dest = realism_twins(run, label)
+        stage_synth(cfg, run, faces, "mrgan", "", pool_widths(cfg), dest, checkpoint=ckpt)
+        stage_realism(cfg, run, label, settings["model"], faces, pool, dest,
+                      realism_twins(run, "bicubic"), "bicubic")
+    m = _read_json(res)["metrics"]
+    ref = m.get("frechet_vs_reference") or {}
+    return {"step": step, "frechet": m["frechet_distance"], "frechet_ci95": m.get("frechet_ci95"),
+            "frechet_vs_bicubic": ref.get("diff"), "frechet_vs_bicubic_ci95": ref.get("ci95"),
+            "domain_accuracy": m["domain_accuracy"], "domain_chance_ci95": m.get("domain_chance_ci95"),
+            "identity_cosine": m.get("identity_cosine")}
+
+
+def reference_rows(run: str) -> List[Dict[str, Any]]:
+    """The run's own Table 1 realism rows (bicubic, random-degrade, ...), the lines to beat."""
+    rows = []
+    for name in sorted(os.listdir(os.path.join(run, "eval"))):
+        p = os.path.join(run, "eval", name, "result.json")
+        if name.startswith("realism_") and not name.startswith("realism_mrgan") and os.path.isfile(p):
+            m = _read_json(p)["metrics"]
+            rows.append({"degrader": name[len("realism_"):], "frechet": m["frechet_distance"],
+                         "domain_accuracy": m["domain_accuracy"]})
+    return rows
+
+
+def markdown(rows: List[Dict[str, Any]], refs: List[Dict[str, Any]], gan_s_per_step: float) -> str:
+    lines = ["| MR-GAN steps | Fréchet ↓ | − bicubic [95% paired bootstrap] | domain acc ↓ | identity cos ↑ |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        lo, hi = r["frechet_vs_bicubic_ci95"] or (float("nan"), float("nan"))
+        lines.append(f"| {r['step']} | {r['frechet']:.4f} | {r['frechet_vs_bicubic']:+.4f} [{lo:+.4f}, {hi:+.4f}] "
+                     f"| {r['domain_accuracy']:.3f} | {r['identity_cosine']:.3f} |")
+    lines += ["", "The run's other methods (the lines to beat):", "",
+              "| method | Fréchet | domain acc |", "|---|---|---|"]
+    lines += [f"| {r['degrader']} | {r['frechet']:.4f} | {r['domain_accuracy']:.3f} |" for r in refs]
+    if gan_s_per_step:
+        lines += ["", f"MR-GAN training time: {gan_s_per_step:.2f} s a step on this machine."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: List[Dict[str, Any]], refs: List[Dict[str, Any]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    steps = [r["step"] for r in rows]
+    for ax, key, title in ((axes[0], "frechet", "Fréchet distance to the real LR pool"),
+                           (axes[1], "domain_accuracy", "real-vs-synthetic classifier accuracy")):
+        ax.plot(steps, [r[key] for r in rows], "o-", label="MR-GAN")
+        for ref in refs:
+            ax.axhline(ref[key], ls="--", lw=1, label=ref["degrader"], color=f"C{1 + refs.index(ref)}")
+        ax.set_xlabel("MR-GAN steps")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", required=True, help="a finished table1 seed folder or default demo folder")
+    ap.add_argument("--steps", type=int, default=3000, help="train MR-GAN on to this many steps")
+    ap.add_argument("--every", type=int, default=250, help="a checkpoint (and a curve point) every N steps")
+    a = ap.parse_args()
+    run = os.path.abspath(a.run)
+    try:
+        cfg_path = os.path.join(run, "table1_config.yaml")
+        if not os.path.isfile(cfg_path):
+            cfg_path = os.path.join(run, "demo_config.yaml")
+        if not os.path.isfile(cfg_path):
+            raise ConfigError(f"{run}: neither table1_config.yaml nor demo_config.yaml (not a finished run)")
+        cfg = load_config(DemoConfig, cfg_path, ["progress=false"])
+        gan_dir = extend_gan(run, a.steps, a.every)
+        rows = [score(run, cfg, s, p) for s, p in checkpoints(gan_dir).items() if s % a.every == 0 or s == a.steps]
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    refs = reference_rows(run)
+    summary = _read_json(os.path.join(gan_dir, "summary.json"))
+    per_step = 1.0 / summary["steps_per_s"] if summary.get("steps_per_s") else 0.0
+    dest = os.path.join(run, "gan_curve")
+    os.makedirs(dest, exist_ok=True)
+    atomic_write_text(os.path.join(dest, "curve.json"),
+                      json.dumps({"rows": rows, "references": refs, "gan_s_per_step": per_step}, indent=1))
+    atomic_write_text(os.path.join(dest, "curve.md"), markdown(rows, refs, per_step))
+    plot(rows, refs, os.path.join(dest, "curve.png"))
+    print(markdown(rows, refs, per_step))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
