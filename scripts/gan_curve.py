@@ -11,15 +11,23 @@ one from the start (``train.runs.RESUME_MAY_CHANGE``).
 
     python scripts/gan_curve.py --run runs/table1-seeds/seed-1 --steps 3000 --every 250
 
-Writes ``<run>/gan_curve/curve.json``, ``curve.md`` and ``curve.png`` (atomically); a rerun
-reuses the checkpoints already trained and the rows already scored.
+A variant of the recipe (``--set`` dotted GanConfig overrides, e.g. loss.lambda_adv=5) cannot
+extend the run's GAN: it trains from step 0 in ``<run>/models/<name>`` with the run's recipe
+plus the overrides, and is scored the same way:
+
+    python scripts/gan_curve.py --run runs/table1-seeds/seed-1 --steps 1000 --every 500 \
+        --name adv5 --set loss.lambda_adv=5
+
+Writes ``<run>/<name>/curve.json``, ``curve.md`` and ``curve.png`` (atomically; name
+``gan_curve`` by default); a rerun reuses the checkpoints already trained and the rows already
+scored.
 """
 import argparse
 import json
 import os
 import shutil
 import sys
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 from ranface.config import load_config
 from ranface.demo import DemoConfig
@@ -29,22 +37,25 @@ from ranface.gan.trainer import run_train_gan
 from ranface.io_utils import atomic_write_text
 from ranface.pipelines.table1 import pool_widths, realism_twins, stage_realism, stage_synth
 
+DEFAULT_NAME = "gan_curve"
+
 
 def _read_json(path: str) -> Dict[str, Any]:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
 
-def extend_gan(run: str, steps: int, every: int) -> str:
-    """Copy ``<run>/models/gan`` to ``gan_curve`` (once) and train it on to ``steps``."""
-    src, dst = os.path.join(run, "models", "gan"), os.path.join(run, "models", "gan_curve")
+def train_gan(run: str, steps: int, every: int, name: str = DEFAULT_NAME, overrides: Sequence[str] = ()) -> str:
+    """Train ``<run>/models/<name>`` to ``steps``: without ``overrides`` a copy of the run's own
+    MR-GAN (made once) trained on, with them a new run of the run's recipe + ``overrides``."""
+    src, dst = os.path.join(run, "models", "gan"), os.path.join(run, "models", name)
     if not os.path.isfile(os.path.join(src, "config.yaml")):
         raise ConfigError(f"{src}: no finished MR-GAN run here (config.yaml missing)")
-    if not os.path.isdir(dst):
+    if not overrides and not os.path.isdir(dst):
         shutil.copytree(src, dst + ".partial")
         os.replace(dst + ".partial", dst)
-    cfg = load_config(GanConfig, os.path.join(dst, "config.yaml"),
-                      [f"optim.max_steps={steps}", "run.name=gan_curve", f"run.ckpt_every={every}",
+    cfg = load_config(GanConfig, os.path.join(src, "config.yaml"),
+                      [*overrides, f"optim.max_steps={steps}", f"run.name={name}", f"run.ckpt_every={every}",
                        "run.keep_last=1000", "run.resume=auto", "run.progress=false",
                        f"image_every={every}"])
     run_train_gan(cfg)
@@ -60,9 +71,9 @@ def checkpoints(gan_dir: str) -> Dict[int, str]:
     return dict(sorted(out.items()))
 
 
-def score(run: str, cfg: DemoConfig, step: int, ckpt: str) -> Dict[str, Any]:
+def score(run: str, cfg: DemoConfig, step: int, ckpt: str, name: str = DEFAULT_NAME) -> Dict[str, Any]:
     """Table 1's realism row of the generator in ``ckpt`` (cached in its result.json)."""
-    label = f"mrgan-step{step}"
+    label = f"mrgan-step{step}" if name == DEFAULT_NAME else f"mrgan-{name}-step{step}"
     res = os.path.join(run, "eval", f"realism_{label}", "result.json")
     if not os.path.isfile(res):
         settings = _read_json(os.path.join(run, "stages", "realism_bicubic.json"))["settings"]
@@ -134,24 +145,30 @@ def main() -> int:
     ap.add_argument("--run", required=True, help="a finished table1 seed folder or default demo folder")
     ap.add_argument("--steps", type=int, default=3000, help="train MR-GAN on to this many steps")
     ap.add_argument("--every", type=int, default=250, help="a checkpoint (and a curve point) every N steps")
+    ap.add_argument("--name", default=DEFAULT_NAME, help="the GAN run's name under <run>/models and the output folder")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="a recipe variant (dotted GanConfig override), trained from step 0; needs --name")
     a = ap.parse_args()
     run = os.path.abspath(a.run)
     try:
+        if a.overrides and a.name == DEFAULT_NAME:
+            raise ConfigError("a recipe variant (--set) needs its own --name")
         cfg_path = os.path.join(run, "table1_config.yaml")
         if not os.path.isfile(cfg_path):
             cfg_path = os.path.join(run, "demo_config.yaml")
         if not os.path.isfile(cfg_path):
             raise ConfigError(f"{run}: neither table1_config.yaml nor demo_config.yaml (not a finished run)")
         cfg = load_config(DemoConfig, cfg_path, ["progress=false"])
-        gan_dir = extend_gan(run, a.steps, a.every)
-        rows = [score(run, cfg, s, p) for s, p in checkpoints(gan_dir).items() if s % a.every == 0 or s == a.steps]
+        gan_dir = train_gan(run, a.steps, a.every, a.name, a.overrides)
+        rows = [score(run, cfg, s, p, a.name) for s, p in checkpoints(gan_dir).items()
+                if s % a.every == 0 or s == a.steps]
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     refs = reference_rows(run)
     summary = _read_json(os.path.join(gan_dir, "summary.json"))
     per_step = 1.0 / summary["steps_per_s"] if summary.get("steps_per_s") else 0.0
-    dest = os.path.join(run, "gan_curve")
+    dest = os.path.join(run, a.name)
     os.makedirs(dest, exist_ok=True)
     atomic_write_text(os.path.join(dest, "curve.json"),
                       json.dumps({"rows": rows, "references": refs, "gan_s_per_step": per_step}, indent=1))

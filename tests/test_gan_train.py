@@ -206,9 +206,10 @@ def test_table1_synth_from_a_training_checkpoint(data, tmp_path):
 @pytest.mark.slow
 def test_compiled_gan_step_matches_eager(data, tmp_path):
     """run.compile=true compiles G, D and the frozen expert: same losses as eager (float
-    rounding), the plain modules still what the checkpoint and generator.pt hold."""
+    rounding), the plain modules still what the checkpoint and generator.pt hold. Auto
+    (run.compile unset) stays eager for the GAN however long the run (docs/performance.md)."""
     out = str(tmp_path / "runs")
-    assert cli(data, out, "eager", 2, "run.compile=false") == 0
+    assert cli(data, out, "eager", 2, "run.compile_min_steps=1") == 0
     assert cli(data, out, "compiled", 2, "run.compile=true") == 0
     summ = json.load(open(os.path.join(out, "compiled", "summary.json")))
     assert summ["compiled"] is True
