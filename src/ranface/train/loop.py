@@ -392,8 +392,10 @@ def _is_comm_failure(exc: BaseException) -> bool:
     if dist_error is not None and isinstance(exc, dist_error):
         return True
     text = str(exc)
+    # "Application timeout caused pair closure": gloo's words when a collective inside DDP's
+    # forward (its buffer broadcast) outlives the timeout
     return any(s in text for s in ("gloo", "NCCL", "Connection reset", "Connection closed",
-                                   "Timed out", "timed out"))
+                                   "Timed out", "timed out", "pair closure"))
 
 
 def _truncate_metrics(path: str, step: int) -> None:
