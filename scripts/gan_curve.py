@@ -31,18 +31,15 @@ from typing import Any, Dict, List, Sequence
 
 from ranface.config import load_config
 from ranface.demo import DemoConfig
+from ranface.demo_report import _load as _read_json
 from ranface.errors import ConfigError
 from ranface.gan.config import GanConfig
 from ranface.gan.trainer import run_train_gan
-from ranface.io_utils import atomic_write_text
+from ranface.io_utils import atomic_save, atomic_write_text
 from ranface.pipelines.table1 import pool_widths, realism_twins, stage_realism, stage_synth
+from ranface.train.checkpoint import CheckpointManager
 
 DEFAULT_NAME = "gan_curve"
-
-
-def _read_json(path: str) -> Dict[str, Any]:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def train_gan(run: str, steps: int, every: int, name: str = DEFAULT_NAME, overrides: Sequence[str] = ()) -> str:
@@ -60,15 +57,6 @@ def train_gan(run: str, steps: int, every: int, name: str = DEFAULT_NAME, overri
                        f"image_every={every}"])
     run_train_gan(cfg)
     return dst
-
-
-def checkpoints(gan_dir: str) -> Dict[int, str]:
-    d = os.path.join(gan_dir, "checkpoints")
-    out = {}
-    for n in os.listdir(d):
-        if n.startswith("ckpt-") and n.endswith(".pt"):
-            out[int(n[5:-3])] = os.path.join(d, n)
-    return dict(sorted(out.items()))
 
 
 def score(run: str, cfg: DemoConfig, step: int, ckpt: str, name: str = DEFAULT_NAME) -> Dict[str, Any]:
@@ -134,10 +122,8 @@ def plot(rows: List[Dict[str, Any]], refs: List[Dict[str, Any]], path: str) -> N
         ax.set_title(title)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
+    atomic_save(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main() -> int:
@@ -160,7 +146,8 @@ def main() -> int:
             raise ConfigError(f"{run}: neither table1_config.yaml nor demo_config.yaml (not a finished run)")
         cfg = load_config(DemoConfig, cfg_path, ["progress=false"])
         gan_dir = train_gan(run, a.steps, a.every, a.name, a.overrides)
-        rows = [score(run, cfg, s, p, a.name) for s, p in checkpoints(gan_dir).items()
+        ckpts = CheckpointManager(os.path.join(gan_dir, "checkpoints"))
+        rows = [score(run, cfg, s, ckpts.path_for(s), a.name) for s in ckpts.steps()
                 if s % a.every == 0 or s == a.steps]
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -133,7 +133,9 @@ class GanConfig:
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     loss: GanLossConfig = field(default_factory=GanLossConfig)
     optim: GanOptimConfig = field(default_factory=GanOptimConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+    # compile_min_steps 0: auto (run.compile unset) stays eager for the GAN; a real fp32 run
+    # compiled was slower a step after minutes of compiling (docs/performance.md "MR-GAN step")
+    run: RunConfig = field(default_factory=lambda: RunConfig(compile_min_steps=0))
     expert: str = ""  # "" -> <data root>/models/faceapi-resnet29
     expert_backbone: str = ""
     image_every: int = 500

@@ -41,6 +41,7 @@ from ..data.image import is_image_file
 from ..data.image import encode_image, read_image
 from ..errors import ConfigError, DataError
 from ..train.loop import BatchStream, Phase, StepContext, Trainer, TrainerOptions
+from ..train.precision import use_compile
 from .config import GanConfig, validate_gan_config
 from .discriminators import MultiRegionDiscriminator
 from .generator import GenOutput, MRGenerator, generator_package
@@ -371,10 +372,7 @@ def run_train_gan(cfg: GanConfig, expert: Optional[ExpertNetwork] = None) -> Dic
     g_interval = cfg.loss.pixel_every if cfg.loss.pixel_schedule == "d_ratio" else 1
     samples = SampleWriter(ctx.run_dir, cfg.image_every, cfg.num_samples, o.max_steps - 1, g_interval) \
         if dist.is_main else None
-    # only when asked (run.compile=true): unlike the recognition stages, auto stays eager here;
-    # a real fp32 run compiled went 17% slower a step after 4 minutes of compiling
-    # (docs/performance.md "MR-GAN step")
-    compiled = bool(cfg.run.compile)
+    compiled = use_compile(cfg.run.compile, device, o.max_steps, cfg.run.compile_min_steps)
     nets = compile_networks(G_fwd, D_fwd, D, expert) if compiled else (G_fwd, D_fwd, D)
     steps = GanSteps(*nets, expert, cfg, dist.rank, samples)
     clip = o.clip_grad_norm or None
