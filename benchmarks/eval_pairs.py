@@ -1,17 +1,22 @@
 """Evaluation throughput of the ``pairs`` protocol (images/s through decode, probe
 degradation, resize and the forward pass), before/after side by side in one process.
 
-Variants, interleaved over ``--repeats`` rounds (median per variant):
+Variants, interleaved over ``--repeats`` rounds (median per variant), each in a fresh
+child process (the allocator setting is process-wide and cannot be undone in-process):
 
 * ``sequential fp32``: every image decoded, degraded and resized in the calling thread
-  between forward passes (``workers=0``; what every evaluation did before issue 16);
-* ``pipelined fp32``: decoding/degrading/resizing in one thread per core beside the
-  forward pass (``workers=-1``, the default now);
+  between forward passes (``workers=0``), glibc's allocator as it comes
+  (``RANFACE_ALLOCATOR=system``): what every evaluation did before issue 16;
+* ``pipelined fp32, system allocator``: decoding/degrading/resizing in one thread per core
+  beside the forward pass (``workers=-1``), glibc as it comes;
+* ``pipelined fp32``: the same with the allocator thresholds of :mod:`ranface.runtime`
+  (what ``ranface`` does now);
 * ``pipelined auto``: the same with ``precision=auto`` (bf16 autocast, channels_last for
   dense-convolution backbones, on CPUs with AMX or AVX512-BF16; fp32 elsewhere).
 
 The fp32 variants must give identical metrics (checked and printed: the per-pair
-correctness strings and accuracies); the auto variant's accuracy difference is printed.
+correctness strings and accuracies at every probe size); the auto variant's accuracy difference is printed. Timings
+exclude process start and model loading.
 images/s counts every embedded image variant (an image at full size plus one per probe
 size it is degraded to).
 
@@ -38,6 +43,8 @@ from ranface.train.precision import resolve_precision
 
 def run_once(model, info, images, pairs, sizes, modes, per_fold, workers, precision, batch, flip):
     ctx = EvalContext(model, info, precision=precision, batch_size=batch, workers=workers)
+    # absolute: the protocol resolves relative paths against its root (the pairs' folder)
+    pairs, images = os.path.abspath(pairs), os.path.abspath(images)
     opts = PairsOptions(pairs=pairs, images=images, probe_sizes=sizes, modes=modes, flip=flip,
                         per_fold=per_fold)
     t = time.perf_counter()
@@ -45,7 +52,44 @@ def run_once(model, info, images, pairs, sizes, modes, per_fold, workers, precis
     return res, time.perf_counter() - t
 
 
+VARIANTS = [  # name, workers, precision, RANFACE_ALLOCATOR
+    ("sequential fp32", 0, "fp32", "system"),
+    ("pipelined fp32, system allocator", -1, "fp32", "system"),
+    ("pipelined fp32", -1, "fp32", "tuned"),
+    ("pipelined auto", -1, "auto", "tuned"),
+]
+
+
+def child(args) -> int:
+    """One timed evaluation in this process; prints one JSON line."""
+    import json
+
+
+    from ranface.runtime import tune_allocator
+
+    name, workers, prec, _ = next(v for v in VARIANTS if v[0] == args.one)
+    state = tune_allocator()  # honours RANFACE_ALLOCATOR set by the parent
+    torch.set_num_threads(args.threads) if args.threads else None
+    model, info = load_model(args.model)
+    precision = resolve_precision(prec, torch.device("cpu"))
+    sizes = [int(s) for s in args.sizes.split(",")]
+    modes = args.modes.split(",")
+    res, dt = run_once(model, info, args.images, args.pairs, sizes, modes, args.per_fold, workers,
+                       precision, args.batch, args.flip)
+    keys = [("full", None)] + [(md, str(s)) for md in modes for s in sizes]
+    correct = {f"{md}/{s}" if s else md: (res["metrics"][md][s] if s else res["metrics"][md])["correct"]
+               for md, s in keys}
+    print("RESULT " + json.dumps({"variant": name, "seconds": dt, "allocator": state, "precision": precision,
+                                  "images": res["counts"]["images_embedded"],
+                                  "variants": res["counts"]["embedded_variants"],
+                                  "full_acc": res["metrics"]["full"]["acc"], "correct": correct}), flush=True)
+    return 0
+
+
 def main() -> int:
+    import json
+    import subprocess
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = default_data_root()
     demo = os.path.join("runs", "demo-default")
@@ -59,45 +103,52 @@ def main() -> int:
     ap.add_argument("--sizes", default="24,16,12,8")
     ap.add_argument("--modes", default="hr-lr,lr-lr")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--flip", action="store_true", help="flip-sum embeddings (the demo uses none)")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--one", default="", help=argparse.SUPPRESS)  # child mode: run one variant
     args = ap.parse_args()
     for p in (args.model, args.images, args.pairs):
         if not os.path.exists(p):
             print(f"eval_pairs.py: {p}: not found", file=sys.stderr)
             return 2
-    sizes = [int(s) for s in args.sizes.split(",")]
-    modes = args.modes.split(",")
-    model, info = load_model(args.model)
+    if args.one:
+        return child(args)
     auto = resolve_precision("auto", torch.device("cpu"))
-    variants = [("sequential fp32", 0, "fp32"), ("pipelined fp32", -1, "fp32"),
-                (f"pipelined auto ({auto})", -1, "auto")]
     print(f"model={args.model} images={args.images} pairs={args.pairs} per_fold={args.per_fold} "
-          f"sizes={sizes} modes={modes} batch={args.batch} flip={args.flip} "
-          f"torch_threads={torch.get_num_threads()} cpu_capability={torch.backends.cpu.get_cpu_capability()} "
-          f"auto={auto}", flush=True)
-    times = {v[0]: [] for v in variants}
+          f"sizes={args.sizes} modes={args.modes} batch={args.batch} flip={args.flip} "
+          f"torch_threads={args.threads or torch.get_num_threads()} "
+          f"cpu_capability={torch.backends.cpu.get_cpu_capability()} auto={auto}", flush=True)
+    passthrough = [a for a in sys.argv[1:]]
+    times = {v[0]: [] for v in VARIANTS}
     results = {}
     for _ in range(args.repeats):
-        for name, workers, prec in variants:
-            res, dt = run_once(model, info, args.images, args.pairs, sizes, modes, args.per_fold,
-                               workers, resolve_precision(prec, torch.device("cpu")), args.batch, args.flip)
-            times[name].append(dt)
-            results[name] = res
-    base_res = results[variants[0][0]]
-    n = base_res["counts"]["images_embedded"]
-    n_var = base_res["counts"]["embedded_variants"]
-    base = statistics.median(times[variants[0][0]])
+        for name, _w, _p, alloc in VARIANTS:  # interleaved: load changes hit all alike
+            env = dict(os.environ, RANFACE_ALLOCATOR=alloc)
+            proc = subprocess.run([sys.executable, os.path.abspath(__file__), *passthrough, "--one", name],
+                                  env=env, capture_output=True, text=True)
+            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if proc.returncode or line is None:
+                print(f"eval_pairs.py: variant {name!r} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}",
+                      file=sys.stderr)
+                return 1
+            r = json.loads(line[len("RESULT "):])
+            times[name].append(r["seconds"])
+            results[name] = r
+    base_name = VARIANTS[0][0]
+    base_res = results[base_name]
+    n, n_var = base_res["images"], base_res["variants"]
+    base = statistics.median(times[base_name])
     print(f"{'variant':34s} {'s':>8s} {'images/s':>9s} {'ratio':>6s}  {'full acc':>9s}  same scores")
-    for name, _, _ in variants:
+    for name, _w, _p, _a in VARIANTS:
         t = statistics.median(times[name])
         r = results[name]
-        same = all(r["metrics"][md][s]["correct"] == base_res["metrics"][md][s]["correct"]
-                   for md in modes for s in map(str, sizes)) and \
-            r["metrics"]["full"]["correct"] == base_res["metrics"]["full"]["correct"]
-        print(f"{name:34s} {t:8.2f} {n_var / t:9.1f} {base / t:6.2f}  "
-              f"{100 * r['metrics']['full']['acc']:8.2f}%  {'yes' if same else 'NO'}", flush=True)
-    print(f"({n} images, {n_var} embedded variants per run; windows s: "
+        same = r["correct"] == base_res["correct"]
+        label = name if _p == "fp32" else f"{name} ({r['precision']})"
+        print(f"{label:34s} {t:8.2f} {n_var / t:9.1f} {base / t:6.2f}  "
+              f"{100 * r['full_acc']:8.2f}%  {'yes' if same else 'NO'}", flush=True)
+    print(f"({n} images, {n_var} embedded variants per run; allocator per variant: "
+          + "; ".join(f"{k}: {results[k]['allocator']}" for k in times) + "; windows s: "
           + "; ".join(f"{k}: {', '.join(f'{v:.2f}' for v in vs)}" for k, vs in times.items()) + ")")
     return 0
 

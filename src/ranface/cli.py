@@ -195,6 +195,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser(_optional_commands())
     args = parser.parse_args(argv)
     try:
+        from .runtime import tune_allocator
+
+        tune_allocator()  # glibc keeps freed activations for the next batch (runtime.py)
         return int(args.func(args) or 0)
     except RanfaceError as exc:
         print(f"ranface: error: {exc}", file=sys.stderr)

@@ -56,6 +56,8 @@ def setup_run(cfg: Any, prefix: str) -> RunContext:
     ``run.resume=auto`` with no ``run.name`` continues the newest ``<prefix>-NNNN`` run.
     The output directory is checked for writability before any work starts.
     """
+    from ..runtime import allocator_state
+
     run = cfg.run
     device = resolve_device(run.device)
     dist = init_distributed(device, run.dist_timeout_s)
@@ -76,7 +78,8 @@ def setup_run(cfg: Any, prefix: str) -> RunContext:
     if dist.is_main:
         record_config(cfg, run_dir)
         env = {"world_size": dist.world_size, "backend": dist.backend, "device": str(device),
-               "precision": precision, "torch": torch.__version__}
+               "precision": precision, "torch": torch.__version__,
+               "allocator": allocator_state()}
         atomic_write_text(os.path.join(run_dir, "environment.json"), json.dumps(env, indent=1))
     device = torch.device(f"cuda:{dist.local_rank}") if device.type == "cuda" and dist.enabled else device
     return RunContext(run_dir=run_dir, device=device, precision=precision, dist=dist)
