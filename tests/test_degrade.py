@@ -265,3 +265,24 @@ def test_second_order_degradation_is_seeded_and_ends_at_the_drawn_width():
     assert torch.allclose(plain(x, 0), down_up(x, 8), atol=1e-5)
     with pytest.raises(ConfigError, match="blur_p"):
         SecondOrderConfig(blur_p=(1.5, 0.0))
+
+
+def test_lr_jpeg_codec_at_the_faces_own_width():
+    """Each face: shrink to its width, JPEG at its quality, enlarge back (equal to the three
+    operators by hand); a width at least the face's own is JPEG alone; counts must match."""
+    from ranface.degrade import downsample, jpeg, lr_jpeg, upsample
+
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    out = lr_jpeg(x, [8, 16, 40], [30, 60, 90])
+    assert out.shape == x.shape and out.min() >= -1 and out.max() <= 1
+    for i, (w, q) in enumerate(((8, 30), (16, 60))):
+        want = upsample(jpeg(downsample(x[i:i + 1], w), q), (32, 32))
+        assert torch.allclose(out[i:i + 1], want, atol=1e-6)
+    assert torch.allclose(out[2:3], jpeg(x[2:3], 90), atol=1e-6)
+    # an 8-px face through the codec differs from the same face without it
+    assert (out[0:1] - upsample(downsample(x[0:1], 8), (32, 32))).abs().mean() > 1e-3
+    arr = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
+    assert lr_jpeg(arr, [8], [50]).dtype == np.uint8 and lr_jpeg(arr, [8], [50]).shape == arr.shape
+    with pytest.raises(ValueError, match="one width and one quality per image"):
+        lr_jpeg(x, [8, 8], [30, 30, 30])

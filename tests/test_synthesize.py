@@ -319,3 +319,48 @@ def test_second_order_degrader_is_registered_and_records_levels(hr, tmp_path):
     assert len(rows) == 9 and all(6 <= int(r[1]) <= 10 for r in rows)
     with pytest.raises(ConfigError, match="second-order"):
         create_degrader("second-order", {"jpeg_quality": [0, 200]})
+
+
+def test_mrgan_codec_jpeg_at_each_face_level_width(hr, tmp_path):
+    """codec_p = 0 leaves G(x) as it was; codec_p = 1 is G(x) through lr_jpeg at the face's own
+    level width and a drawn quality (reproduced by hand); bad codec options are one-line errors."""
+    from ranface.degrade import lr_jpeg
+
+    torch.manual_seed(0)
+    G = MRGenerator(GeneratorConfig(base_width=4, num_stages=1, blocks_per_stage=1, z_dim=4, local_width=4,
+                                    fuse_width=8, level_widths=[6, 20]), face_size=32)
+    gen = str(tmp_path / "generator.pt")
+    save_checkpoint(gen, generator_package(G, step=3))
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    plain = create_degrader("mrgan", {"checkpoint": gen})
+    off = create_degrader("mrgan", {"checkpoint": gen, "codec_p": 0.0})
+    on = create_degrader("mrgan", {"checkpoint": gen, "codec_p": 1.0, "codec_quality": [20, 40]})
+    a, b, c = (d(x, batch_generator(7, 0)) for d in (plain, off, on))
+    assert torch.equal(a, b)
+    # by hand: the batch generator's draws in the degrader's order (widths, z, then the codec's)
+    g = batch_generator(7, 0)
+    widths = on.levels(4, g)
+    on.G.sample_z(4, g)
+    assert (torch.rand(4, generator=g) < 1.0).all()
+    q = torch.randint(20, 41, (4,), generator=g)
+    want = lr_jpeg(a, widths.tolist(), q.tolist())
+    assert torch.allclose(c, want, atol=1e-6)
+    assert (c - a).abs().mean() > 1e-3  # the codec did something
+    assert on.info()["codec"] == {"p": 1.0, "quality": [20, 40], "at": "each face's level width (degrade.lr_jpeg)"}
+    for bad, msg in (({"codec_p": 1.5}, "codec_p must be a probability"),
+                     ({"codec_p": True}, "codec_p must be a probability"),
+                     ({"codec_quality": [50, 20]}, "codec_quality must be"),
+                     ({"codec_quality": [0, 20]}, "codec_quality must be"),
+                     ({"codec_quality": 50}, "codec_quality must be")):
+        with pytest.raises(ConfigError, match=msg):
+            create_degrader("mrgan", {"checkpoint": gen, **bad})
+    # a synthesis made before the codec options existed resumes (they are at their defaults)
+    out = tmp_path / "lr"
+    synthesize(cfg(hr, out, "mrgan", options={"checkpoint": gen}))
+    m = json.loads((out / MANIFEST_NAME).read_text())
+    for k in ("codec_p", "codec_quality"):
+        m["options"].pop(k)
+    (out / MANIFEST_NAME).write_text(json.dumps(m))
+    assert synthesize(cfg(hr, out, "mrgan", options={"checkpoint": gen}))["status"] == "complete"
+    with pytest.raises(ConfigError, match="made with other settings"):
+        synthesize(cfg(hr, out, "mrgan", options={"checkpoint": gen, "codec_p": 0.5}))

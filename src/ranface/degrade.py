@@ -30,6 +30,7 @@ __all__ = [
     "upsample",
     "down_up",
     "sample_widths",
+    "lr_jpeg",
     "WIDTH_LAWS",
     "gaussian_blur",
     "gaussian_noise",
@@ -246,6 +247,30 @@ def jpeg(x: Image, quality: Union[int, Sequence[int]],
         dec = decode_image(encode_image(arr, "jpeg", qs[i]), source="<jpeg round trip>")
         dec_t = torch.from_numpy(np.array(dec)).permute(2, 0, 1).float()  # PIL's is read-only
         out[i] = dec_t.to(t.device) / 255.0 * span + lo
+    return back(out)
+
+
+def lr_jpeg(x: Image, widths: Sequence[int], quality: Sequence[int],
+            value_range: Optional[Tuple[float, float]] = DEFAULT_RANGE,
+            down: str = "bicubic", up: str = "bicubic") -> Image:
+    """A camera's codec at the face's own resolution: face i shrunk to ``widths[i]`` px
+    wide, JPEG-compressed at ``quality[i]`` (:func:`jpeg`), enlarged back to its size.
+
+    A surveillance face of w px was encoded at w px (its blocks and ringing are w-px
+    artefacts), and enlarging the decoded face smears them into the soft blotches of real
+    LR faces; the same JPEG at the enlarged size would leave sharp 8x8 blocks. A width at
+    least the face's own skips the resizes (JPEG at full size)."""
+    t, vr, back = _to_batch(x, value_range)
+    n, (h, w) = t.shape[0], t.shape[-2:]
+    if len(widths) != n or len(quality) != n:
+        raise ValueError(f"lr_jpeg: need one width and one quality per image ({n}), got "
+                         f"{len(widths)} and {len(quality)}")
+    out = torch.empty_like(t)
+    for i in range(n):
+        wi = int(widths[i])
+        small = t[i:i + 1] if wi >= w else _clamp(_resize(t[i:i + 1], _lr_shape(h, w, wi), down), vr)
+        small = jpeg(small, int(quality[i]), vr)
+        out[i] = (small if wi >= w else _clamp(_resize(small, (h, w), up), vr))[0]
     return back(out)
 
 

@@ -91,6 +91,10 @@ class DemoConfig:
     gan_levels: str = "pool"
     gan_level_widths: List[int] = field(default_factory=list)
     gan_pixel_schedule: str = "d_ratio"  # loss.pixel_schedule (docs/decisions.md, issue 12 round 3)
+    # MR-GAN's twins through a JPEG at each face's level width with this probability (the
+    # mrgan degrader's codec_p / codec_quality; docs/decisions.md, issue 12 round 6)
+    mrgan_codec_p: float = 0.0
+    mrgan_codec_quality: List[int] = field(default_factory=lambda: [30, 90])
     # the first is the main chain (LR, MR and the no-translator ablation); docs/decisions.md
     # random-degrade's LR model is the control of MR-GAN's on the held-out probes: noise, blur
     # and JPEG without learning (docs/decisions.md "Held-out probes")

@@ -265,9 +265,16 @@ class MRGANDegrader(Degrader):
     trained range; a chosen range must lie inside the trained one (G never saw other
     levels) unless ``extrapolate`` is true: then G's level code runs past the ends it was
     trained on (e.g. a generator trained at the real pool's band asked for smaller faces;
-    recorded in the manifest). The width of each face is recorded by :func:`synthesize`."""
+    recorded in the manifest). The width of each face is recorded by :func:`synthesize`.
 
-    defaults = {"checkpoint": "", "level_widths": None, "eye_mouth_range": None, "extrapolate": False}
+    ``codec_p`` / ``codec_quality``: with probability ``codec_p`` per face, G(x) goes through
+    a JPEG at the face's own level width (:func:`ranface.degrade.lr_jpeg`, quality drawn
+    uniformly from ``codec_quality``): the camera codec real LR faces went through, which a
+    convolutional generator does not reproduce (docs/decisions.md, issue 12 round 6).
+    Default 0: G(x) as trained (the paper's MR-GAN)."""
+
+    defaults = {"checkpoint": "", "level_widths": None, "eye_mouth_range": None, "extrapolate": False,
+                "codec_p": 0.0, "codec_quality": [30, 90]}
     width_option = "level_widths"
 
     def __init__(self, options: Mapping[str, Any]):
@@ -296,6 +303,16 @@ class MRGANDegrader(Degrader):
             self.range: Optional[Tuple[int, int]] = (lo, hi)
         else:
             self.range = trained
+        p = self.options["codec_p"]
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
+            raise ConfigError(f"degrader {self.name}: codec_p must be a probability in [0, 1], got {p!r}")
+        self.codec_p = float(p)
+        q = self.options["codec_quality"]
+        if not (isinstance(q, (list, tuple)) and len(q) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                      for v in q) and 1 <= q[0] <= q[1] <= 100):
+            raise ConfigError(f"degrader {self.name}: codec_quality must be [low, high] JPEG qualities with "
+                              f"1 <= low <= high <= 100, got {q!r}")
+        self.codec_quality = (int(q[0]), int(q[1]))
 
     def to(self, device: torch.device) -> "MRGANDegrader":
         super().to(device)
@@ -306,7 +323,9 @@ class MRGANDegrader(Degrader):
         from ..align.select import widths_to_band
 
         gen = self._info.get("generator") or {}
-        out = {"checkpoint_step": self._info.get("step"), "face_size": self.face_size, "generator": gen}
+        out = {"checkpoint_step": self._info.get("step"), "face_size": self.face_size, "generator": gen,
+               "codec": {"p": self.codec_p, "quality": list(self.codec_quality),
+                         "at": "each face's level width (degrade.lr_jpeg)"}}
         scales = gen.get("scales") if isinstance(gen, Mapping) else None
         tpl = gen.get("template", "arcface") if isinstance(gen, Mapping) else "arcface"
         if self.range is not None:
@@ -334,10 +353,21 @@ class MRGANDegrader(Degrader):
 
     @torch.no_grad()
     def __call__(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        widths = self.levels(batch.shape[0], generator)
-        z = self.G.sample_z(batch.shape[0], generator)
-        out = self.G(batch.to(self.device), z.to(self.device), widths=widths).fake
-        return out.float().cpu()
+        n = batch.shape[0]
+        widths = self.levels(n, generator)
+        z = self.G.sample_z(n, generator)
+        out = self.G(batch.to(self.device), z.to(self.device), widths=widths).fake.float().cpu()
+        # the codec's draws come after G's, so codec_p = 0 leaves every face as it was
+        use = torch.rand(n, generator=generator) < self.codec_p
+        quality = torch.randint(self.codec_quality[0], self.codec_quality[1] + 1, (n,), generator=generator)
+        if use.any():
+            from ..degrade import lr_jpeg
+
+            if widths is None:  # one fixed level: x_r3's width
+                widths = torch.full((n,), max(1, round(self.face_size * self.G.scales[-1])))
+            idx = torch.nonzero(use).flatten()
+            out[idx] = lr_jpeg(out[idx], widths[idx].tolist(), quality[idx].tolist())
+        return out
 
 
 # --------------------------------------------------------------------------- synthesis
@@ -516,6 +546,10 @@ def synthesize(cfg: Any, degrader: Optional[Degrader] = None,
     if previous is not None and not cfg.overwrite:
         before = _manifest_key(previous)
         now = _manifest_key(json.loads(json.dumps(manifest, default=str)))
+        if isinstance(before["options"], dict) and isinstance(now["options"], dict):
+            # an option added to the degrader since (at its default) did not change that output
+            added = json.loads(json.dumps(type(degrader).defaults, default=str))
+            before["options"] = {**{k: v for k, v in added.items() if k in now["options"]}, **before["options"]}
         diff = [f"{k} {before[k]!r} (now {now[k]!r})" for k in before if before[k] != now[k]]
         if diff:
             raise ConfigError(f"{mpath}: this output was made with other settings: "

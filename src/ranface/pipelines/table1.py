@@ -127,7 +127,8 @@ def stage_synth(cfg: Any, out: str, faces: str, degrader: str, gan_dir: str,
     opts: Dict[str, Any] = {}
     if degrader == "mrgan":
         opts = {"checkpoint": checkpoint or os.path.join(gan_dir, "generator.pt"),
-                "level_widths": list(widths or twin_widths(cfg)), "extrapolate": True}
+                "level_widths": list(widths or twin_widths(cfg)), "extrapolate": True,
+                "codec_p": float(cfg.mrgan_codec_p), "codec_quality": list(cfg.mrgan_codec_quality)}
     elif degrader in ("bicubic", "random-degrade", "second-order"):
         opts = {"size_range": list(widths or twin_widths(cfg))}  # the same band as the other twins
         if degrader == "bicubic":
@@ -162,6 +163,13 @@ def stage_realism(cfg: Any, out: str, degrader: str, expert: str, faces: str, po
 
 
 # ------------------------------------------------------------------------- the chain
+def _codec_key(cfg: Any, deg: str) -> Dict[str, Any]:
+    """The codec's settings in MR-GAN's synthesis keys (absent when off: earlier runs' keys hold)."""
+    if deg != "mrgan" or not cfg.mrgan_codec_p:
+        return {}
+    return {"codec": [float(cfg.mrgan_codec_p), *[int(q) for q in cfg.mrgan_codec_quality]]}
+
+
 def run_degrader_chain(cfg: Any, out: str, st: Any, faces: str, pool: str, hr_model: str,
                        deps: Mapping[str, Any]) -> Dict[str, Any]:
     """Expert, MR-GAN, every degrader's twin, LR model, MR model(s) and realism, as cached
@@ -192,7 +200,8 @@ def run_degrader_chain(cfg: Any, out: str, st: Any, faces: str, pool: str, hr_mo
                      lambda: stage_gan(cfg, out, faces, pool, expert), outputs=[_run_dir(out, "gan")])
         gan_key = st.key("gan")
     for deg in cfg.degraders:
-        st.run(f"synth_{deg}", {"gan": gan_key if deg == "mrgan" else "", "sizes": cfg.bicubic_sizes,
+        st.run(f"synth_{deg}", {"gan": gan_key if deg == "mrgan" else "", **_codec_key(cfg, deg),
+                                "sizes": cfg.bicubic_sizes,
                                 "band": cfg.bicubic_band, "levels": twin_widths(cfg), "tpl": cfg.template, **deps},
                lambda deg=deg: stage_synth(cfg, out, faces, deg, gan["run_dir"]),
                outputs=[os.path.join(out, f"lr_{deg}")])
@@ -229,7 +238,8 @@ def run_degrader_chain(cfg: Any, out: str, st: Any, faces: str, pool: str, hr_mo
     ref = methods[0]  # synthesized first: the loop's first method
     for deg in methods:
         dest = realism_twins(out, deg)
-        st.run(f"synth_pool_{deg}", {"gan": gan_key if deg == "mrgan" else "", "widths": widths, **deps},
+        st.run(f"synth_pool_{deg}", {"gan": gan_key if deg == "mrgan" else "", **_codec_key(cfg, deg),
+                                     "widths": widths, **deps},
                lambda deg=deg, dest=dest: stage_synth(cfg, out, faces, deg, gan["run_dir"], widths, dest),
                outputs=[dest])
         paired = deg != ref
