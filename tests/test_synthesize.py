@@ -364,3 +364,23 @@ def test_mrgan_codec_jpeg_at_each_face_level_width(hr, tmp_path):
     assert synthesize(cfg(hr, out, "mrgan", options={"checkpoint": gen}))["status"] == "complete"
     with pytest.raises(ConfigError, match="made with other settings"):
         synthesize(cfg(hr, out, "mrgan", options={"checkpoint": gen, "codec_p": 0.5}))
+
+
+def test_bicubic_codec_is_the_same_codec_after_the_same_widths():
+    """The codec's control (Table 1's bicubic+codec): bicubic's faces, then lr_jpeg at each
+    face's own width; codec_p 0 is bicubic as before."""
+    from ranface.degrade import lr_jpeg
+    from ranface.demo import DemoConfig
+    from ranface.pipelines.table1 import CODEC_CONTROL, realism_methods
+
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    plain = create_degrader("bicubic", {"size_range": [8, 16]})(x, batch_generator(3, 0))
+    on = create_degrader("bicubic", {"size_range": [8, 16], "codec_p": 1.0, "codec_quality": [40, 40]})
+    g = batch_generator(3, 0)
+    out = on(x, g)
+    widths = on.levels(3, batch_generator(3, 0))
+    assert torch.allclose(out, lr_jpeg(plain, widths.tolist(), [40] * 3), atol=1e-6)
+    assert torch.equal(create_degrader("bicubic", {"size_range": [8, 16], "codec_p": 0.0})(x, batch_generator(3, 0)),
+                       plain)
+    assert CODEC_CONTROL not in realism_methods(DemoConfig())
+    assert realism_methods(DemoConfig(mrgan_codec_p=1.0))[-1] == CODEC_CONTROL

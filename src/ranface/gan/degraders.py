@@ -145,8 +145,45 @@ def _band_option(name: str, band: Any) -> Optional[Tuple[float, float]]:
     return float(band[0]), float(band[1])
 
 
+class _Codec:
+    """The ``codec_p`` / ``codec_quality`` options of a degrader whose faces have a width
+    (px) per face: with probability ``codec_p`` a face goes through a JPEG at its own width
+    (:func:`ranface.degrade.lr_jpeg`, quality drawn uniformly from ``codec_quality``) after
+    the degrader made it. The draws follow the degrader's own, so ``codec_p`` 0 changes no
+    face. Default off."""
+
+    codec_defaults = {"codec_p": 0.0, "codec_quality": [30, 90]}
+
+    def _init_codec(self) -> None:
+        p = self.options["codec_p"]
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
+            raise ConfigError(f"degrader {self.name}: codec_p must be a probability in [0, 1], got {p!r}")
+        self.codec_p = float(p)
+        q = self.options["codec_quality"]
+        if not (isinstance(q, (list, tuple)) and len(q) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                      for v in q) and 1 <= q[0] <= q[1] <= 100):
+            raise ConfigError(f"degrader {self.name}: codec_quality must be [low, high] JPEG qualities with "
+                              f"1 <= low <= high <= 100, got {q!r}")
+        self.codec_quality = (int(q[0]), int(q[1]))
+
+    def _codec_info(self) -> Dict[str, Any]:
+        return {"codec": {"p": self.codec_p, "quality": list(self.codec_quality),
+                          "at": "each face's level width (degrade.lr_jpeg)"}}
+
+    def _apply_codec(self, out: torch.Tensor, widths: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n = out.shape[0]
+        use = torch.rand(n, generator=generator) < self.codec_p
+        quality = torch.randint(self.codec_quality[0], self.codec_quality[1] + 1, (n,), generator=generator)
+        if use.any():
+            from ..degrade import lr_jpeg
+
+            idx = torch.nonzero(use).flatten()
+            out[idx] = lr_jpeg(out[idx], widths[idx].tolist(), quality[idx].tolist())
+        return out
+
+
 @register_degrader("bicubic")
-class BicubicDegrader(Degrader):
+class BicubicDegrader(_Codec, Degrader):
     """Table 1's "Down-Sampling": face shrunk to S px wide, S ~ U{size_range} per image,
     bicubic both ways (antialiased shrink), back at the input size.
 
@@ -158,7 +195,7 @@ class BicubicDegrader(Degrader):
     """
 
     defaults = {"size_range": [12, 32], "eye_mouth_range": None, "template": "arcface",
-                "down": "bicubic", "up": "bicubic"}
+                "down": "bicubic", "up": "bicubic", **_Codec.codec_defaults}
 
     def __init__(self, options: Mapping[str, Any]):
         from ..align.select import band_to_widths
@@ -178,13 +215,14 @@ class BicubicDegrader(Degrader):
             if self.options[key] not in KERNELS:
                 raise ConfigError(f"degrader {self.name}: {key} must be one of {list(KERNELS)}, "
                                   f"got {self.options[key]!r}")
+        self._init_codec()
 
     def info(self) -> Dict[str, Any]:
         from ..align.select import widths_to_band
 
         e2m = widths_to_band(self.size_range, self.options["template"])
         return {"band": {"widths_px": list(self.size_range), "eye_mouth_px": [round(v, 2) for v in e2m],
-                         "template": self.options["template"]}}
+                         "template": self.options["template"]}, **self._codec_info()}
 
     def levels(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """The width (px) each of ``n`` faces is shrunk to: the first draw from the batch's
@@ -196,11 +234,11 @@ class BicubicDegrader(Degrader):
     def __call__(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         from ..degrade import down_up
 
-        sizes = self.levels(batch.shape[0], generator).tolist()
+        widths = self.levels(batch.shape[0], generator)
         out = torch.empty_like(batch)
-        for i, s in enumerate(sizes):
+        for i, s in enumerate(widths.tolist()):
             out[i] = down_up(batch[i:i + 1], int(s), self.options["down"], self.options["up"])[0]
-        return out
+        return self._apply_codec(out, widths, generator)
 
 
 class _PipelineDegrader(Degrader):
@@ -255,7 +293,7 @@ def _plain(v: Any) -> Any:
 
 
 @register_degrader("mrgan")
-class MRGANDegrader(Degrader):
+class MRGANDegrader(_Codec, Degrader):
     """An MR-GAN generator: G(x, z) with z ~ N(0, I) drawn per image from the generator.
     ``checkpoint``: generator.pt, a train-gan run directory or a train-gan checkpoint.
 
@@ -274,7 +312,7 @@ class MRGANDegrader(Degrader):
     Default 0: G(x) as trained (the paper's MR-GAN)."""
 
     defaults = {"checkpoint": "", "level_widths": None, "eye_mouth_range": None, "extrapolate": False,
-                "codec_p": 0.0, "codec_quality": [30, 90]}
+                **_Codec.codec_defaults}
     width_option = "level_widths"
 
     def __init__(self, options: Mapping[str, Any]):
@@ -303,16 +341,7 @@ class MRGANDegrader(Degrader):
             self.range: Optional[Tuple[int, int]] = (lo, hi)
         else:
             self.range = trained
-        p = self.options["codec_p"]
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
-            raise ConfigError(f"degrader {self.name}: codec_p must be a probability in [0, 1], got {p!r}")
-        self.codec_p = float(p)
-        q = self.options["codec_quality"]
-        if not (isinstance(q, (list, tuple)) and len(q) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
-                                                                      for v in q) and 1 <= q[0] <= q[1] <= 100):
-            raise ConfigError(f"degrader {self.name}: codec_quality must be [low, high] JPEG qualities with "
-                              f"1 <= low <= high <= 100, got {q!r}")
-        self.codec_quality = (int(q[0]), int(q[1]))
+        self._init_codec()
 
     def to(self, device: torch.device) -> "MRGANDegrader":
         super().to(device)
@@ -324,8 +353,7 @@ class MRGANDegrader(Degrader):
 
         gen = self._info.get("generator") or {}
         out = {"checkpoint_step": self._info.get("step"), "face_size": self.face_size, "generator": gen,
-               "codec": {"p": self.codec_p, "quality": list(self.codec_quality),
-                         "at": "each face's level width (degrade.lr_jpeg)"}}
+               **self._codec_info()}
         scales = gen.get("scales") if isinstance(gen, Mapping) else None
         tpl = gen.get("template", "arcface") if isinstance(gen, Mapping) else "arcface"
         if self.range is not None:
@@ -357,17 +385,9 @@ class MRGANDegrader(Degrader):
         widths = self.levels(n, generator)
         z = self.G.sample_z(n, generator)
         out = self.G(batch.to(self.device), z.to(self.device), widths=widths).fake.float().cpu()
-        # the codec's draws come after G's, so codec_p = 0 leaves every face as it was
-        use = torch.rand(n, generator=generator) < self.codec_p
-        quality = torch.randint(self.codec_quality[0], self.codec_quality[1] + 1, (n,), generator=generator)
-        if use.any():
-            from ..degrade import lr_jpeg
-
-            if widths is None:  # one fixed level: x_r3's width
-                widths = torch.full((n,), max(1, round(self.face_size * self.G.scales[-1])))
-            idx = torch.nonzero(use).flatten()
-            out[idx] = lr_jpeg(out[idx], widths[idx].tolist(), quality[idx].tolist())
-        return out
+        if widths is None:  # one fixed level: x_r3's width
+            widths = torch.full((n,), max(1, round(self.face_size * self.G.scales[-1])))
+        return self._apply_codec(out, widths, generator)
 
 
 # --------------------------------------------------------------------------- synthesis

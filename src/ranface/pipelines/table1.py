@@ -29,10 +29,19 @@ import numpy as np
 from ..config import AdaptConfig
 from ..io_utils import atomic_write_bytes, atomic_write_text
 
-__all__ = ["run_degrader_chain", "run_table1", "write_table1_seeds", "evaluate_models", "degrader_grid", "table1_markdown", "REALISM_ONLY"]
+__all__ = ["realism_methods", "CODEC_CONTROL", "run_degrader_chain", "run_table1", "write_table1_seeds", "evaluate_models", "degrader_grid", "table1_markdown", "REALISM_ONLY"]
 
 # synthesized and scored for realism even when they get no LR model (cheap; Table 1's rows)
 REALISM_ONLY = ("random-degrade", "second-order")
+# with MR-GAN's codec on (mrgan_codec_p > 0): bicubic twins through the same codec, the
+# control that tells what the codec does from what MR-GAN does (a realism row)
+CODEC_CONTROL = "bicubic+codec"
+
+
+def realism_methods(cfg: Any) -> List[str]:
+    """Table 1's realism rows: the chain's degraders, then REALISM_ONLY, then the codec's control."""
+    extra = [CODEC_CONTROL] if "mrgan" in cfg.degraders and cfg.mrgan_codec_p else []
+    return list(dict.fromkeys(list(cfg.degraders) + list(REALISM_ONLY) + extra))
 
 
 # ------------------------------------------------------------------------- stages
@@ -119,22 +128,25 @@ def stage_synth(cfg: Any, out: str, faces: str, degrader: str, gan_dir: str,
     """``degrader``'s LR twin of ``faces`` into ``dest`` (default ``<out>/lr_<degrader>``),
     at ``widths`` (default: the twins' band). MR-GAN may be asked for widths outside the
     levels it trained on (``extrapolate``); its generator is ``<gan_dir>/generator.pt`` or
-    ``checkpoint`` (a train-gan checkpoint) when given."""
+    ``checkpoint`` (a train-gan checkpoint) when given. MR-GAN and ``CODEC_CONTROL``
+    (bicubic) get the codec of ``mrgan_codec_p`` / ``mrgan_codec_quality``."""
     from ..config import from_dict
     from ..gan.config import SynthConfig
     from ..gan.degraders import synthesize
 
     opts: Dict[str, Any] = {}
-    if degrader == "mrgan":
+    name = "bicubic" if degrader == CODEC_CONTROL else degrader
+    if name == "mrgan":
         opts = {"checkpoint": checkpoint or os.path.join(gan_dir, "generator.pt"),
-                "level_widths": list(widths or twin_widths(cfg)), "extrapolate": True,
-                "codec_p": float(cfg.mrgan_codec_p), "codec_quality": list(cfg.mrgan_codec_quality)}
-    elif degrader in ("bicubic", "random-degrade", "second-order"):
+                "level_widths": list(widths or twin_widths(cfg)), "extrapolate": True}
+    elif name in ("bicubic", "random-degrade", "second-order"):
         opts = {"size_range": list(widths or twin_widths(cfg))}  # the same band as the other twins
-        if degrader == "bicubic":
+        if name == "bicubic":
             opts["template"] = cfg.template  # its manifest's eye-to-mouth band
+    if degrader in ("mrgan", CODEC_CONTROL):
+        opts.update(codec_p=float(cfg.mrgan_codec_p), codec_quality=list(cfg.mrgan_codec_quality))
     sc = from_dict(SynthConfig, {"input": faces, "output": dest or os.path.join(out, f"lr_{degrader}"),
-                                 "degrader": degrader, "options": opts, "seed": cfg.seed,
+                                 "degrader": name, "options": opts, "seed": cfg.seed,
                                  "num_workers": 1, "progress": cfg.progress, "batch_size": 32})
     res = synthesize(sc)
     return {k: v for k, v in res.items() if isinstance(v, (int, float, str, list, dict))}
@@ -165,7 +177,7 @@ def stage_realism(cfg: Any, out: str, degrader: str, expert: str, faces: str, po
 # ------------------------------------------------------------------------- the chain
 def _codec_key(cfg: Any, deg: str) -> Dict[str, Any]:
     """The codec's settings in MR-GAN's synthesis keys (absent when off: earlier runs' keys hold)."""
-    if deg != "mrgan" or not cfg.mrgan_codec_p:
+    if deg not in ("mrgan", CODEC_CONTROL) or not cfg.mrgan_codec_p:
         return {}
     return {"codec": [float(cfg.mrgan_codec_p), *[int(q) for q in cfg.mrgan_codec_quality]]}
 
@@ -234,7 +246,7 @@ def run_degrader_chain(cfg: Any, out: str, st: Any, faces: str, pool: str, hr_mo
     # every other method is also compared with the first (the main chain's) on the same faces:
     # a paired Fréchet difference (eval/protocols/realism.frechet_paired_bootstrap)
     widths = pool_widths(cfg)
-    methods = list(dict.fromkeys(list(cfg.degraders) + list(REALISM_ONLY)))
+    methods = realism_methods(cfg)
     ref = methods[0]  # synthesized first: the loop's first method
     for deg in methods:
         dest = realism_twins(out, deg)
