@@ -382,5 +382,5 @@ def test_bicubic_codec_is_the_same_codec_after_the_same_widths():
     assert torch.allclose(out, lr_jpeg(plain, widths.tolist(), [40] * 3), atol=1e-6)
     assert torch.equal(create_degrader("bicubic", {"size_range": [8, 16], "codec_p": 0.0})(x, batch_generator(3, 0)),
                        plain)
-    assert CODEC_CONTROL not in realism_methods(DemoConfig())
-    assert realism_methods(DemoConfig(mrgan_codec_p=1.0))[-1] == CODEC_CONTROL
+    assert CODEC_CONTROL not in realism_methods(DemoConfig(mrgan_codec_p=0.0))
+    assert realism_methods(DemoConfig())[-1] == CODEC_CONTROL  # the default: codec on

@@ -92,8 +92,9 @@ class DemoConfig:
     gan_level_widths: List[int] = field(default_factory=list)
     gan_pixel_schedule: str = "d_ratio"  # loss.pixel_schedule (docs/decisions.md, issue 12 round 3)
     # MR-GAN's twins through a JPEG at each face's level width with this probability (the
-    # mrgan degrader's codec_p / codec_quality; docs/decisions.md, issue 12 round 6)
-    mrgan_codec_p: float = 0.0
+    # mrgan degrader's codec_p / codec_quality; 0: G(x) as trained; docs/decisions.md,
+    # issue 12 round 6)
+    mrgan_codec_p: float = 1.0
     mrgan_codec_quality: List[int] = field(default_factory=lambda: [30, 90])
     # the first is the main chain (LR, MR and the no-translator ablation); docs/decisions.md
     # random-degrade's LR model is the control of MR-GAN's on the held-out probes: noise, blur
@@ -152,6 +153,10 @@ def resolve(cfg: DemoConfig) -> DemoConfig:
         raise ConfigError(f"gan_levels must be 'pool' or 'twins', got {out.gan_levels!r}")
     if not 0.0 <= float(out.mr_twin_prob or 0.0) <= 1.0:
         raise ConfigError(f"mr_twin_prob must be a probability in [0, 1], got {out.mr_twin_prob}")
+    q = out.mrgan_codec_quality
+    if not 0.0 <= float(out.mrgan_codec_p) <= 1.0 or len(q) != 2 or not 1 <= int(q[0]) <= int(q[1]) <= 100:
+        raise ConfigError(f"mrgan_codec_p must be a probability and mrgan_codec_quality [low, high] JPEG "
+                          f"qualities in 1..100, got {out.mrgan_codec_p} and {list(q)}")
     from .eval.protocols.pairs import MODES
 
     if out.gan_expert not in ("distil", "hr"):
