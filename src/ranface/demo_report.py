@@ -176,17 +176,15 @@ def _targets_md(recs: Sequence[Mapping[str, Any]]) -> str:
     return md_table(["target", "difference", "points [95% CI]", "bound", "status"], rows)
 
 
-def twin_bands(out: str, degraders: Sequence[str], realism: Sequence[str] = ()) -> Dict[str, Dict[str, Any]]:
+def twin_bands(out: str, degraders: Sequence[str]) -> Dict[str, Dict[str, Any]]:
     """The band each synthesized twin recorded (``synth_manifest.json`` degrader_info.band):
-    ``<deg>`` for the training twins, ``<deg> @ pool band`` for the realism twins (of
-    ``realism``, default the degraders and REALISM_ONLY)."""
+    ``<deg>`` for the training twins, ``<deg> @ pool band`` for the realism twins."""
     from .gan.degraders import MANIFEST_NAME, read_synth_manifest
     from .pipelines.table1 import REALISM_ONLY, realism_twins
 
     bands = {}
     folders = [(deg, os.path.join(out, f"lr_{deg}")) for deg in degraders] + \
-        [(f"{deg} @ pool band", realism_twins(out, deg))
-         for deg in (realism or dict.fromkeys(list(degraders) + list(REALISM_ONLY)))]
+        [(f"{deg} @ pool band", realism_twins(out, deg)) for deg in dict.fromkeys(list(degraders) + list(REALISM_ONLY))]
     for label, folder in folders:
         band = ((read_synth_manifest(os.path.join(folder, MANIFEST_NAME)) or {})
                 .get("degrader_info") or {}).get("band")
