@@ -62,6 +62,8 @@ def train_gan(run: str, steps: int, every: int, name: str = DEFAULT_NAME, overri
 def score(run: str, cfg: DemoConfig, step: int, ckpt: str, name: str = DEFAULT_NAME) -> Dict[str, Any]:
     """Table 1's realism row of the generator in ``ckpt`` (cached in its result.json)."""
     label = f"mrgan-step{step}" if name == DEFAULT_NAME else f"mrgan-{name}-step{step}"
+    if cfg.mrgan_codec_p:  # twins through the camera codec: never mixed with rows scored without it
+        label = label.replace("mrgan-", "mrgan-codec-", 1)
     res = os.path.join(run, "eval", f"realism_{label}", "result.json")
     if not os.path.isfile(res):
         settings = _read_json(os.path.join(run, "stages", "realism_bicubic.json"))["settings"]

@@ -81,10 +81,14 @@ def _check_demo_and_table1(out):
     manifest = json.load(open(os.path.join(out, "lr_bicubic", "synth_manifest.json")))
     assert manifest["degrader_info"]["band"]["widths_px"] == [8, 32]
     assert "real LR pool" in report and "twins: bicubic" in report and "twins: mrgan" in report
+    # MR-GAN's twins went through the camera codec (the default), recorded in their manifest
+    codec = json.load(open(os.path.join(out, "lr_mrgan", "synth_manifest.json")))["degrader_info"]["codec"]
+    assert codec["p"] == 1.0 and codec["quality"] == [30, 90]
     # Table 1: every synthesis method scored for realism (with spread); the LR model of each
     # degrader that trained one; the face grid of every method; MR-GAN's per-face levels
     rows = {r["degrader"]: r for r in json.load(open(os.path.join(out, "report", "table1.json")))}
-    assert set(rows) == {"bicubic", "mrgan", "random-degrade", "second-order"}
+    # bicubic+codec: the codec's control row, present because MR-GAN's codec is on by default
+    assert set(rows) == {"bicubic", "mrgan", "random-degrade", "second-order", "bicubic+codec"}
     assert all(len(r["realism"]["frechet_ci95"]) == 2 for r in rows.values())
     assert all("LR" in rows[d] for d in ("bicubic", "mrgan", "random-degrade")) and "MR" in rows["bicubic"]
     # and on held-out probes (second-order at 16 and 12 px), recorded in each result

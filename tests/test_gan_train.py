@@ -186,7 +186,7 @@ def test_table1_synth_from_a_training_checkpoint(data, tmp_path):
     out = str(tmp_path / "runs")
     assert cli(data, out, "g", 4, "generator.level_widths=[12,20]") == 0
     run = os.path.join(out, "g")
-    cfg = SimpleNamespace(seed=3, progress=False, template="dlib")
+    cfg = SimpleNamespace(seed=3, progress=False, template="dlib", mrgan_codec_p=0.0, mrgan_codec_quality=[30, 90])
 
     def twins(name, checkpoint=""):
         dest = str(tmp_path / name)
