@@ -64,12 +64,12 @@ def child(args) -> int:
     """One timed evaluation in this process; prints one JSON line."""
     import json
 
-
     from ranface.runtime import tune_allocator
 
     name, workers, prec, _ = next(v for v in VARIANTS if v[0] == args.one)
     state = tune_allocator()  # honours RANFACE_ALLOCATOR set by the parent
-    torch.set_num_threads(args.threads) if args.threads else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, info = load_model(args.model)
     precision = resolve_precision(prec, torch.device("cpu"))
     sizes = [int(s) for s in args.sizes.split(",")]

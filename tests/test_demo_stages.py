@@ -117,7 +117,9 @@ def test_demo_profiles_cover_the_targets():
                                         ({"mr_degraders": ["nope"]}, "not in degraders"),
                                         ({"mr_twin_prob": 1.5}, "probability"),
                                         ({"eval_modes": ["x"]}, "eval_modes"),
-                                        ({"profile": "huge"}, "profile")])
+                                        ({"profile": "huge"}, "profile"),
+                                        ({"mrgan_codec_p": 2.0}, "mrgan_codec_p must be a probability"),
+                                        ({"mrgan_codec_quality": [90, 30]}, "mrgan_codec_quality must be")])
 def test_demo_config_errors(over, match):
     from ranface.errors import ConfigError
 

@@ -153,10 +153,9 @@ def resolve(cfg: DemoConfig) -> DemoConfig:
         raise ConfigError(f"gan_levels must be 'pool' or 'twins', got {out.gan_levels!r}")
     if not 0.0 <= float(out.mr_twin_prob or 0.0) <= 1.0:
         raise ConfigError(f"mr_twin_prob must be a probability in [0, 1], got {out.mr_twin_prob}")
-    q = out.mrgan_codec_quality
-    if not 0.0 <= float(out.mrgan_codec_p) <= 1.0 or len(q) != 2 or not 1 <= int(q[0]) <= int(q[1]) <= 100:
-        raise ConfigError(f"mrgan_codec_p must be a probability and mrgan_codec_quality [low, high] JPEG "
-                          f"qualities in 1..100, got {out.mrgan_codec_p} and {list(q)}")
+    from .gan.degraders import check_codec
+
+    check_codec(out.mrgan_codec_p, out.mrgan_codec_quality, "mrgan_")  # before the GAN trains
     from .eval.protocols.pairs import MODES
 
     if out.gan_expert not in ("distil", "hr"):

@@ -145,6 +145,20 @@ def _band_option(name: str, band: Any) -> Optional[Tuple[float, float]]:
     return float(band[0]), float(band[1])
 
 
+def check_codec(p: Any, quality: Any, where: str = "") -> Tuple[float, Tuple[int, int]]:
+    """Validate a codec's probability ``p`` and JPEG ``quality`` range [low, high]: the one
+    check of the ``codec_p`` / ``codec_quality`` options, wherever they are set (a degrader's
+    options, the demo's ``mrgan_codec_*``). ``where`` prefixes the error message."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
+        raise ConfigError(f"{where}codec_p must be a probability in [0, 1], got {p!r}")
+    if not (isinstance(quality, (list, tuple)) and len(quality) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in quality)
+            and 1 <= quality[0] <= quality[1] <= 100):
+        raise ConfigError(f"{where}codec_quality must be [low, high] JPEG qualities with "
+                          f"1 <= low <= high <= 100, got {quality!r}")
+    return float(p), (int(quality[0]), int(quality[1]))
+
+
 class _Codec:
     """The ``codec_p`` / ``codec_quality`` options of a degrader whose faces have a width
     (px) per face: with probability ``codec_p`` a face goes through a JPEG at its own width
@@ -155,16 +169,8 @@ class _Codec:
     codec_defaults = {"codec_p": 0.0, "codec_quality": [30, 90]}
 
     def _init_codec(self) -> None:
-        p = self.options["codec_p"]
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= float(p) <= 1.0:
-            raise ConfigError(f"degrader {self.name}: codec_p must be a probability in [0, 1], got {p!r}")
-        self.codec_p = float(p)
-        q = self.options["codec_quality"]
-        if not (isinstance(q, (list, tuple)) and len(q) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
-                                                                      for v in q) and 1 <= q[0] <= q[1] <= 100):
-            raise ConfigError(f"degrader {self.name}: codec_quality must be [low, high] JPEG qualities with "
-                              f"1 <= low <= high <= 100, got {q!r}")
-        self.codec_quality = (int(q[0]), int(q[1]))
+        self.codec_p, self.codec_quality = check_codec(
+            self.options["codec_p"], self.options["codec_quality"], f"degrader {self.name}: ")
 
     def _codec_info(self) -> Dict[str, Any]:
         return {"codec": {"p": self.codec_p, "quality": list(self.codec_quality),
