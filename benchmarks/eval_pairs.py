@@ -6,16 +6,21 @@ child process (the allocator setting is process-wide and cannot be undone in-pro
 
 * ``sequential fp32``: every image decoded, degraded and resized in the calling thread
   between forward passes (``workers=0``), glibc's allocator as it comes
-  (``RANFACE_ALLOCATOR=system``): what every evaluation did before issue 16;
+  (``RANFACE_ALLOCATOR=system``), the model as loaded in NCHW: what every evaluation did
+  before issue 16;
 * ``pipelined fp32, system allocator``: decoding/degrading/resizing in one thread per core
-  beside the forward pass (``workers=-1``), glibc as it comes;
-* ``pipelined fp32``: the same with the allocator thresholds of :mod:`ranface.runtime`
-  (what ``ranface`` does now);
+  beside the forward pass (``workers=-1``), glibc as it comes, the model as loaded;
+* ``pipelined fp32, unfused``: the same with the allocator thresholds of
+  :mod:`ranface.runtime`;
+* ``pipelined fp32``: the same with the forward pass on a fused copy of the model (BN /
+  scale layers folded into the convs, :mod:`ranface.models.fuse`) in channels_last: what
+  ``ranface`` does now;
 * ``pipelined auto``: the same with ``precision=auto`` (bf16 autocast, channels_last for
   dense-convolution backbones, on CPUs with AMX or AVX512-BF16; fp32 elsewhere).
 
-The fp32 variants must give identical metrics (checked and printed: the per-pair
-correctness strings and accuracies at every probe size); the auto variant's accuracy difference is printed. Timings
+"same decisions" compares the per-pair correctness strings at full size and every probe
+size with the sequential run's; "max |dAUC|" the ROC AUCs (a fused forward pass changes
+scores only by float rounding, ~3e-7; bit-identical scores need ``--no-fuse``). Timings
 exclude process start and model loading.
 images/s counts every embedded image variant (an image at full size plus one per probe
 size it is degraded to).
@@ -41,8 +46,9 @@ from ranface.inference import load_model
 from ranface.train.precision import resolve_precision
 
 
-def run_once(model, info, images, pairs, sizes, modes, per_fold, workers, precision, batch, flip):
-    ctx = EvalContext(model, info, precision=precision, batch_size=batch, workers=workers)
+def run_once(model, info, images, pairs, sizes, modes, per_fold, workers, precision, batch, flip, fuse=True):
+    ctx = EvalContext(model, info, precision=precision, batch_size=batch, workers=workers, fuse=fuse,
+                      channels_last=None if fuse else False)
     # absolute: the protocol resolves relative paths against its root (the pairs' folder)
     pairs, images = os.path.abspath(pairs), os.path.abspath(images)
     opts = PairsOptions(pairs=pairs, images=images, probe_sizes=sizes, modes=modes, flip=flip,
@@ -52,11 +58,12 @@ def run_once(model, info, images, pairs, sizes, modes, per_fold, workers, precis
     return res, time.perf_counter() - t
 
 
-VARIANTS = [  # name, workers, precision, RANFACE_ALLOCATOR
-    ("sequential fp32", 0, "fp32", "system"),
-    ("pipelined fp32, system allocator", -1, "fp32", "system"),
-    ("pipelined fp32", -1, "fp32", "tuned"),
-    ("pipelined auto", -1, "auto", "tuned"),
+VARIANTS = [  # name, workers, precision, RANFACE_ALLOCATOR, fused copy (+ channels_last auto)
+    ("sequential fp32", 0, "fp32", "system", False),
+    ("pipelined fp32, system allocator", -1, "fp32", "system", False),
+    ("pipelined fp32, unfused", -1, "fp32", "tuned", False),
+    ("pipelined fp32", -1, "fp32", "tuned", True),
+    ("pipelined auto", -1, "auto", "tuned", True),
 ]
 
 
@@ -66,7 +73,7 @@ def child(args) -> int:
 
     from ranface.runtime import tune_allocator
 
-    name, workers, prec, _ = next(v for v in VARIANTS if v[0] == args.one)
+    name, workers, prec, _, fuse = next(v for v in VARIANTS if v[0] == args.one)
     state = tune_allocator()  # honours RANFACE_ALLOCATOR set by the parent
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -75,14 +82,16 @@ def child(args) -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     modes = args.modes.split(",")
     res, dt = run_once(model, info, args.images, args.pairs, sizes, modes, args.per_fold, workers,
-                       precision, args.batch, args.flip)
+                       precision, args.batch, args.flip, fuse)
     keys = [("full", None)] + [(md, str(s)) for md in modes for s in sizes]
-    correct = {f"{md}/{s}" if s else md: (res["metrics"][md][s] if s else res["metrics"][md])["correct"]
-               for md, s in keys}
+    metric = {f"{md}/{s}" if s else md: (res["metrics"][md][s] if s else res["metrics"][md]) for md, s in keys}
+    correct = {k: m["correct"] for k, m in metric.items()}
+    auc = {k: m["auc"] for k, m in metric.items()}
     print("RESULT " + json.dumps({"variant": name, "seconds": dt, "allocator": state, "precision": precision,
                                   "images": res["counts"]["images_embedded"],
                                   "variants": res["counts"]["embedded_variants"],
-                                  "full_acc": res["metrics"]["full"]["acc"], "correct": correct}), flush=True)
+                                  "full_acc": res["metrics"]["full"]["acc"], "correct": correct,
+                                  "auc": auc}), flush=True)
     return 0
 
 
@@ -123,7 +132,7 @@ def main() -> int:
     times = {v[0]: [] for v in VARIANTS}
     results = {}
     for _ in range(args.repeats):
-        for name, _w, _p, alloc in VARIANTS:  # interleaved: load changes hit all alike
+        for name, _w, _p, alloc, _f in VARIANTS:  # interleaved: load changes hit all alike
             env = dict(os.environ, RANFACE_ALLOCATOR=alloc)
             proc = subprocess.run([sys.executable, os.path.abspath(__file__), *passthrough, "--one", name],
                                   env=env, capture_output=True, text=True)
@@ -139,14 +148,15 @@ def main() -> int:
     base_res = results[base_name]
     n, n_var = base_res["images"], base_res["variants"]
     base = statistics.median(times[base_name])
-    print(f"{'variant':34s} {'s':>8s} {'images/s':>9s} {'ratio':>6s}  {'full acc':>9s}  same scores")
-    for name, _w, _p, _a in VARIANTS:
+    print(f"{'variant':34s} {'s':>8s} {'images/s':>9s} {'ratio':>6s}  {'full acc':>9s}  same decisions  max |dAUC|")
+    for name, _w, _p, _a, _f in VARIANTS:
         t = statistics.median(times[name])
         r = results[name]
         same = r["correct"] == base_res["correct"]
+        dauc = max(abs(r["auc"][k] - base_res["auc"][k]) for k in base_res["auc"])
         label = name if _p == "fp32" else f"{name} ({r['precision']})"
         print(f"{label:34s} {t:8.2f} {n_var / t:9.1f} {base / t:6.2f}  "
-              f"{100 * r['full_acc']:8.2f}%  {'yes' if same else 'NO'}", flush=True)
+              f"{100 * r['full_acc']:8.2f}%  {'yes' if same else 'NO':>14s}  {dauc:.1e}", flush=True)
     print(f"({n} images, {n_var} embedded variants per run; allocator per variant: "
           + "; ".join(f"{k}: {results[k]['allocator']}" for k in times) + "; windows s: "
           + "; ".join(f"{k}: {', '.join(f'{v:.2f}' for v in vs)}" for k, vs in times.items()) + ")")

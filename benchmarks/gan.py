@@ -135,7 +135,7 @@ def step_time(cfg, expert, batch, steps, repeats, device, precision, profile=Fal
 
 def make_expert(name, device):
     """``resnet29`` | ``mobilefacenet``; suffixes: ``+nofold`` keeps the expert's BatchNorms
-    (what :func:`ranface.gan.losses.fold_batchnorm` saves), ``+compile`` runs G, D and the
+    (what :func:`ranface.models.fuse.fold_conv_bn` saves), ``+compile`` runs G, D and the
     expert through ``torch.compile`` (:func:`ranface.gan.trainer.compile_networks`)."""
     base, *flags = name.split("+")
     flag = "nofold" if "nofold" in flags else ""

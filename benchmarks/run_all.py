@@ -85,11 +85,12 @@ def parse_train_step(bench: str, out: str) -> List[Figure]:
 def parse_eval_pairs(bench: str, out: str) -> List[Figure]:
     figs = []
     for ln in out.splitlines():
-        m = re.match(r"^(sequential fp32|pipelined \S.*?)\s{2,}([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)%\s+(yes|NO)$", ln)
+        m = re.match(r"^(sequential fp32|pipelined \S.*?)\s{2,}([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)%"
+                     r"\s+(yes|NO)\s+(\S+)$", ln)
         if m:
             figs.append(Figure(bench, f"pairs evaluation, {m.group(1)}", _num(m.group(3)), "images/s",
                                ratio=f"x{float(m.group(4)):.2f} vs sequential fp32; full acc {m.group(5)}%, "
-                                     f"same scores as sequential: {m.group(6)}"))
+                                     f"same decisions as sequential: {m.group(6)}, max |dAUC| {m.group(7)}"))
     return figs
 
 

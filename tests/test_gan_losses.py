@@ -159,8 +159,8 @@ def test_frozen_prelu_matches_prelu_values_and_input_gradients():
     assert freeze_prelu(expert.backbone) == 0
 
 
-def test_fold_batchnorm_keeps_the_frozen_function_and_input_gradients():
-    from ranface.gan.losses import fold_batchnorm
+def test_fold_conv_bn_keeps_the_frozen_function_and_input_gradients():
+    from ranface.models.fuse import fold_conv_bn
 
     torch.manual_seed(1)
     net = create_backbone("mobilefacenet")
@@ -179,9 +179,9 @@ def test_fold_batchnorm_keeps_the_frozen_function_and_input_gradients():
     import copy
 
     folded = copy.deepcopy(net)
-    assert fold_batchnorm(folded) == n_bn > 40
+    assert fold_conv_bn(folded) == n_bn > 40
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
-    assert fold_batchnorm(folded) == 0
+    assert fold_conv_bn(folded) == 0
     x2 = x1.detach().clone().requires_grad_()
     out = folded(x2)
     out.sum().backward()

@@ -424,3 +424,25 @@ def test_probe_degrader_refused_before_any_work(lfw_folder, name, opts, what, tm
                "--out", str(tmp_path / "ev")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and what in err[0] and not (tmp_path / "ev").exists()
+
+
+def test_pairs_fused_forward_pass_matches_the_model_as_loaded(lfw_folder):
+    """The evaluation's default forward pass (a copy with the scales folded into the convs,
+    channels_last, faces prepared in the worker threads) gives the decisions and, up to
+    float rounding, the scores of the model as loaded (NCHW, unfused, in one thread)."""
+    from ranface.models.loader import load_model
+
+    model, info = load_model(require_shared("models", "faceapi-resnet29"))
+    o = get_protocol("pairs").Options(probe_sizes=[16], modes=["hr-lr"], fars=[0.5])
+    res = {}
+    for fuse, workers in ((False, 0), (True, 2)):
+        ctx = ctx_for(model, fuse=fuse, workers=workers)
+        ctx.info = info.info()
+        emb = ctx.embedder(True)
+        assert emb.fused is fuse and emb.channels_last is fuse
+        res[fuse] = get_protocol("pairs").run(ctx, lfw_folder, o)["metrics"]
+    for a, b in ((res[False]["full"], res[True]["full"]), (res[False]["hr-lr"]["16"], res[True]["hr-lr"]["16"])):
+        assert a["correct"] == b["correct"] and a["acc"] == b["acc"]
+        assert abs(a["auc"] - b["auc"]) < 1e-6 and abs(a["eer_threshold"] - b["eer_threshold"]) < 1e-5
+    # the model itself was not folded
+    assert type(model.conv32_down.scale).__name__ == "Scale"

@@ -66,6 +66,13 @@ def test_channels_last_only_for_dense_convs_in_reduced_precision():
     # an explicit setting wins
     assert use_channels_last(_dense(), CPU, "bf16", False) is False
     assert use_channels_last(_depthwise(), CPU, "fp32", True) is True
+    # a no-grad forward pass (Embedder): NHWC in fp32 on the CPU too (measured faster for
+    # every backbone), the bf16 rule unchanged, and an explicit setting still wins
+    assert use_channels_last(_dense(), CPU, "fp32", inference=True) is True
+    assert use_channels_last(_depthwise(), CPU, "fp32", inference=True) is True
+    assert use_channels_last(_depthwise(), CPU, "bf16", inference=True) is False
+    assert use_channels_last(_dense(), CUDA, "fp32", inference=True) is False
+    assert use_channels_last(_dense(), CPU, "fp32", False, inference=True) is False
 
 
 def test_compile_auto_only_for_long_cpu_runs():
@@ -85,5 +92,7 @@ def test_embedder_runs_channels_last_with_the_same_embeddings():
     x = torch.rand(4, 3, 16, 16) * 2 - 1
     plain = Embedder(net, precision="fp32", flip=True).embed_tensor(x)
     cl = Embedder(net, precision="fp32", flip=True, channels_last=True)
-    assert cl.channels_last and next(net.parameters()).is_contiguous(memory_format=torch.channels_last)
+    assert cl.channels_last and next(cl.backbone.parameters()).is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(cl.embed_tensor(x), plain, rtol=1e-5, atol=1e-6)
+    # the fused copy is converted, the caller's module is not
+    assert not next(net.parameters()).is_contiguous(memory_format=torch.channels_last)

@@ -32,11 +32,28 @@ class Embedder:
 
     def __init__(self, backbone: torch.nn.Module, device: Any = "cpu", flip: bool = True,
                  precision: str = "fp32", batch_size: int = 64,
-                 channels_last: Optional[bool] = None):
-        self.backbone = backbone.eval()
+                 channels_last: Optional[bool] = None, fuse: bool = True):
+        """``fuse``: embed with a copy of ``backbone`` whose affine layers are folded into
+        the convolutions before them (:func:`ranface.models.fuse.fuse_for_inference`: the
+        same function up to float rounding, ~3e-7 here) and, by default, in channels_last;
+        ``backbone`` itself is left as it is. False: embed with ``backbone`` itself (bit
+        for bit the unfused arithmetic; training-time validation passes False).
+        ``channels_last`` None: where it helps (``precision.use_channels_last``; its
+        inference rule, NHWC in fp32 on a CPU too, for the fused copy only); converts the
+        module embedded with (the caller's backbone itself when not fused, as before)."""
         self.device = torch.device(device)
-        # None: where it helps (precision.use_channels_last); converts the backbone in place
-        self.channels_last = use_channels_last(backbone, self.device, precision, channels_last)
+        self.fused = bool(fuse)
+        if self.fused:
+            import copy
+
+            from .models.fuse import fuse_for_inference
+
+            backbone = copy.deepcopy(backbone)
+            fuse_for_inference(backbone)
+        self.backbone = backbone.eval()
+        # the fp32 inference rule only for the fused copy: the caller's module keeps its format
+        self.channels_last = use_channels_last(backbone, self.device, precision, channels_last,
+                                               inference=self.fused)
         if self.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
         self.flip = flip
@@ -48,12 +65,27 @@ class Embedder:
         self.std = torch.tensor(spec.std if spec is not None else (127.5,) * 3).view(1, 3, 1, 1)
         self.color = spec.color if spec is not None else "rgb"
 
-    def preprocess(self, arrs: Sequence[np.ndarray], color: str = "rgb") -> torch.Tensor:
-        """uint8 HxWx3 arrays in ``color`` order -> normalised NCHW at the model's size."""
-        x = torch.cat([self._resized(a) for a in arrs]) if len(arrs) else torch.zeros((0, 3, *self.input_size))
+    def prepare(self, a: np.ndarray, color: str = "rgb") -> torch.Tensor:
+        """One uint8 HxWx3 face in ``color`` order -> normalised float (H, W, 3) at the
+        model's size in its colour order, contiguous: the per-face half of
+        :meth:`preprocess`, safe to run in worker threads (the evaluation's decoding threads
+        do, so the forward-pass thread only stacks them, :meth:`collate`)."""
+        x = self._resized(a)
         if color != self.color:
             x = x.flip(1)
-        return (x - self.mean) / self.std
+        return ((x - self.mean) / self.std)[0].permute(1, 2, 0).contiguous()
+
+    def collate(self, faces: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Prepared faces -> an NCHW batch in the memory format the forward pass uses
+        (stacking HWC faces gives channels_last strides for free)."""
+        if not len(faces):
+            return torch.zeros((0, 3, *self.input_size))
+        x = torch.stack(list(faces)).permute(0, 3, 1, 2)
+        return x if self.channels_last else x.contiguous()
+
+    def preprocess(self, arrs: Sequence[np.ndarray], color: str = "rgb") -> torch.Tensor:
+        """uint8 HxWx3 arrays in ``color`` order -> normalised NCHW at the model's size."""
+        return self.collate([self.prepare(a, color) for a in arrs])
 
     def _resized(self, a: np.ndarray) -> torch.Tensor:
         # faces of mixed sizes are resized one by one, then batched
@@ -76,13 +108,14 @@ class Embedder:
                 f = f + self.backbone(x.flip(-1)).float()
         return F.normalize(f, dim=1).cpu()
 
+    def embed_prepared(self, faces: Sequence[torch.Tensor]) -> np.ndarray:
+        """Faces from :meth:`prepare` -> (N, D) embeddings, ``batch_size`` at a time."""
+        out = [self.embed_tensor(self.collate(faces[i:i + self.batch_size]))
+               for i in range(0, len(faces), self.batch_size)]
+        return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+
     def embed_arrays(self, arrs: Sequence[np.ndarray], color: str = "rgb") -> np.ndarray:
-        out: List[torch.Tensor] = []
-        for i in range(0, len(arrs), self.batch_size):
-            out.append(self.embed_tensor(self.preprocess(arrs[i:i + self.batch_size], color)))
-        if not out:
-            return np.zeros((0, 0), dtype=np.float32)
-        return torch.cat(out).numpy()
+        return self.embed_prepared([self.prepare(a, color) for a in arrs])
 
     def embed_batches(self, batches: Iterable[Sequence[np.ndarray]], color: str = "rgb") -> np.ndarray:
         return np.concatenate([self.embed_arrays(b, color) for b in batches]) if batches else np.zeros((0, 0))

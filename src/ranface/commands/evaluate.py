@@ -73,6 +73,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ctx = EvalContext(model, info, device=device,
                       precision=resolve_precision(args.precision, device),
                       batch_size=args.batch_size, on_error=args.on_error, workers=args.workers,
+                      fuse=not args.no_fuse,
+                      channels_last={"auto": None, "on": True, "off": False}[args.channels_last],
                       allow_outside_root=args.allow_outside_root,
                       progress=not args.no_progress and sys.stderr.isatty())
     out = args.out or default_out_dir(args.model, args.protocol)
@@ -114,6 +116,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--precision", default="fp32", help="fp32 | bf16 | fp16 | auto")
     p.add_argument("--batch-size", type=int, default=64, help="faces per forward pass")
+    p.add_argument("--no-fuse", action="store_true",
+                   help="embed with the model as loaded (by default a copy with each BN / scale "
+                        "folded into its conv: the same function up to float rounding, faster)")
+    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                   help="memory format of the forward pass (auto: where it was measured faster)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="threads that decode, align and resize images (0: none)")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",

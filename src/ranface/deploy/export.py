@@ -175,7 +175,7 @@ def export_model(cfg: ExportConfig, module: Any = None, card: Any = None) -> Dic
     h, w = spec.input_size
 
     images, files = check_images(cfg.check_images, cfg.data_root, cfg.check_count)
-    emb = Embedder(module, "cpu", flip=False)
+    emb = Embedder(module, "cpu", flip=False, fuse=False, channels_last=False)  # its preprocess only
     x = emb.preprocess(images, "rgb")  # resized to the input size, normalised, model colour order
     with torch.inference_mode():
         ref = module(x).float().numpy()

@@ -154,7 +154,7 @@ def embed_images(embedder, paths: Sequence[str], *, color: Optional[str] = None,
     todo = [i for i in range(n) if any(want[v][i] for v in variants)]
     feats: Dict[str, Optional[np.ndarray]] = {v: None for v in variants}
     ok = np.zeros(n, bool)
-    pending: Dict[str, List[np.ndarray]] = {v: [] for v in variants}
+    pending: Dict[str, List[Any]] = {v: [] for v in variants}  # prepared faces (tensors)
     rows: Dict[str, List[int]] = {v: [] for v in variants}
     size = embedder.input_size
 
@@ -169,13 +169,14 @@ def embed_images(embedder, paths: Sequence[str], *, color: Optional[str] = None,
                 exc = DataError(sources[i] if sources is not None else path, exc.problem,
                                 exc.where)
             return exc
-        return {v: resize_to(img if op is None else op(img), size)
+        # resized and normalised here, in the worker: the forward-pass thread only stacks
+        return {v: embedder.prepare(resize_to(img if op is None else op(img), size), color)
                 for v, op in variants.items() if want[v][i]}
 
     def flush(v: str) -> None:
         if not pending[v]:
             return
-        f = embedder.embed_arrays(pending[v], color)
+        f = embedder.embed_prepared(pending[v])
         if feats[v] is None:
             feats[v] = np.full((n, f.shape[1]), np.nan, np.float32)
         feats[v][rows[v]] = f
@@ -183,7 +184,8 @@ def embed_images(embedder, paths: Sequence[str], *, color: Optional[str] = None,
         rows[v].clear()
 
     bar = _progress(len(todo), desc, progress)
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="ranface-embed") if workers > 0 else None
+    pool = (ThreadPoolExecutor(workers, thread_name_prefix="ranface-embed", initializer=_one_intra_op_thread)
+            if workers > 0 else None)
     # Loading runs this far ahead of the forward pass (bounded memory; results in order).
     ahead = max(2 * embedder.batch_size, 4 * max(workers, 1))
     try:
@@ -212,6 +214,15 @@ def embed_images(embedder, paths: Sequence[str], *, color: Optional[str] = None,
     out = {v: (f if f is not None else np.full((n, dim), np.nan, np.float32))
            for v, f in feats.items()}
     return Features(out, ok)
+
+
+def _one_intra_op_thread() -> None:
+    """Worker threads run their torch ops (degrading, resizing) on one thread each: OpenMP's
+    thread count is per calling thread, so this leaves the forward pass its intra-op
+    threads, and a worker no longer starts its own team of them on the same cores."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def _ahead(pool: ThreadPoolExecutor, fn: Callable[[int], Any], items: Sequence[int],

@@ -52,7 +52,7 @@ class BinValidator:
         try:
             # the training run owns the backbone's memory format: no conversion here
             emb = Embedder(bb, self.device, flip=True, precision=self.precision, batch_size=self.batch_size,
-                           channels_last=False)
+                           channels_last=False, fuse=False)
             res = verify_aligned_pairs(emb, self.images, self.issame)
         finally:
             bb.train(was_training)
@@ -88,8 +88,9 @@ class PairsValidator:
         was_training = bb.training
         bb.eval()
         try:
+            # the backbone as it trains (no fused copy): validation as before issue 16
             ctx = EvalContext(model=bb, device=self.device, precision=self.precision,
-                              batch_size=self.batch_size)
+                              batch_size=self.batch_size, fuse=False)
             res = get_protocol("pairs").run(ctx, self.root, self.options)
         finally:
             bb.train(was_training)

@@ -31,26 +31,6 @@ Features = Union[torch.Tensor, Mapping[str, torch.Tensor]]
 
 
 # --------------------------------------------------------------------------- expert F
-def fold_batchnorm(module: nn.Module) -> int:
-    """Fold each ``BatchNorm2d`` that directly follows a ``Conv2d`` in an ``nn.Sequential``
-    under ``module`` into the convolution (eval-mode statistics; the BN becomes Identity):
-    the same function up to float rounding, one op fewer forward and backward. Only for a
-    frozen network in eval mode. Returns how many were folded."""
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-    n = 0
-    for child in module.children():
-        if isinstance(child, nn.Sequential):
-            for i in range(len(child) - 1):
-                conv, bn = child[i], child[i + 1]
-                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
-                    child[i] = fuse_conv_bn_eval(conv.eval(), bn.eval())
-                    child[i + 1] = nn.Identity()
-                    n += 1
-        n += fold_batchnorm(child)
-    return n
-
-
 class FrozenPReLU(nn.Module):
     """PReLU with a fixed slope, as relu(x) - a * relu(-x): the same values, and a backward
     pass (to the input only) 2-4x faster on CPU than ``prelu``'s, which also computes the
@@ -89,7 +69,7 @@ class ExpertNetwork:
     attribute of anything trained (never in a state_dict, an optimizer or DDP).
 
     The backbone's PReLUs are replaced in place by :class:`FrozenPReLU` (same outputs,
-    cheaper backward) and its conv+BN pairs folded (:func:`fold_batchnorm`), so pass a
+    cheaper backward) and its conv+BN pairs folded (:func:`ranface.models.fuse.fold_conv_bn`), so pass a
     module that nothing else trains.
 
     ``features(x)`` returns ``{"embedding": (N, D)}`` (L2-normalised when ``normalize``)
@@ -104,7 +84,9 @@ class ExpertNetwork:
             p.requires_grad_(False)
         freeze_prelu(self.backbone)  # frozen slopes: the cheap backward (same outputs)
         if fold_bn:  # False: for benchmarks that measure what folding saves
-            fold_batchnorm(self.backbone)  # conv+BN as one conv (same function)
+            from ..models.fuse import fold_conv_bn
+
+            fold_conv_bn(self.backbone)  # conv+BN as one conv (same function)
         self.normalize = normalize
         self.stages = tuple(int(s) for s in stages)
         self.source = source

@@ -37,6 +37,18 @@ class IBasicBlock(nn.Module):
         self.bn3 = nn.BatchNorm2d(planes, eps=_BN_EPS)
         self.downsample = downsample
 
+    def fold_affine(self) -> int:
+        """Inference only: bn2 into conv1 and bn3 into conv2 (:mod:`ranface.models.fuse`;
+        bn1 comes before a conv and stays)."""
+        from .fuse import fold_bn
+
+        n = 0
+        for conv, bn in (("conv1", "bn2"), ("conv2", "bn3")):
+            if fold_bn(getattr(self, conv), getattr(self, bn)):
+                setattr(self, bn, nn.Identity())
+                n += 1
+        return n
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
         identity = x if self.downsample is None else self.downsample(x)
@@ -103,6 +115,16 @@ class IResNet(nn.Module):
             for m in self.modules():
                 if isinstance(m, IBasicBlock):
                     nn.init.zeros_(m.bn3.weight)
+
+    def fold_affine(self) -> int:
+        """Inference only: the stem's bn1 into conv1 (the blocks fold their own;
+        :mod:`ranface.models.fuse`)."""
+        from .fuse import fold_bn
+
+        if fold_bn(self.conv1, self.bn1):
+            self.bn1 = nn.Identity()
+            return 1
+        return 0
 
     def forward_stages(self, x: torch.Tensor) -> List[torch.Tensor]:
         """Outputs of layer1..layer4 (56, 28, 14, 7 pixels for a 112 input)."""

@@ -69,6 +69,16 @@ class ConvScale(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.scale(self.conv(x))
 
+    def fold_affine(self) -> int:
+        """Inference only: the scale folded into the conv (:mod:`ranface.models.fuse`)."""
+        if not isinstance(self.scale, Scale):
+            return 0
+        from .fuse import fold_into_conv
+
+        fold_into_conv(self.conv, self.scale.weight.detach(), self.scale.bias.detach())
+        self.scale = nn.Identity()
+        return 1
+
 
 class ResidualBlock(nn.Module):
     """Two 3x3 conv-scale layers; a down block halves the size and may widen."""

@@ -65,14 +65,19 @@ def cpu_has_fast_bf16(flags: Optional[Iterable[str]] = None) -> bool:
 
 
 def use_channels_last(model: torch.nn.Module, device: torch.device, precision: str,
-                      setting: Optional[bool] = None) -> bool:
+                      setting: Optional[bool] = None, inference: bool = False) -> bool:
     """Whether to run ``model`` in channels_last (NHWC). ``setting`` True/False wins;
     None (auto): yes under bf16/fp16 (oneDNN's and cuDNN's reduced-precision convolution
     kernels are NHWC-native: ResNet-29 inference 1.3x over bf16 alone here) unless the
     model has grouped/depthwise convolutions, which NHWC makes 5-10x slower on CPU
-    (MobileFaceNet; docs/performance.md)."""
+    (MobileFaceNet; docs/performance.md). ``inference`` (a no-grad forward pass, e.g. an
+    :class:`~ranface.inference.Embedder`): also in fp32 on a CPU, where NHWC ran every
+    backbone at least as fast (ResNet-29 1.29x, MobileFaceNet 1.38x, IResNet-50 1.07x;
+    docs/performance.md "Evaluation throughput")."""
     if setting is not None:
         return bool(setting)
+    if inference and precision == "fp32" and device.type == "cpu":
+        return True
     if precision not in ("bf16", "fp16"):
         return False
     grouped = any(isinstance(m, torch.nn.Conv2d) and m.groups > 1 for m in model.modules())

@@ -103,6 +103,9 @@ class EvalContext:
     # threads decoding/aligning/degrading images beside the forward pass (0: in the calling
     # thread; -1: one per usable core)
     workers: int = -1
+    # embed with a copy whose BN/scale layers are folded into the convs (Embedder's fuse)
+    fuse: bool = True
+    channels_last: Optional[bool] = None  # None: the inference rule of precision.use_channels_last
     out_dir: Optional[str] = None  # set by evaluate(): where a protocol may write its lists
     allow_outside_root: bool = False  # read images a protocol list names outside its folder
 
@@ -124,7 +127,7 @@ class EvalContext:
         if self.card is not None and not self.card.flip:
             flip = False
         return Embedder(self.model, self.device, flip=flip, precision=self.precision,
-                        batch_size=self.batch_size)
+                        batch_size=self.batch_size, channels_last=self.channels_last, fuse=self.fuse)
 
     @property
     def input_size(self) -> tuple:
