@@ -394,3 +394,15 @@ def test_cli_gallery_round_trip(tmp_path, face_folder, toy_model, capsys):
     bad.write_bytes(b"junk")
     assert main(["gallery", "search", str(bad), probe, "--aligned"]) == 2
     assert "bad.npz: not a readable gallery file" in capsys.readouterr().err
+
+
+def test_first_copies_maps_each_row_to_its_lowest_identical_row():
+    from ranface.deploy.search import _first_copies
+    rng = np.random.default_rng(3)
+    a, b, c = rng.normal(size=(3, 8)).astype(np.float32)
+    t = np.stack([a, b, a, c, b, a])
+    assert _first_copies(t).tolist() == [0, 1, 0, 3, 1, 0]
+    assert _first_copies(np.stack([a, b, c])) is None
+    near = a.copy()
+    near[5] = np.nextafter(near[5], np.float32(9))  # one ulp apart: not a copy
+    assert _first_copies(np.stack([a, near])) is None

@@ -4,7 +4,10 @@ Templates and queries are L2-normalised, so the inner product is the cosine simi
 Two back ends return the same top-k (same identities, scores equal to float32 rounding):
 
 * :class:`ExactIndex`: a blocked matrix product ``Q @ T^T`` and a partial sort; ties are
-  broken by the lower gallery row, so results are deterministic. Right for galleries up
+  broken by the lower gallery row, so results are deterministic. Bit-identical templates
+  are scored once and share that score: a float32 GEMM sums a row in an order that
+  depends on where the row falls in the BLAS kernel's blocks, so two copies of one
+  template could otherwise score an ulp apart and escape the tie-break. Right for galleries up
   to tens of thousands of templates.
 * :class:`FaissIndex`: faiss-cpu (optional dependency). ``flat`` is faiss' exhaustive
   inner-product index (exact, multi-threaded BLAS + heaps); ``hnsw`` a graph index
@@ -55,6 +58,34 @@ def _as_matrix(x: np.ndarray, name: str, dim: Optional[int] = None) -> np.ndarra
     return a
 
 
+def _first_copies(t: np.ndarray) -> Optional[np.ndarray]:
+    """For each row of ``t``, the lowest row bit-identical to it; None when all differ.
+
+    Rows are hashed exactly (their float32 bits as integers, a weighted sum mod 2**64), and
+    only rows that share a hash are compared, so this costs one pass over ``t``.
+    """
+    n, d = t.shape
+    weights = (np.arange(d, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
+    keys = np.empty(n, np.uint64)
+    bits = t.view(np.uint32)
+    step = 1 << 16
+    for s in range(0, n, step):
+        keys[s:s + step] = bits[s:s + step].astype(np.uint64) @ weights
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    if (counts == 1).all():
+        return None
+    first = np.arange(n)
+    shared = np.flatnonzero(counts[inverse] > 1)
+    for group in np.split(shared[np.argsort(inverse[shared], kind="stable")],
+                          np.flatnonzero(np.diff(np.sort(inverse[shared]))) + 1):
+        for i, row in enumerate(group):  # rows ascending: the first copy comes first
+            for earlier in group[:i]:
+                if first[earlier] == earlier and np.array_equal(bits[row], bits[earlier]):
+                    first[row] = earlier
+                    break
+    return None if (first == np.arange(n)).all() else first
+
+
 def _check_k(k: int) -> int:
     if int(k) < 1:
         raise ConfigError(f"top_k must be >= 1, got {k}")
@@ -68,6 +99,13 @@ class ExactIndex:
 
     def __init__(self, templates: np.ndarray):
         self.templates = _as_matrix(templates, "templates")
+        first = _first_copies(self.templates)
+        if first is None:
+            self._scored, self._columns = self.templates, None
+        else:  # score each distinct template once; copies read their first copy's column
+            distinct = np.flatnonzero(first == np.arange(len(first)))
+            self._scored = self.templates[distinct]
+            self._columns = np.searchsorted(distinct, first)
 
     def __len__(self) -> int:
         return self.templates.shape[0]
@@ -85,14 +123,17 @@ class ExactIndex:
         rows = np.empty((n, k), np.int64)
         step = max(1, _BLOCK_ELEMENTS // max(g, 1))
         for s in range(0, n, step):
-            sim = q[s:s + step] @ self.templates.T
+            sim = q[s:s + step] @ self._scored.T
+            if self._columns is not None:
+                sim = sim[:, self._columns]
             if k < g:
                 part = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-                # argpartition may cut through a tie at the k-th score; take every row tied
-                # with it so the tie-break below is by row index, as a full sort would be.
+                # argpartition may cut through a tie at the k-th score: for those queries
+                # pick the k among every row scoring >= it by (score, lower row).
                 kth = np.take_along_axis(sim, part, 1).min(axis=1, keepdims=True)
-                if (np.sum(sim >= kth, axis=1) > k).any():
-                    part = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+                for i in np.flatnonzero(np.sum(sim >= kth, axis=1) > k):
+                    cand = np.flatnonzero(sim[i] >= kth[i, 0])
+                    part[i] = cand[np.lexsort((cand, -sim[i, cand]))[:k]]
             else:
                 part = np.broadcast_to(np.arange(g), sim.shape)
             vals = np.take_along_axis(sim, part, 1)
