@@ -2,7 +2,9 @@
 
 Sub-benchmarks: ``train_step.py`` (HR step of IResNet-34, fp32 eager vs the fast
 paths: bf16 autocast, channels_last, torch.compile), ``eval_pairs.py`` (the ``pairs``
-evaluation: sequential vs decoding beside the forward pass vs precision=auto),
+evaluation: sequential vs decoding beside the forward pass vs the fused model vs
+precision=auto), ``forward.py`` (the inference forward pass alone: NCHW vs channels_last,
+as trained vs BN/scale folded),
 ``mtcnn_crowd.py`` (MTCNN on the crowd photos, before/after issue 16, with agreement),
 ``stage_steps.py`` (HR / LR / MR step, ratios to HR), ``gan.py`` (MR-GAN synthesis and
 training step), ``eval_far.py`` (exact TAR@FAR: streaming vs batch vs scikit-learn;
@@ -293,6 +295,10 @@ def benches(threads: int) -> List[Bench]:
         Bench("eval_pairs", lambda s: _py("eval_pairs.py", *_sizes(
             ["--per-fold", "8"], ["--per-fold", "40"], ["--per-fold", "0"])(s)),
             parse_eval_pairs, timeout={"quick": 600, "default": 1800, "full": 7200}),
+        Bench("forward", lambda s: _py("forward.py", "--figures", *th, *_sizes(
+            ["--backbones", "resnet29_dlib", "mobilefacenet", "--batch", "16", "--iters", "2"],
+            ["--batch", "64"], ["--batch", "64", "--repeats", "5"])(s)),
+            parse_json_figures),
         Bench("mtcnn_crowd", lambda s: _py("mtcnn_crowd.py", *th, *_sizes(
             ["--photos", "6"], ["--photos", "16"], [])(s)),
             parse_mtcnn, timeout={"quick": 600, "default": 1800, "full": 7200}),
