@@ -72,8 +72,9 @@ def use_channels_last(model: torch.nn.Module, device: torch.device, precision: s
     model has grouped/depthwise convolutions, which NHWC makes 5-10x slower on CPU
     (MobileFaceNet; docs/performance.md). ``inference`` (a no-grad forward pass, e.g. an
     :class:`~ranface.inference.Embedder`): also in fp32 on a CPU, where NHWC ran every
-    backbone at least as fast (ResNet-29 1.29x, MobileFaceNet 1.38x, IResNet-50 1.07x;
-    docs/performance.md "Evaluation throughput")."""
+    backbone at least as fast (ResNet-29 1.29x, MobileFaceNet 1.38x, IResNet-50 1.07x on an
+    AVX-512 Xeon; 1.43x, 1.13x, 1.20x on an AVX2 EPYC; docs/performance.md "The forward
+    pass alone")."""
     if setting is not None:
         return bool(setting)
     if inference and precision == "fp32" and device.type == "cpu":
