@@ -10,8 +10,7 @@ process with the timed windows interleaved (variant A, B, C, D, A, B, ...):
   in fp32 (``precision.use_channels_last(..., inference=True)``).
 
 The BN running statistics are set from a batch of random faces first, so folding does
-real arithmetic; "max
-|d|" is the largest difference of an L2-normalised embedding from the eager one. The
+real arithmetic; "max |d|" is the largest difference of an L2-normalised embedding from the eager one. The
 figure this benchmark exists for is each ratio against ``eager`` on the CPU at hand:
 whether NHWC pays depends on the CPU's oneDNN kernels (AVX2 vs AVX-512), and the
 channels_last rule for fp32 inference rests on it.
@@ -57,13 +56,11 @@ def _calibrate_bn(model: torch.nn.Module, gen: torch.Generator) -> None:
 def variants(name: str) -> Dict[str, torch.nn.Module]:
     gen = torch.Generator().manual_seed(0)
     base = create_backbone(name)
-    _calibrate_bn(base, gen)
-    base.eval()
+    _calibrate_bn(base, gen)  # leaves it in eval mode
     fused = copy.deepcopy(base)
     fuse_for_inference(fused)
-    out = {"eager": base, "channels_last": copy.deepcopy(base).to(memory_format=torch.channels_last),
-           "fused": fused, "fused + channels_last": copy.deepcopy(fused).to(memory_format=torch.channels_last)}
-    return out
+    return {"eager": base, "channels_last": copy.deepcopy(base).to(memory_format=torch.channels_last),
+            "fused": fused, "fused + channels_last": copy.deepcopy(fused).to(memory_format=torch.channels_last)}
 
 
 def measure(name: str, batch: int, iters: int, repeats: int) -> List[Dict[str, object]]:

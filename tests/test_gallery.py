@@ -406,3 +406,13 @@ def test_first_copies_maps_each_row_to_its_lowest_identical_row():
     near = a.copy()
     near[5] = np.nextafter(near[5], np.float32(9))  # one ulp apart: not a copy
     assert _first_copies(np.stack([a, near])) is None
+
+
+def test_first_copies_never_joins_rows_whose_hashes_collide(monkeypatch):
+    from ranface.deploy import search
+    monkeypatch.setattr(search, "_row_hashes", lambda bits: np.zeros(len(bits), np.uint64))
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(2, 8)).astype(np.float32)
+    # every row collides with row 0: only a's copy joins it; b and its copy stay apart
+    assert search._first_copies(np.stack([a, b, a, b])).tolist() == [0, 1, 0, 3]
+    assert search._first_copies(np.stack([a, b])) is None

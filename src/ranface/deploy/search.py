@@ -58,32 +58,33 @@ def _as_matrix(x: np.ndarray, name: str, dim: Optional[int] = None) -> np.ndarra
     return a
 
 
+def _row_hashes(bits: np.ndarray) -> np.ndarray:
+    """An exact 64-bit hash of each row of a uint32 matrix (weighted sum, wrapping)."""
+    weights = (np.arange(bits.shape[1], dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
+    keys = np.empty(bits.shape[0], np.uint64)
+    step = 1 << 16
+    for s in range(0, bits.shape[0], step):
+        keys[s:s + step] = bits[s:s + step].astype(np.uint64) @ weights
+    return keys
+
+
 def _first_copies(t: np.ndarray) -> Optional[np.ndarray]:
     """For each row of ``t``, the lowest row bit-identical to it; None when all differ.
 
-    Rows are hashed exactly (their float32 bits as integers, a weighted sum mod 2**64), and
-    only rows that share a hash are compared, so this costs one pass over ``t``.
+    Rows are hashed exactly (their float32 bits as integers, a weighted sum mod 2**64); a
+    row whose hash an earlier row has is mapped to that row only after an exact comparison,
+    so a hash collision can only leave two rows apart, never join different ones.
     """
-    n, d = t.shape
-    weights = (np.arange(d, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
-    keys = np.empty(n, np.uint64)
+    n = t.shape[0]
     bits = t.view(np.uint32)
-    step = 1 << 16
-    for s in range(0, n, step):
-        keys[s:s + step] = bits[s:s + step].astype(np.uint64) @ weights
-    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-    if (counts == 1).all():
+    _, lowest, inverse = np.unique(_row_hashes(bits), return_index=True, return_inverse=True)
+    first = lowest[inverse.reshape(-1)]
+    claim = np.flatnonzero(first != np.arange(n))
+    if not claim.size:
         return None
-    first = np.arange(n)
-    shared = np.flatnonzero(counts[inverse] > 1)
-    for group in np.split(shared[np.argsort(inverse[shared], kind="stable")],
-                          np.flatnonzero(np.diff(np.sort(inverse[shared]))) + 1):
-        for i, row in enumerate(group):  # rows ascending: the first copy comes first
-            for earlier in group[:i]:
-                if first[earlier] == earlier and np.array_equal(bits[row], bits[earlier]):
-                    first[row] = earlier
-                    break
-    return None if (first == np.arange(n)).all() else first
+    collided = claim[(bits[claim] != bits[first[claim]]).any(axis=1)]
+    first[collided] = collided
+    return None if len(collided) == len(claim) else first
 
 
 def _check_k(k: int) -> int:
