@@ -9,7 +9,8 @@ child process (the allocator setting is process-wide and cannot be undone in-pro
   (``RANFACE_ALLOCATOR=system``), the model as loaded in NCHW: what every evaluation did
   before issue 16;
 * ``pipelined fp32, system allocator``: decoding/degrading/resizing in one thread per core
-  beside the forward pass (``workers=-1``), glibc as it comes, the model as loaded;
+  (``workers=-1``), the forward passes of the batches in the same threads, one intra-op
+  thread each, glibc as it comes, the model as loaded;
 * ``pipelined fp32, unfused``: the same with the allocator thresholds of
   :mod:`ranface.runtime`;
 * ``pipelined fp32``: the same with the forward pass on a fused copy of the model (BN /

@@ -3,6 +3,7 @@ pair scoring by hand, and each protocol end to end on a fixture in its exact on-
 layout built from real LFW faces, checked against an independent brute-force scorer."""
 import math
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -28,7 +29,10 @@ LFW_POINTS = np.array([[102, 115], [148, 115], [125, 140], [107, 165], [143, 165
 # ----------------------------------------------------------------------------- helpers
 class TinyNet(nn.Module):
     """Stand-in backbone: a fixed random projection of the 8x8-pooled face. Counts the
-    images it sees (``calls``) so tests can check each image is embedded once."""
+    images it sees (``calls``) so tests can check each image is embedded once; the count
+    is locked, as evaluation threads run forward passes side by side."""
+
+    _lock = threading.Lock()  # on the class: a module with a lock in it cannot be deep-copied
 
     def __init__(self, size=32, dim=24, seed=0):
         super().__init__()
@@ -38,7 +42,8 @@ class TinyNet(nn.Module):
         self.calls = 0
 
     def forward(self, x):
-        self.calls += x.shape[0]
+        with self._lock:
+            self.calls += x.shape[0]
         return F.adaptive_avg_pool2d(x, 8).flatten(1) @ self.proj
 
 

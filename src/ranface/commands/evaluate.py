@@ -122,7 +122,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                    help="memory format of the forward pass (auto: where it was measured faster)")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                   help="threads that decode, align and resize images (0: none)")
+                   help="threads that decode, align and resize images and, on a CPU, run the "
+                        "forward passes, one core each (0: everything in the calling thread)")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                    help="unreadable image or dangling id: stop (default) or skip and count it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -97,14 +97,17 @@ def list_image_files(folder: str, recursive: bool = False,
     return regular
 
 
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def default_workers(limit: int = 8) -> int:
     """Decoding threads for evaluation: one per core this process may use (at most
     ``limit``)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, min(limit, cores))
+    return max(1, min(limit, _usable_cores()))
 
 
 def resize_to(arr: np.ndarray, size: Sequence[int]) -> np.ndarray:
@@ -139,10 +142,11 @@ def embed_images(embedder, paths: Sequence[str], *, color: Optional[str] = None,
     ``{"": None}``); ``wanted[name]`` (bool, N) restricts a variant to some items.
     ``sources[i]`` names item i in error messages (default: its path). Reading errors
     go to ``skips``. ``workers`` > 0 decodes, aligns, degrades and resizes in that many
-    threads (PIL and torch release the GIL) while this thread runs the forward pass, at
-    most a few batches ahead, results in order; < 0: one per usable core
-    (:func:`default_workers`); 0: everything in this thread. The embeddings do not depend
-    on ``workers`` (tests/test_pairs.py).
+    threads (PIL and torch release the GIL), at most a few batches ahead, results in
+    order; on a CPU the forward passes of the batches run in the same threads, each on
+    its share of the cores (data parallel over batches), on an accelerator in this thread.
+    < 0: one per usable core (:func:`default_workers`); 0: everything in this thread.
+    The batches are the same whatever ``workers`` (tests/test_pairs.py).
     """
     workers = default_workers() if workers < 0 else workers
     skips = skips if skips is not None else SkipLog()
@@ -173,18 +177,36 @@ def embed_images(embedder, paths: Sequence[str], *, color: Optional[str] = None,
         return {v: embedder.prepare(resize_to(img if op is None else op(img), size), color)
                 for v, op in variants.items() if want[v][i]}
 
+    def store(v: str, at: List[int], f: np.ndarray) -> None:
+        if feats[v] is None:
+            feats[v] = np.full((n, f.shape[1]), np.nan, np.float32)
+        feats[v][at] = f
+
+    # Forward passes submitted to the pool and not yet stored, oldest first.
+    running: Deque[Tuple[str, List[int], "Future[np.ndarray]"]] = deque()
+
     def flush(v: str) -> None:
         if not pending[v]:
             return
-        f = embedder.embed_prepared(pending[v])
-        if feats[v] is None:
-            feats[v] = np.full((n, f.shape[1]), np.nan, np.float32)
-        feats[v][rows[v]] = f
+        batch, at = list(pending[v]), list(rows[v])
         pending[v].clear()
         rows[v].clear()
+        if not forward_in_pool:
+            store(v, at, embedder.embed_prepared(batch))
+            return
+        running.append((v, at, pool.submit(embedder.embed_prepared, batch)))
+        while len(running) > workers:  # bounded: at most one batch in flight per thread
+            store(*_done(running.popleft()))
 
     bar = _progress(len(todo), desc, progress)
-    pool = (ThreadPoolExecutor(workers, thread_name_prefix="ranface-embed", initializer=_one_intra_op_thread)
+    # On a CPU, one forward pass per thread on its share of the cores beats one pass on
+    # every core beside the decoding threads: the passes' OpenMP teams no longer share
+    # cores with the decoding (docs/decisions.md, issue 16). An accelerator keeps one
+    # stream of passes in this thread, and the workers one core each.
+    forward_in_pool = workers > 0 and embedder.device.type == "cpu"
+    per_worker = max(1, _usable_cores() // workers) if forward_in_pool else 1
+    pool = (ThreadPoolExecutor(workers, thread_name_prefix="ranface-embed",
+                               initializer=_intra_op_threads, initargs=(per_worker,))
             if workers > 0 else None)
     # Loading runs this far ahead of the forward pass (bounded memory; results in order).
     ahead = max(2 * embedder.batch_size, 4 * max(workers, 1))
@@ -205,6 +227,8 @@ def embed_images(embedder, paths: Sequence[str], *, color: Optional[str] = None,
                     flush(v)
         for v in variants:
             flush(v)
+        while running:
+            store(*_done(running.popleft()))
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -216,13 +240,19 @@ def embed_images(embedder, paths: Sequence[str], *, color: Optional[str] = None,
     return Features(out, ok)
 
 
-def _one_intra_op_thread() -> None:
-    """Worker threads run their torch ops (degrading, resizing) on one thread each: OpenMP's
-    thread count is per calling thread, so this leaves the forward pass its intra-op
-    threads, and a worker no longer starts its own team of them on the same cores."""
+def _done(job: Tuple[str, List[int], "Future[np.ndarray]"]) -> Tuple[str, List[int], np.ndarray]:
+    v, at, fut = job
+    return v, at, fut.result()
+
+
+def _intra_op_threads(n: int) -> None:
+    """Worker threads run their torch ops (degrading, resizing, forward passes on a CPU) on
+    ``n`` threads each, their share of the cores (1 with one worker per core): OpenMP's
+    thread count is per calling thread, so a worker never starts a team of threads on
+    cores the other workers use."""
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(n)
 
 
 def _ahead(pool: ThreadPoolExecutor, fn: Callable[[int], Any], items: Sequence[int],
