@@ -286,3 +286,17 @@ def test_lr_jpeg_codec_at_the_faces_own_width():
     assert lr_jpeg(arr, [8], [50]).dtype == np.uint8 and lr_jpeg(arr, [8], [50]).shape == arr.shape
     with pytest.raises(ValueError, match="one width and one quality per image"):
         lr_jpeg(x, [8, 8], [30, 30, 30])
+
+
+def test_numpy_results_are_contiguous_rounded_uint8():
+    """uint8 in, uint8 out: the float result rounded and clamped, as a C-contiguous HxWx3
+    array (evaluation chains operators on it; a permuted view costs a strided copy each)."""
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)
+    out = D.down_up(img, 9)
+    assert out.dtype == np.uint8 and out.shape == img.shape and out.flags["C_CONTIGUOUS"]
+    t = torch.from_numpy(img).permute(2, 0, 1)[None].float()
+    lr = F.interpolate(t, size=(10, 9), mode="bicubic", align_corners=False, antialias=True).clamp(0, 255)
+    up = F.interpolate(lr, size=(40, 36), mode="bicubic", align_corners=False, antialias=True).clamp(0, 255)
+    np.testing.assert_array_equal(out, up[0].round().to(torch.uint8).permute(1, 2, 0).numpy())
+    assert D.upsample(img, (50, 45)).flags["C_CONTIGUOUS"]

@@ -62,7 +62,9 @@ def _to_batch(x: Image, value_range: Optional[Tuple[float, float]]
         t = torch.from_numpy(np.array(x)).permute(2, 0, 1)[None].float()  # own, writable copy
 
         def back_np(y: torch.Tensor) -> np.ndarray:
-            return y[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+            # a contiguous HxWx3 array: the next stage (another operator, the embedder)
+            # takes it without numpy's slow strided copy of a permuted view
+            return y[0].round().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
 
         return t, (0.0, 255.0), back_np
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
