@@ -452,3 +452,26 @@ def test_pairs_fused_forward_pass_matches_the_model_as_loaded(lfw_folder):
         assert abs(a["auc"] - b["auc"]) < 1e-6 and abs(a["eer_threshold"] - b["eer_threshold"]) < 1e-5
     # the model itself was not folded
     assert type(model.conv32_down.scale).__name__ == "Scale"
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_worker_threads_get_their_share_of_the_cores(lfw_folder, workers):
+    """On a CPU each worker runs whole forward passes, on cores // workers intra-op threads
+    (at least one): fewer workers than cores leave no core idle, more never oversubscribe."""
+    import torch
+
+    from ranface.eval.features import _usable_cores, embed_images
+
+    seen = []
+
+    def prepare(img, i):
+        seen.append(torch.get_num_threads())
+        return img
+
+    rels = sorted(os.path.relpath(os.path.join(d, f), os.path.join(lfw_folder, "images"))
+                  for d, _, fs in os.walk(os.path.join(lfw_folder, "images")) for f in fs)[:6]
+    paths = [os.path.join(lfw_folder, "images", r) for r in rels]
+    before = torch.get_num_threads()
+    f = embed_images(ctx_for(TinyNet()).embedder(False), paths, prepare=prepare, workers=workers)
+    assert f.n_ok == len(paths) and torch.get_num_threads() == before  # the caller's own is kept
+    assert set(seen) == {max(1, _usable_cores() // workers)}
