@@ -44,7 +44,7 @@ PROFILES: Dict[str, Dict[str, Any]] = {
                   lr_steps=16, mr_steps=16, batch_size=16, probe_sizes=[16, 12],
                   lr_pool_limit=14, mr_twin_prob=0.5, eval_modes=["hr-lr"], gan_expert="distil",
                   expert_steps=4),
-    # 2-core laptop: 33 min measured on an AVX-512 Xeon, 46 on an AVX2 EPYC (docs/results.md): two held-out folds (1,200 pairs), 200
+    # 2-core laptop: 33 min measured on an AVX-512 Xeon, 43-46 on an AVX2 EPYC (docs/results.md): two held-out folds (1,200 pairs), 200
     # training identities; steps chosen from learning curves (docs/results.md, issue 11)
     "default": dict(test_folds=[8, 9], pairs_per_fold=0, train_ids=200, train_images_per_id=6,
                     lr_pool_upscales=[1.0, 2.0], gan_steps=1000, gan_batch=16,

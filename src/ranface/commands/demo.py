@@ -11,7 +11,7 @@ def add_parser(sub: "argparse._SubParsersAction") -> None:
 
     p = sub.add_parser("demo", help="run the whole pipeline on the bundled data and write a report")
     p.add_argument("--profile", choices=("quick", "default"),
-                   help="quick: CI-sized (about 4 min on 2 cores); default: about 33 min on 2 AVX-512 cores, 46 on 2 AVX2 cores")
+                   help="quick: CI-sized (about 4 min on 2 cores); default: about 33 min on 2 AVX-512 cores, 43-46 on 2 AVX2 cores")
     p.add_argument("--out", "-o", help="output folder (default runs/demo-<profile>)")
     _add_config_args(p, "probe_sizes=[16,12]")
     p.set_defaults(func=run)
