@@ -121,9 +121,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "folded into its conv: the same function up to float rounding, faster)")
     p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                    help="memory format of the forward pass (auto: where it was measured faster)")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+    p.add_argument("--workers", type=int, default=-1,
                    help="threads that decode, align and resize images and, on a CPU, run the "
-                        "forward passes, one core each (0: everything in the calling thread)")
+                        "forward passes on their share of the cores (-1: one per usable core, "
+                        "at most 8; 0: everything in the calling thread)")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                    help="unreadable image or dangling id: stop (default) or skip and count it")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
