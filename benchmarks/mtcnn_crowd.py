@@ -1,21 +1,26 @@
 """MTCNN on the crowd photos (the real LR pool's source, data README): photos/s and the
-agreement of the faces found, before/after issue 16, side by side in one process.
+agreement of the faces found, the cascade of before issue 16 and after it, side by side
+in one process.
 
 Variants (the settings of the demo's ``lr_pool`` stage: ``pad_ratio`` 0.5, upscales
 1x and 2x, ``min_face_size`` 20, one torch thread as in a ``prepare`` worker):
 
-* ``before``: P-Net over every whole pyramid level, every enlarged copy with its full
-  pyramid (the cascade as it was);
-* ``zero-skip`` (the default now): P-Net only over the non-black part of each level
-  (the same cells up to float rounding; the column "identical" checks the detections);
-* ``new-only``: zero-skip + enlarged copies search only the scales the 1x image did not
+* ``before``: the cascade as issue 16 found it (commit 41c7ddc, read from this clone's
+  git history): P-Net over every whole pyramid level, every enlarged copy with its full
+  pyramid, black margins materialised;
+* ``zero-skip``: the default of issue 16's first three rounds (commit 968d2e7): P-Net
+  only over the non-black part of each level;
+* ``now``: the default now: the black margin never materialised (pyramid levels, the 2x
+  copy and the crops made from the photo's block), O-Net in chunks of 64, NMS windows
+  per box;
+* ``new-only``: ``now`` + enlarged copies search only the scales the 1x image did not
   (``upscale_new_only``, prepare's ``upscale_new_only=true``).
 
 Agreement of a variant with ``before``: faces matched one-to-one by box IoU >= 0.5
 (greedy, best first); for matched faces the landmark error (mean over the five points,
 px and relative to the eye-to-mouth distance) and the score difference; faces only in
 one of them are counted, with how many fall in the LR band (eye-to-mouth 10-30 px, the
-faces the demo keeps).
+faces the demo keeps). "identical": the same boxes and landmarks to the bit.
 
     python benchmarks/mtcnn_crowd.py --photos 8
     python benchmarks/mtcnn_crowd.py                 # all 32 photos (minutes)
@@ -25,29 +30,41 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import time
+import types
+from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
 import torch
 
-from ranface.align.mtcnn import MTCNN, Detections, _normalise
+from ranface.align.mtcnn import MTCNN, Detections
 from ranface.align.select import LR_BAND, eye_mouth_distance
 from ranface.config import default_data_root
 from ranface.data.image import read_image
 
+BEFORE, ZERO_SKIP = "41c7ddc", "968d2e7"
 
-class FullLevelMTCNN(MTCNN):
-    """The cascade before issue 16: P-Net over the whole level, black margins included."""
 
-    def _pnet_level(self, lvl, t1):
-        reg, prob = self.pnet(_normalise(lvl).contiguous(memory_format=torch.channels_last))
-        p = prob[0, 1].double().cpu().numpy()
-        ys, xs = np.nonzero(p >= t1)
-        if not len(xs):
-            return None
-        return ys, xs, p[ys, xs], reg[0].double().cpu().numpy()[:, ys, xs].T
+def cascade_at(commit: str) -> type:
+    """The MTCNN class of ``commit`` (its mtcnn.py and nms.py from git history)."""
+    root = Path(__file__).resolve().parents[1]
+
+    def show(path: str) -> str:
+        return subprocess.run(["git", "-C", str(root), "show", f"{commit}:src/ranface/align/{path}"],
+                              check=True, capture_output=True, text=True).stdout
+
+    nms = types.ModuleType(f"_mtcnn_crowd_nms_{commit}")
+    exec(compile(show("nms.py"), f"{commit}:nms.py", "exec"), nms.__dict__)
+    mod = types.ModuleType(f"_mtcnn_crowd_mtcnn_{commit}")
+    sys.modules[mod.__name__] = mod  # dataclasses look their module up
+    mod.__dict__["nms"] = nms.nms
+    code = show("mtcnn.py").replace("from ..errors import", "from ranface.errors import") \
+        .replace("from .nms import nms\n", "")
+    exec(compile(code, f"{commit}:mtcnn.py", "exec"), mod.__dict__)
+    return mod.MTCNN
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -109,8 +126,13 @@ def main() -> int:
     names = names[:args.photos] if args.photos > 0 else names
     ups = tuple(float(u) for u in args.upscales.split(","))
     kw = dict(pad_ratio=args.pad_ratio, upscales=ups, min_face_size=20.0)
-    variants = {"before": FullLevelMTCNN(upscale_new_only=False, **kw),
-                "zero-skip": MTCNN(upscale_new_only=False, **kw),
+    try:
+        old = {"before": cascade_at(BEFORE)(**kw), "zero-skip": cascade_at(ZERO_SKIP)(**kw)}
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"mtcnn_crowd.py: cannot read the earlier cascades from git history "
+              f"(a clone with history is needed): {exc}", file=sys.stderr)
+        return 2
+    variants = {**old, "now": MTCNN(upscale_new_only=False, **kw),
                 "new-only": MTCNN(upscale_new_only=True, **kw)}
     times = {v: 0.0 for v in variants}
     dets: Dict[str, List[Detections]] = {v: [] for v in variants}

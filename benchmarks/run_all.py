@@ -99,7 +99,7 @@ def parse_eval_pairs(bench: str, out: str) -> List[Figure]:
 def parse_mtcnn(bench: str, out: str) -> List[Figure]:
     figs = []
     for ln in out.splitlines():
-        m = re.match(r"^(before|zero-skip|new-only)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+) \(\s*(\d+) b\)"
+        m = re.match(r"^(before|zero-skip|now|new-only)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+) \(\s*(\d+) b\)"
                      r"\s+(\d+) \(\s*(\d+) b\)\s+([\d.]+) /\s+([\d.]+)\s+([\d.]+)\s+(yes|no)$", ln)
         if m:
             g = m.groups()

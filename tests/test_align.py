@@ -239,6 +239,24 @@ def test_nms_matches_brute_force(mode, offset):
     assert len(nms(np.zeros((0, 4)), np.zeros(0), 0.5)) == 0
 
 
+@pytest.mark.parametrize("mode", ["union", "min"])
+def test_overlap_pairs_in_any_budget_are_every_overlapping_pair(mode):
+    """The sweep compares each box with its own window, a budget of pairs at a time:
+    whatever the budget, it finds exactly the pairs a comparison of all pairs finds."""
+    from ranface.align.nms import _overlap_pairs, box_overlap
+
+    rng = np.random.default_rng(3)
+    boxes, _ = _random_boxes(rng, 150)
+    boxes[:3, 2:] = boxes[:3, :2]  # zero-area boxes overlap nothing
+    want = {(i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes))
+            if box_overlap(boxes[i], boxes[j:j + 1], mode, 1.0)[0] > 0.4}
+    assert len(want) > 50
+    for budget in (1, 37, 1 << 20):
+        first, second = _overlap_pairs(boxes, 0.4, mode, 1.0, budget=budget)
+        got = {(min(a, b), max(a, b)) for a, b in zip(first.tolist(), second.tolist())}
+        assert got == want and len(first) == len(want)
+
+
 def test_nms_suppresses_and_keeps_as_expected():
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [2, 2, 6, 6], [50, 50, 60, 60]], float)
     scores = np.array([0.9, 0.8, 0.7, 0.6])

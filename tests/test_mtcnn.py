@@ -236,7 +236,7 @@ def test_enlarged_copies_search_only_new_scales(monkeypatch):
     seen = []
 
     def record(self, img, scales=None):
-        seen.append((img.shape[-1], list(scales)))
+        seen.append((img.size[1], list(scales)))
         return Detections.empty()
 
     monkeypatch.setattr(MTCNN, "_cascade", record)
@@ -252,3 +252,96 @@ def test_enlarged_copies_search_only_new_scales(monkeypatch):
     seen.clear()
     MTCNN(upscales=(1, 2), upscale_new_only=False).detect(img)
     assert [s for _, s in seen] == [det._scales(100, 150), full2]
+
+
+# -- the black margin is never materialised (issue 16, fourth round) --------------------
+def _frame_crop(frame, box, size):
+    """A 1-based inclusive box of the whole frame, black outside it, resized as before."""
+    import torch.nn.functional as F
+
+    x1, y1, x2, y2 = (int(v) for v in box)
+    H, W = frame.shape[-2:]
+    patch = torch.zeros(1, 3, y2 - y1 + 1, x2 - x1 + 1)
+    sy0, sx0, sy1, sx1 = max(y1 - 1, 0), max(x1 - 1, 0), min(y2, H), min(x2, W)
+    if sy1 > sy0 and sx1 > sx0:
+        patch[:, :, sy0 - y1 + 1:sy1 - y1 + 1, sx0 - x1 + 1:sx1 - x1 + 1] = frame[:, :, sy0:sy1, sx0:sx1]
+    if size <= patch.shape[2] and size <= patch.shape[3]:
+        return F.interpolate(patch, size=(size, size), mode="area")
+    return F.interpolate(patch, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+@pytest.mark.parametrize("h,w,top,left,size", [(75, 120, 19, 30, (113, 180)),
+                                               (64, 50, 0, 7, (64, 64)), (40, 33, 0, 0, (40, 33))])
+def test_canvas_levels_enlargement_and_crops_equal_torch_on_the_whole_frame(h, w, top, left, size):
+    """The pyramid levels, the 2x copy and the R/O-Net crops made from the photo's block
+    alone are torch's resizes of the whole black-padded frame, bit for bit."""
+    import math
+
+    import torch.nn.functional as F
+    from ranface.align.mtcnn import _Canvas, _crops
+
+    g = torch.Generator().manual_seed(h)
+    c = _Canvas(torch.randint(0, 256, (1, 3, h, w), generator=g).float(), top, left, size)
+    frame = c.frame()
+    assert frame.shape[-2:] == size and float(frame.sum()) == float(c.pixels.sum())
+    rng = np.random.default_rng(h)
+    for k in (1, 2, 4):
+        big = (k * size[0], k * size[1])
+        ck = c if k == 1 else c.enlarge(big)
+        fk = frame if k == 1 else F.interpolate(frame, size=big, mode="bilinear", align_corners=False)
+        assert torch.equal(ck.frame(), fk)
+        assert ck.unit == 1 / (2 * k) ** 2 if k > 1 else ck.unit == 1
+        for s in (0.6, 0.43, 0.3, 0.21, 0.15, 0.1):
+            lsz = (math.ceil(big[0] * s), math.ceil(big[1] * s))
+            part, r0, c0 = ck.level(lsz)
+            full = torch.zeros(1, 3, *lsz)
+            full[:, :, r0:r0 + part.shape[2], c0:c0 + part.shape[3]] = part
+            assert torch.equal(full, F.interpolate(fk, size=lsz, mode="area")), (k, s)
+        # boxes inside, across the block's edge, across the frame's edge and outside
+        xy = rng.integers(-20, max(big) + 20, (60, 2))
+        side = rng.integers(5, 70, 60)
+        boxes = np.concatenate([xy, xy + side[:, None]], 1).astype(np.float64)
+        for crop in (24, 48):
+            got = _crops(ck, boxes, crop)
+            want = torch.cat([_frame_crop(fk, b, crop) for b in boxes])
+            assert torch.equal(got, want)
+    # any other factor resizes the whole frame
+    odd = (size[0] * 3 // 2, size[1] * 3 // 2)
+    c3 = c.enlarge(odd)
+    assert c3.unit is None and torch.equal(c3.frame(), F.interpolate(
+        frame, size=odd, mode="bilinear", align_corners=False))
+
+
+def test_canvas_level_of_coarse_cells_is_the_mean_to_float32_rounding():
+    """Cells of more than 2^24 / 255 units: torch's own float32 running sum rounds, so
+    the canvas's exact sums agree with it to float32 rounding, not bit for bit."""
+    import torch.nn.functional as F
+    from ranface.align.mtcnn import _Canvas
+
+    g = torch.Generator().manual_seed(5)
+    c = _Canvas(torch.randint(0, 256, (1, 3, 700, 900), generator=g).float(), 50, 60, (800, 1000))
+    c2 = c.enlarge((1600, 2000))  # sixteenths: cells above 4112 pixels are not exact in float32
+    part, r0, c0 = c2.level((12, 15))
+    want = F.interpolate(c2.frame(), size=(12, 15), mode="area")
+    assert (r0, c0) == (0, 0) and part.shape == want.shape
+    torch.testing.assert_close(part, want, rtol=1e-6, atol=1e-4)
+    exact = F.interpolate(c2.frame().double(), size=(12, 15), mode="area")
+    assert not torch.equal(want.double(), exact.to(torch.float32).double())  # torch rounds here
+    # the canvas: exact sums, then torch's two float32 divisions (at most ~2 ulp)
+    eps = torch.finfo(torch.float32).eps
+    assert bool(((part.double() - exact).abs() <= 2 * eps * exact.abs()).all())
+
+
+def test_rnet_onet_chunks_give_the_bits_of_one_pass():
+    from ranface.align.mtcnn import _CHUNK, _batched
+
+    torch.manual_seed(0)
+    for net, side in ((RNet(), 24), (ONet(), 48)):
+        net = net.to(memory_format=torch.channels_last).eval()
+        x = torch.randn(2 * _CHUNK[type(net).__name__] + 7, 3, side, side)
+        with torch.inference_mode():
+            one = net(x.contiguous(memory_format=torch.channels_last))
+            got = _batched(net, x)
+        assert len(got) == len(one)
+        for a, b in zip(got, one):
+            np.testing.assert_array_equal(a, b.double().numpy())

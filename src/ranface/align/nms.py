@@ -48,22 +48,30 @@ def box_overlap(box: ArrayLike, boxes: ArrayLike, mode: str = "union",
 
 
 def _overlap_pairs(b: np.ndarray, threshold: float, mode: str, offset: float,
-                   chunk: int = 256) -> Tuple[np.ndarray, np.ndarray]:
+                   budget: int = 1 << 20) -> Tuple[np.ndarray, np.ndarray]:
     """All pairs (i, j) whose overlap exceeds ``threshold``, found by a sweep along x.
 
-    With boxes sorted by x1, a box can only intersect the later boxes whose x1 lies
-    before its x2, so each chunk of boxes is compared with a short window, not all N.
+    With boxes sorted by x1, box i can only intersect the later boxes whose x1 lies
+    before its own x2, so each box is compared with its own short window (a shared
+    window per chunk of boxes made a crowd photo's few large boxes cost as many pairs
+    as all the small ones); windows are taken ``budget`` pairs at a time.
     """
+    n = len(b)
     order = np.argsort(b[:, 0], kind="stable")
     x1, y1, x2, y2 = (b[order, k] for k in range(4))
     areas = np.maximum(x2 - x1 + offset, 0.0) * np.maximum(y2 - y1 + offset, 0.0)
-    firsts, seconds = [], []
-    for a0 in range(0, len(b), chunk):
-        a1 = min(a0 + chunk, len(b))
-        end = int(np.searchsorted(x1, x2[a0:a1].max() + offset, side="left"))
-        end = max(end, a1)
-        ia = np.arange(a0, a1)[:, None]
-        jb = np.arange(a0, end)[None, :]
+    idx = np.arange(n)
+    ends = np.maximum(np.searchsorted(x1, x2 + offset, side="left"), idx + 1)
+    counts = ends - idx - 1  # candidates j = i+1 .. ends-1
+    total = np.cumsum(counts)
+    firsts, seconds = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    a0 = 0
+    while a0 < n:
+        done = int(total[a0 - 1]) if a0 else 0
+        a1 = min(n, max(a0 + 1, int(np.searchsorted(total, done + budget, side="right"))))
+        c = counts[a0:a1]
+        ia = np.repeat(idx[a0:a1], c)
+        jb = np.arange(len(ia)) - np.repeat(np.cumsum(c) - c, c) + ia + 1
         iw = np.minimum(x2[ia], x2[jb]) - np.maximum(x1[ia], x1[jb]) + offset
         ih = np.minimum(y2[ia], y2[jb]) - np.maximum(y1[ia], y1[jb]) + offset
         inter = np.maximum(iw, 0.0) * np.maximum(ih, 0.0)
@@ -71,9 +79,10 @@ def _overlap_pairs(b: np.ndarray, threshold: float, mode: str, offset: float,
             else areas[ia] + areas[jb] - inter
         # Zero-area boxes overlap nothing (ratio 0) instead of dividing by zero.
         ov = np.divide(inter, denom, out=np.zeros_like(inter), where=denom > 0)
-        ii, jj = np.nonzero((ov > threshold) & (jb > ia))
-        firsts.append(order[ii + a0])
-        seconds.append(order[jj + a0])
+        hit = np.nonzero(ov > threshold)[0]
+        firsts.append(order[ia[hit]])
+        seconds.append(order[jb[hit]])
+        a0 = a1
     return np.concatenate(firsts), np.concatenate(seconds)
 
 
