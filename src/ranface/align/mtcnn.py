@@ -243,6 +243,21 @@ class _Canvas:
     size: Tuple[int, int]
     unit: Optional[float] = 1.0
     _rows: Optional[torch.Tensor] = None  # cumulative sums down the columns
+    _nonzero: Optional[Tuple[int, int, int, int]] = None
+
+    def nonzero_box(self) -> Tuple[int, int, int, int]:
+        """Frame rows r0..r1 and columns c0..c1 (half-open) holding every non-zero
+        pixel; empty (0, 0, 0, 0) for an all-black canvas."""
+        if self._nonzero is None:
+            nz = self.pixels[0].amax(dim=0) > 0  # the pixels are >= 0
+            rows = torch.nonzero(nz.any(dim=1)).flatten()
+            cols = torch.nonzero(nz.any(dim=0)).flatten()
+            if not len(rows):
+                self._nonzero = (0, 0, 0, 0)
+            else:
+                self._nonzero = (self.top + int(rows[0]), self.top + int(rows[-1]) + 1,
+                                 self.left + int(cols[0]), self.left + int(cols[-1]) + 1)
+        return self._nonzero
 
     def frame(self) -> torch.Tensor:
         """The whole frame, black part included."""
@@ -280,8 +295,9 @@ class _Canvas:
 
     def level(self, size: Tuple[int, int]) -> Tuple[torch.Tensor, int, int]:
         """Pyramid level: the frame area-resized to ``size`` (as ``_resize``), returned
-        as (part, r0, c0): the level's cells that touch the block, at rows r0.. and
-        columns c0.. of the level; every other cell is zero.
+        as (part, r0, c0): the level's cells that touch the canvas's non-zero box, at
+        rows r0.. and columns c0.. of the level; every other cell is zero, and every
+        row and column of ``part`` holds a non-zero cell (pixels are >= 0).
 
         A cell is the sum of its block pixels divided as torch's area resize divides
         (sum / kh / kw, float32). Rows: differences of cumulative sums down the columns
@@ -305,8 +321,9 @@ class _Canvas:
             self._rows = rows
         rs, re = _cells(H, size[0])
         cs, ce = _cells(W, size[1])
-        rows = torch.nonzero((re > self.top) & (rs < self.top + h)).flatten()
-        cols = torch.nonzero((ce > self.left) & (cs < self.left + w)).flatten()
+        y0, y1, x0, x1 = self.nonzero_box()
+        rows = torch.nonzero((re > y0) & (rs < y1)).flatten()
+        cols = torch.nonzero((ce > x0) & (cs < x1)).flatten()
         if not len(rows) or not len(cols):
             return px.new_zeros((1, 3, 0, 0)), 0, 0
         i0, i1, j0, j1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
@@ -329,6 +346,9 @@ class _Canvas:
 
 def _normalise(x: torch.Tensor) -> torch.Tensor:
     return (x - 127.5) * 0.0078125
+
+
+_BLACK = (0.0 - 127.5) * 0.0078125  # a normalised black pixel, exact in float32
 
 
 def _square(b: np.ndarray) -> np.ndarray:
@@ -524,13 +544,15 @@ class MTCNN:
         return scales
 
     def _pnet_level(self, part: torch.Tensor, t1: float, origin: Tuple[int, int] = (0, 0),
-                    size: Optional[Tuple[int, int]] = None
+                    size: Optional[Tuple[int, int]] = None, tight: bool = False
                     ) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
         """P-Net on one pyramid level: (rows, cols, face probabilities, box regressions)
         of the output cells scoring at least ``t1``, or None.
 
         ``part`` holds the level's rows and columns from ``origin`` on; the level is
-        ``size`` (default: ``part`` is the whole level) and zero outside ``part``.
+        ``size`` (default: ``part`` is the whole level) and zero outside ``part``;
+        ``tight``: every row and column of ``part`` holds a non-zero pixel (as
+        :meth:`_Canvas.level` returns it), so its box need not be searched for.
         Runs only over the level's bounding box of non-zero pixels plus one 12-px window
         (cropped at an even offset, P-Net's stride): a window of zeros always scores
         ``self._zero_prob`` (0.0016 with the shipped weights), below ``t1``, so the cells
@@ -544,19 +566,32 @@ class MTCNN:
         if t1 <= self._zero_prob:
             r0, c0, r1, c1 = 0, 0, H, W
         else:
-            nz = part[0].amax(dim=0) > 0  # (h, w); the image is >= 0
-            rows = torch.nonzero(nz.any(dim=1)).flatten()
-            if not len(rows):
-                return None
-            cols = torch.nonzero(nz.any(dim=0)).flatten()
-            r0 = max(0, pr + int(rows[0]) - 11) // 2 * 2
-            c0 = max(0, pc + int(cols[0]) - 11) // 2 * 2
-            r1 = min(H, pr + int(rows[-1]) + 1 + 12)
-            c1 = min(W, pc + int(cols[-1]) + 1 + 12)
-        if (r0, c0, r1, c1) != (pr, pc, pr + ph, pc + pw):  # zeros around it, or cut
-            part = F.pad(part, (pc - c0, c1 - pc - pw, pr - r0, r1 - pr - ph))
-        reg, prob = _pnet_stripes(self.pnet, _normalise(part).contiguous(
-            memory_format=torch.channels_last))
+            if tight:
+                first_r, last_r, first_c, last_c = 0, ph - 1, 0, pw - 1
+                if not ph or not pw:
+                    return None
+            else:
+                nz = part[0].amax(dim=0) > 0  # (h, w); the image is >= 0
+                rows = torch.nonzero(nz.any(dim=1)).flatten()
+                if not len(rows):
+                    return None
+                cols = torch.nonzero(nz.any(dim=0)).flatten()
+                first_r, last_r = int(rows[0]), int(rows[-1])
+                first_c, last_c = int(cols[0]), int(cols[-1])
+            r0 = max(0, pr + first_r - 11) // 2 * 2
+            c0 = max(0, pc + first_c - 11) // 2 * 2
+            r1 = min(H, pr + last_r + 1 + 12)
+            c1 = min(W, pc + last_c + 1 + 12)
+        # P-Net's input in one pass: normalised black, the part's overlap normalised in
+        # (the values of _normalise on the zero-padded part), NHWC for the convolutions
+        x = torch.empty((1, 3, r1 - r0, c1 - c0), device=part.device,
+                        memory_format=torch.channels_last).fill_(_BLACK)
+        a0, a1 = max(r0, pr), min(r1, pr + ph)
+        b0, b1 = max(c0, pc), min(c1, pc + pw)
+        if a1 > a0 and b1 > b0:
+            x[:, :, a0 - r0:a1 - r0, b0 - c0:b1 - c0] = _normalise(
+                part[:, :, a0 - pr:a1 - pr, b0 - pc:b1 - pc])
+        reg, prob = _pnet_stripes(self.pnet, x)
         # cells whose window runs past a cut edge (ceil-mode pooling) lie in zeros
         nh = prob.shape[2] if r1 == H else (r1 - r0 - 12) // 2 + 1
         nw = prob.shape[3] if c1 == W else (c1 - c0 - 12) // 2 + 1
@@ -576,7 +611,7 @@ class MTCNN:
         for s in (self._scales(H, W) if scales is None else scales):
             size = (math.ceil(H * s), math.ceil(W * s))
             part, r0, c0 = img.level(size)
-            got = self._pnet_level(part, t1, (r0, c0), size)
+            got = self._pnet_level(part, t1, (r0, c0), size, tight=True)
             if got is None:
                 continue
             ys, xs, prob, reg = got
