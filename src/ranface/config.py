@@ -236,8 +236,8 @@ class PrepareConfig:
     min_face_size: float = 20.0
     pad_ratio: float = 0.5  # pad before detection: removes MTCNN's landmark bias on tight crops
     upscales: List[float] = field(default_factory=lambda: [1.0])  # also detect at 2x, 3x for tiny faces
-    # enlarged copies search only the scales the smaller ones did not: 1.9x faster on the
-    # crowd photos, ~4% fewer faces (docs/performance.md); false: the same faces as before
+    # enlarged copies search only the scales the smaller ones did not: 1.5x faster on the
+    # crowd photos, ~2% fewer faces (docs/performance.md); false: the same faces as before
     upscale_new_only: bool = False
     lr_select: str = ""  # "" or "MIN:MAX" eye-to-mouth pixels
     max_outside: float = 1.0  # drop faces whose box lies more than this fraction outside the photo

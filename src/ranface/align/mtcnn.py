@@ -444,10 +444,10 @@ class MTCNN:
     ``merge_threshold``/``merge_mode`` set that final NMS. With ``upscale_new_only`` an
     enlarged copy runs only the pyramid levels finer than those already searched (by
     more than half a pyramid step): at 2x, the faces of 10-20 px for ``min_face_size``
-    20. Its coarser levels repeat the 1x search at nearly the same scales and cost most
-    (each level is resized from the enlarged copy): 1.9x the photos/s on crowd photos,
-    but about 4% fewer faces (those the 1x copy misses and the 2x copy's coarse levels
-    find; benchmarks/mtcnn_crowd.py). Off by default: the same faces as before.
+    20. Its coarser levels repeat the 1x search at nearly the same scales: 1.5x the
+    photos/s of the default on the 32 crowd photos, but 2% fewer faces (28 of 1,663:
+    those the 1x copy misses and the 2x copy's coarse levels find;
+    benchmarks/mtcnn_crowd.py). Off by default: the same faces as before.
 
     Runs with torch's intra-op threads; the tensors are small, so one thread per process
     (and several processes) is faster than several threads on a loaded machine.
