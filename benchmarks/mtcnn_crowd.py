@@ -11,8 +11,8 @@ Variants (the settings of the demo's ``lr_pool`` stage: ``pad_ratio`` 0.5, upsca
 * ``zero-skip``: the default of issue 16's first three rounds (commit 968d2e7): P-Net
   only over the non-black part of each level;
 * ``now``: the default now: the black margin never materialised (pyramid levels, the 2x
-  copy and the crops made from the photo's block), O-Net in chunks of 64, NMS windows
-  per box;
+  copy and the crops made from the photo's block), R/O-Net in chunks of 128/64, P-Net
+  in stripes on wide levels, NMS windows per box;
 * ``new-only``: ``now`` + enlarged copies search only the scales the 1x image did not
   (``upscale_new_only``, prepare's ``upscale_new_only=true``).
 
