@@ -297,6 +297,14 @@ def test_canvas_levels_enlargement_and_crops_equal_torch_on_the_whole_frame(h, w
             full = torch.zeros(1, 3, *lsz)
             full[:, :, r0:r0 + part.shape[2], c0:c0 + part.shape[3]] = part
             assert torch.equal(full, F.interpolate(fk, size=lsz, mode="area")), (k, s)
+        # an enlarging level (min_face_size < 12): bilinear, cropped to its non-zero cells
+        lsz = (big[0] * 3 // 2, big[1] * 3 // 2)
+        part, r0, c0 = ck.level(lsz)
+        full = torch.zeros(1, 3, *lsz)
+        full[:, :, r0:r0 + part.shape[2], c0:c0 + part.shape[3]] = part
+        assert torch.equal(full, F.interpolate(fk, size=lsz, mode="bilinear", align_corners=False,
+                                               antialias=True))
+        assert part[0].amax(dim=(0, 2)).gt(0).all() and part[0].amax(dim=(0, 1)).gt(0).all()
         # boxes inside, across the block's edge, across the frame's edge and outside
         xy = rng.integers(-20, max(big) + 20, (60, 2))
         side = rng.integers(5, 70, 60)

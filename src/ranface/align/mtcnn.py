@@ -309,15 +309,25 @@ class _Canvas:
         to float32 rounding, the canvas's cells within two float32 ulps of the mean.
         """
         H, W = self.size
-        if size[0] > H or size[1] > W:  # an enlarging level (min_face_size < 12)
-            return _resize(self.frame(), size), 0, 0
+        if size[0] > H or size[1] > W:  # an enlarging level (min_face_size < 12): rare
+            lvl = _resize(self.frame(), size)
+            nz = lvl[0].amax(dim=0) > 0
+            rows = torch.nonzero(nz.any(dim=1)).flatten()
+            cols = torch.nonzero(nz.any(dim=0)).flatten()
+            if not len(rows):
+                return lvl[:, :, :0, :0], 0, 0
+            r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+            return lvl[:, :, r0:r1, c0:c1], r0, c0
         px = self.pixels
         h, w = px.shape[-2:]
         if self._rows is None:
             dtype = torch.float32 if self._exact32(h) else torch.float64
             rows = px.new_zeros((1, 3, h + 1, w), dtype=dtype)
-            for r in range(h):  # row by row: vectorised along the row, unlike cumsum
-                torch.add(rows[:, :, r], px[:, :, r], out=rows[:, :, r + 1])
+            if px.device.type != "cpu":
+                torch.cumsum(px, 2, dtype=dtype, out=rows[:, :, 1:])
+            else:
+                for r in range(h):  # row by row: vectorised along the row, unlike cumsum
+                    torch.add(rows[:, :, r], px[:, :, r], out=rows[:, :, r + 1])
             self._rows = rows
         rs, re = _cells(H, size[0])
         cs, ce = _cells(W, size[1])
