@@ -278,7 +278,7 @@ def test_canvas_levels_enlargement_and_crops_equal_torch_on_the_whole_frame(h, w
     import math
 
     import torch.nn.functional as F
-    from ranface.align.mtcnn import _Canvas, _crops
+    from ranface.align.mtcnn import _Canvas, _crops, _normalise
 
     g = torch.Generator().manual_seed(h)
     c = _Canvas(torch.randint(0, 256, (1, 3, h, w), generator=g).float(), top, left, size)
@@ -308,10 +308,11 @@ def test_canvas_levels_enlargement_and_crops_equal_torch_on_the_whole_frame(h, w
         # boxes inside, across the block's edge, across the frame's edge and outside
         xy = rng.integers(-20, max(big) + 20, (60, 2))
         side = rng.integers(5, 70, 60)
+        side[::3] = 30  # boxes of one size are resized together
         boxes = np.concatenate([xy, xy + side[:, None]], 1).astype(np.float64)
         for crop in (24, 48):
             got = _crops(ck, boxes, crop)
-            want = torch.cat([_frame_crop(fk, b, crop) for b in boxes])
+            want = _normalise(torch.cat([_frame_crop(fk, b, crop) for b in boxes]))
             assert torch.equal(got, want)
     # any other factor resizes the whole frame
     odd = (size[0] * 3 // 2, size[1] * 3 // 2)
@@ -371,3 +372,59 @@ def test_pnet_in_stripes_equals_one_pass():
                 for a, b in zip(got, one):
                     assert a.shape == b.shape
                     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# -- issue 16, fifth round: written-out kernels that give torch's values --------------------
+@pytest.mark.parametrize("shape", [(1, 10, 56, 98), (1, 10, 57, 99), (2, 10, 12, 13),
+                                   (1, 10, 1, 1), (1, 3, 2, 7)])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_pnet_max_pool_equals_torch(shape, channels_last):
+    from ranface.align.mtcnn import _max_pool_2x2
+
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(*shape, generator=g) - 0.5  # negative values: no zero padding may win
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    got = _max_pool_2x2(x)
+    assert torch.equal(got, torch.nn.MaxPool2d(2, 2, ceil_mode=True)(x))
+    assert got.is_contiguous(memory_format=torch.channels_last) == channels_last or min(shape[2:]) == 1
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (1, 5), (4, 1), (7, 10), (64, 33)])
+@pytest.mark.parametrize("unit", [1.0, 1 / 16])
+def test_upsample2x_equals_torch_bilinear(h, w, unit):
+    import torch.nn.functional as F
+    from ranface.align.mtcnn import _upsample2x
+
+    g = torch.Generator().manual_seed(h * w)
+    x = torch.randint(0, int(255 / unit) + 1, (1, 3, h, w), generator=g).float() * unit
+    want = F.interpolate(x, size=(2 * h, 2 * w), mode="bilinear", align_corners=False)
+    assert torch.equal(_upsample2x(x), want)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_crops_of_large_boxes_from_column_sums_equal_torch(k):
+    """Boxes at least _BAND_ROWS x the crop size inside the block take their row cells
+    from the canvas's column sums (never reading their pixels): torch's bits, in groups
+    of equal size, alongside boxes across the block's edge."""
+    import ranface.align.mtcnn as m
+
+    g = torch.Generator().manual_seed(k)
+    c = m._Canvas(torch.randint(0, 256, (1, 3, 260, 300), generator=g).float(), 20, 30, (300, 360))
+    ck = c if k == 1 else c.enlarge((600, 720))
+    frame = ck.frame()
+    rng = np.random.default_rng(k)
+    side = np.repeat(rng.integers(m._BAND_ROWS * 24, 240, 6), 3)  # three boxes of each size
+    x1 = rng.integers(ck.left + 1, ck.left + ck.pixels.shape[3] - side + 1)
+    y1 = rng.integers(ck.top + 1, ck.top + ck.pixels.shape[2] - side + 1)
+    inside = np.stack([x1, y1, x1 + side - 1, y1 + side - 1], 1)
+    edge = inside[:4] - np.array([ck.left + 10] * 2 + [0, 0])  # across the top-left edge
+    boxes = np.concatenate([inside, edge]).astype(np.float64)
+    calls = []
+    real = m._band_crops
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(m, "_band_crops", lambda *a: calls.append(a) or real(*a))
+        got = m._crops(ck, boxes, 24)
+    assert calls  # the column-sum path ran
+    want = m._normalise(torch.cat([_frame_crop(frame, b, 24) for b in boxes]))
+    assert torch.equal(got, want)
