@@ -12,7 +12,8 @@ Variants (the settings of the demo's ``lr_pool`` stage: ``pad_ratio`` 0.5, upsca
   only over the non-black part of each level;
 * ``now``: the default now: the black margin never materialised (pyramid levels, the 2x
   copy and the crops made from the photo's block), R/O-Net in chunks of 128/64, P-Net
-  in stripes on wide levels, NMS windows per box;
+  in stripes on wide levels, NMS windows per box (fourth round); crops resized per size
+  group, P-Net's max pooling and the 2x copy written out (fifth round);
 * ``new-only``: ``now`` + enlarged copies search only the scales the 1x image did not
   (``upscale_new_only``, prepare's ``upscale_new_only=true``).
 
@@ -24,6 +25,7 @@ faces the demo keeps). "identical": the same boxes and landmarks to the bit.
 
     python benchmarks/mtcnn_crowd.py --photos 8
     python benchmarks/mtcnn_crowd.py                 # all 32 photos (minutes)
+    python benchmarks/mtcnn_crowd.py --allocator system   # glibc's own thresholds
 """
 from __future__ import annotations
 
@@ -116,7 +118,16 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--pad-ratio", type=float, default=0.5)
     ap.add_argument("--upscales", default="1,2")
+    ap.add_argument("--allocator", choices=("tuned", "system"), default="tuned",
+                    help="glibc thresholds of ranface.runtime (as `ranface prepare`'s workers "
+                         "run) or glibc's defaults; every variant runs under the same one")
     args = ap.parse_args()
+    if args.allocator == "tuned":
+        from ranface.runtime import allocator_state, tune_allocator
+
+        tune_allocator()
+    else:
+        from ranface.runtime import allocator_state
     folder = os.path.join(args.data, "crowd-photos", "images")
     if not os.path.isdir(folder):
         print(f"mtcnn_crowd.py: {folder}: not found", file=sys.stderr)
@@ -143,7 +154,8 @@ def main() -> int:
             dets[v].append(det.detect(img))
             times[v] += time.perf_counter() - t
     print(f"{len(names)} crowd photos, pad_ratio={args.pad_ratio}, upscales={ups}, "
-          f"threads={args.threads}, LR band {LR_BAND[0]:g}-{LR_BAND[1]:g} px eye-to-mouth")
+          f"threads={args.threads}, allocator: {allocator_state()}, "
+          f"LR band {LR_BAND[0]:g}-{LR_BAND[1]:g} px eye-to-mouth")
     print(f"{'variant':10s} {'photos/s':>9s} {'ratio':>6s} {'faces':>6s} {'in band':>8s} "
           f"{'matched':>8s} {'only before':>12s} {'only new':>9s} {'lm err px med/p95':>18s} "
           f"{'lm err/eye-mouth med':>21s} {'identical':>9s}")

@@ -116,3 +116,25 @@ def test_prepared_eye_mouth_reads_the_manifest(tmp_path):
     (tmp_path / "manifest.csv").write_text("file,eye_mouth_px\na.jpg,twelve\n")
     with pytest.raises(DataError, match="manifest.csv: unreadable manifest"):
         prepared_eye_mouth(str(tmp_path))
+
+
+@pytest.mark.parametrize("tune", [True, False])
+def test_spawned_worker_follows_the_parents_allocator(tune):
+    """A spawned prepare worker starts with glibc's defaults: it applies ranface's
+    allocator thresholds when its parent runs with them (the CLI does), and only then."""
+    import platform
+    import subprocess
+    import sys
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("the allocator thresholds are glibc's")
+    code = ("import dataclasses; from ranface.config import PrepareConfig; "
+            "from ranface.align.prepare import _init_worker; "
+            "from ranface.runtime import allocator_state; "
+            f"_init_worker(dataclasses.asdict(PrepareConfig()), {tune}); print(allocator_state())")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD", "RANFACE_ALLOCATOR"))}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == ("tuned" if tune else "system: not tuned")

@@ -405,15 +405,12 @@ class _Canvas:
         sums = band.index_select(2, a)
         for t in range(1, int(n.max())):
             sums += band.index_select(2, (a + t).clamp(max=w - 1)) * (n > t).view(1, 1, -1, 1)
-        sums = sums.float() / kh.float().view(1, 1, 1, -1) / kw.float().view(1, 1, -1, 1)
+        sums = sums.float().div_(kh.float().view(1, 1, 1, -1)).div_(kw.float().view(1, 1, -1, 1))
         return sums.transpose(2, 3), i0, j0
 
 
 def _normalise(x: torch.Tensor) -> torch.Tensor:
     return (x - 127.5) * 0.0078125
-
-
-_BLACK = (0.0 - 127.5) * 0.0078125  # a normalised black pixel, exact in float32
 
 
 def _square(b: np.ndarray) -> np.ndarray:
@@ -496,7 +493,7 @@ def _crops(canvas: _Canvas, boxes: np.ndarray, size: int) -> torch.Tensor:
     """
     img, top, left = canvas.pixels, canvas.top, canvas.left
     h, w = img.shape[-2:]
-    out = img.new_zeros((len(boxes), 3, size, size))
+    out = img.new_empty((len(boxes), 3, size, size))
     if not len(boxes):
         return out
     b = boxes.astype(np.int64)
@@ -505,28 +502,29 @@ def _crops(canvas: _Canvas, boxes: np.ndarray, size: int) -> torch.Tensor:
     inside = (bx0 >= 0) & (by0 >= 0) & (bx1 <= w) & (by1 <= h)
     seen = (np.minimum(bx1, w) > np.maximum(bx0, 0)) & (np.minimum(by1, h) > np.maximum(by0, 0))
     ph, pw = by1 - by0, bx1 - bx0
-    idx = np.flatnonzero(seen)  # wholly black boxes stay zero: the nets reject them
+    out[torch.from_numpy(~seen)] = 0  # wholly black boxes: the nets reject them
+    idx = np.flatnonzero(seen)
     order = idx[np.lexsort((pw[idx], ph[idx]))]
     edges = np.flatnonzero(np.diff(ph[order]) | np.diff(pw[order])) + 1
     src = img[0]
+    rows = np.stack([by0, by1, bx0, bx1], 1).tolist()  # Python ints: a fast loop
     for group in np.split(order, edges):
         gh, gw = int(ph[group[0]]), int(pw[group[0]])
-        if gh >= _BAND_ROWS * size and gw >= size and inside[group].all():
-            got = _band_crops(canvas, by0[group], bx0[group], gh, gw, size)
-            if got is not None:
-                out.index_copy_(0, torch.from_numpy(group), got)
-                continue
-        patches = []
-        for i in group.tolist():
-            y0, y1, x0, x1 = int(by0[i]), int(by1[i]), int(bx0[i]), int(bx1[i])
-            if inside[i]:
-                patches.append(src[:, y0:y1, x0:x1])
-                continue
-            sy0, sy1, sx0, sx1 = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
-            patch = img.new_zeros((3, y1 - y0, x1 - x0))
-            patch[:, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = src[:, sy0:sy1, sx0:sx1]
-            patches.append(patch)
-        out.index_copy_(0, torch.from_numpy(group), _area_crops(torch.stack(patches), size, canvas.unit))
+        if inside[group].all():
+            if gh >= _BAND_ROWS * size and gw >= size:
+                got = _band_crops(canvas, by0[group], bx0[group], gh, gw, size)
+                if got is not None:
+                    out.index_copy_(0, torch.from_numpy(group), got)
+                    continue
+            batch = torch.stack([src[:, y0:y1, x0:x1]
+                                 for y0, y1, x0, x1 in (rows[i] for i in group.tolist())])
+        else:  # some box crosses the block's edge: black outside it
+            batch = img.new_zeros((len(group), 3, gh, gw))
+            for k, i in enumerate(group.tolist()):
+                y0, y1, x0, x1 = rows[i]
+                sy0, sy1, sx0, sx1 = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
+                batch[k, :, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = src[:, sy0:sy1, sx0:sx1]
+        out.index_copy_(0, torch.from_numpy(group), _area_crops(batch, size, canvas.unit))
     return out.sub_(127.5).mul_(0.0078125)  # _normalise, in place
 
 
@@ -705,15 +703,16 @@ class MTCNN:
             c0 = max(0, pc + box[2] - 11) // 2 * 2
             r1 = min(H, pr + box[1] + 12)
             c1 = min(W, pc + box[3] + 12)
-        # P-Net's input in one pass: normalised black, the part's overlap normalised in
-        # (the values of _normalise on the zero-padded part), NHWC for the convolutions
+        # P-Net's input, NHWC for the convolutions: _normalise of the zero-padded part,
+        # as (x - 127.5) then the exact scaling by 2^-7 over the whole contiguous input
         x = torch.empty((1, 3, r1 - r0, c1 - c0), device=part.device,
-                        memory_format=torch.channels_last).fill_(_BLACK)
+                        memory_format=torch.channels_last).fill_(-127.5)
         a0, a1 = max(r0, pr), min(r1, pr + ph)
         b0, b1 = max(c0, pc), min(c1, pc + pw)
         if a1 > a0 and b1 > b0:
-            dst = x[:, :, a0 - r0:a1 - r0, b0 - c0:b1 - c0]  # _normalise, in place
-            torch.sub(part[:, :, a0 - pr:a1 - pr, b0 - pc:b1 - pc], 127.5, out=dst).mul_(0.0078125)
+            torch.sub(part[:, :, a0 - pr:a1 - pr, b0 - pc:b1 - pc], 127.5,
+                      out=x[:, :, a0 - r0:a1 - r0, b0 - c0:b1 - c0])
+        x.mul_(0.0078125)
         reg, prob = _pnet_stripes(self.pnet, x)
         # cells whose window runs past a cut edge (ceil-mode pooling) lie in zeros
         nh = prob.shape[2] if r1 == H else (r1 - r0 - 12) // 2 + 1

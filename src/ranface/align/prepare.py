@@ -89,11 +89,19 @@ def list_photos(cfg: PrepareConfig) -> Tuple[str, List[str]]:
 _WORKER: Dict[str, Any] = {}
 
 
-def _init_worker(cfg_dict: Dict[str, Any]) -> None:
+def _init_worker(cfg_dict: Dict[str, Any], tune_allocator: bool = False) -> None:
+    """One worker's aligner, on one torch thread. ``tune_allocator``: the parent process
+    runs with ranface's glibc thresholds (the CLI's default, runtime.py); a spawned
+    worker starts untuned and applies them itself (MTCNN's large pyramid tensors are
+    otherwise page-faulted in again at every level: ~8% of the crowd photos' time)."""
     import torch
 
     from .pipeline import FaceAligner
 
+    if tune_allocator:
+        from ..runtime import tune_allocator as tune
+
+        tune()
     torch.set_num_threads(1)
     cfg = PrepareConfig(**cfg_dict)
     _WORKER["cfg"] = cfg
@@ -268,11 +276,11 @@ def prepared_failures(folder: str) -> Dict[str, str]:
     return {_out_name(r.get("source") or "", None, ext): r.get("reason") or "" for r in rows if r.get("source")}
 
 
-def _safe_init_worker(cfg_dict: Dict[str, Any]) -> None:
+def _safe_init_worker(cfg_dict: Dict[str, Any], tune_allocator: bool = False) -> None:
     """Pool initializer that never raises (a raising initializer makes a pool start
     replacement workers forever): the error is kept and raised by the first chunk."""
     try:
-        _init_worker(cfg_dict)
+        _init_worker(cfg_dict, tune_allocator)
     except BaseException as exc:  # noqa: BLE001 - reported by _safe_process_chunk
         _WORKER["error"] = exc
 
@@ -300,9 +308,11 @@ def _run_pool(workers: int, cfg_dict: Dict[str, Any], todo: List[Any], record: A
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
+    from ..runtime import allocator_state
+
     ctx = mp.get_context("spawn")  # fresh interpreters: no inherited torch thread pools
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_safe_init_worker,
-                               initargs=(cfg_dict,))
+                               initargs=(cfg_dict, allocator_state() == "tuned"))
     try:
         pending = {pool.submit(_safe_process_chunk, job) for job in todo}
         while pending:
