@@ -409,8 +409,11 @@ class _Canvas:
         return sums.transpose(2, 3), i0, j0
 
 
+_MEAN, _SCALE = 127.5, 0.0078125  # MTCNN's input: (pixel - 127.5) / 128 (2^-7: exact)
+
+
 def _normalise(x: torch.Tensor) -> torch.Tensor:
-    return (x - 127.5) * 0.0078125
+    return (x - _MEAN) * _SCALE
 
 
 def _square(b: np.ndarray) -> np.ndarray:
@@ -525,7 +528,7 @@ def _crops(canvas: _Canvas, boxes: np.ndarray, size: int) -> torch.Tensor:
                 sy0, sy1, sx0, sx1 = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
                 batch[k, :, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = src[:, sy0:sy1, sx0:sx1]
         out.index_copy_(0, torch.from_numpy(group), _area_crops(batch, size, canvas.unit))
-    return out.sub_(127.5).mul_(0.0078125)  # _normalise, in place
+    return out.sub_(_MEAN).mul_(_SCALE)  # _normalise, in place
 
 
 def _pnet_stripes(pnet: PNet, x: torch.Tensor, cells: int = 36_000
@@ -704,15 +707,15 @@ class MTCNN:
             r1 = min(H, pr + box[1] + 12)
             c1 = min(W, pc + box[3] + 12)
         # P-Net's input, NHWC for the convolutions: _normalise of the zero-padded part,
-        # as (x - 127.5) then the exact scaling by 2^-7 over the whole contiguous input
+        # as (x - _MEAN) then the exact scaling by _SCALE over the whole contiguous input
         x = torch.empty((1, 3, r1 - r0, c1 - c0), device=part.device,
-                        memory_format=torch.channels_last).fill_(-127.5)
+                        memory_format=torch.channels_last).fill_(-_MEAN)
         a0, a1 = max(r0, pr), min(r1, pr + ph)
         b0, b1 = max(c0, pc), min(c1, pc + pw)
         if a1 > a0 and b1 > b0:
-            torch.sub(part[:, :, a0 - pr:a1 - pr, b0 - pc:b1 - pc], 127.5,
+            torch.sub(part[:, :, a0 - pr:a1 - pr, b0 - pc:b1 - pc], _MEAN,
                       out=x[:, :, a0 - r0:a1 - r0, b0 - c0:b1 - c0])
-        x.mul_(0.0078125)
+        x.mul_(_SCALE)
         reg, prob = _pnet_stripes(self.pnet, x)
         # cells whose window runs past a cut edge (ceil-mode pooling) lie in zeros
         nh = prob.shape[2] if r1 == H else (r1 - r0 - 12) // 2 + 1
