@@ -7,6 +7,7 @@ paper profile short:
     python benchmarks/gan.py                          # small + paper, this machine
     python benchmarks/gan.py --profiles small --threads 2 --expert resnet29
     python benchmarks/gan.py --profiles small --expert mobilefacenet --profile   # where a step goes
+    python benchmarks/gan.py --profiles small --compare mobilefacenet+prelu:fp32,mobilefacenet:fp32
 
 ``--profile`` runs the timed steps under ``torch.profiler`` and prints, per profile, the
 share of the step in each part: the forward passes of G, D_1..D_4, the expert on G(x)
@@ -135,17 +136,18 @@ def step_time(cfg, expert, batch, steps, repeats, device, precision, profile=Fal
 
 def make_expert(name, device):
     """``resnet29`` | ``mobilefacenet``; suffixes: ``+nofold`` keeps the expert's BatchNorms
-    (what :func:`ranface.models.fuse.fold_conv_bn` saves), ``+compile`` runs G, D and the
-    expert through ``torch.compile`` (:func:`ranface.gan.trainer.compile_networks`)."""
+    (what :func:`ranface.models.fuse.fold_conv_bn` saves), ``+prelu`` keeps torch's
+    ``nn.PReLU`` (what :class:`ranface.gan.losses.FrozenPReLU` saves), ``+compile`` runs G,
+    D and the expert through ``torch.compile`` (:func:`ranface.gan.trainer.compile_networks`)."""
     base, *flags = name.split("+")
-    flag = "nofold" if "nofold" in flags else ""
     if base == "resnet29" and os.path.isdir(default_expert()):
         from ranface.models.loader import load_model
 
         module, source = load_model(default_expert(), device=device)[0], name
     else:
         module, source = create_backbone("mobilefacenet"), name.replace("mobilefacenet", "mobilefacenet (untrained)")
-    return ExpertNetwork(module, source=source, fold_bn=flag != "nofold").to(device)
+    return ExpertNetwork(module, source=source, fold_bn="nofold" not in flags,
+                         frozen_prelu="prelu" not in flags).to(device)
 
 
 def compare(args, device):
@@ -189,7 +191,15 @@ def main():
                     help="time the D+G step of the first profile for each variant side by side, rounds "
                          "interleaved, ratios against the first (e.g. resnet29:fp32,mobilefacenet:fp32,"
                          "mobilefacenet:bf16)")
+    ap.add_argument("--allocator", choices=("tuned", "system"), default="tuned",
+                    help="tuned: ranface's glibc thresholds, as every ranface command runs "
+                         "(ranface.runtime); system: glibc's own")
     args = ap.parse_args()
+    from ranface.runtime import allocator_state, tune_allocator
+
+    if args.allocator == "tuned":
+        tune_allocator()
+    print(f"allocator: {allocator_state()}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

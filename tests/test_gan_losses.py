@@ -138,14 +138,25 @@ def test_frozen_prelu_matches_prelu_values_and_input_gradients():
         p = nn.PReLU(n)
         with torch.no_grad():
             p.weight.uniform_(-0.5, 0.7)
-        x1 = torch.randn(3, 8, 5, 5, requires_grad=True)
-        x2 = x1.detach().clone().requires_grad_()
+        x0 = torch.randn(3, 8, 5, 5)
+        x0[0, :, 0, 0] = 0.0  # prelu's subgradient at 0 is the slope's
+        x1 = x0.clone().requires_grad_()
+        x2 = x0.clone().requires_grad_()
         y1, y2 = p(x1), FrozenPReLU(p)(x2)
         assert torch.equal(y1, y2)
         g = torch.randn_like(y1)
         y1.backward(g)
         y2.backward(g)
-        assert torch.allclose(x1.grad, x2.grad, atol=1e-6)
+        assert torch.equal(x1.grad, x2.grad)  # exact: t + a * (g - t) (losses._FrozenPReLUFn)
+        with torch.no_grad():  # no graph: prelu itself
+            assert torch.equal(FrozenPReLU(p)(x0), p(x0))
+        for dtype in (torch.bfloat16,):  # under autocast the expert's maps are bf16
+            xb = x0.to(dtype).requires_grad_()
+            yb = FrozenPReLU(p)(xb)
+            yb.backward(g.to(dtype))
+            assert yb.dtype == dtype and xb.grad.dtype == dtype
+            ref = torch.where(x0 > 0, g, g * p.weight.detach().view(1, -1, 1, 1)).to(dtype)
+            assert torch.allclose(xb.grad.float(), ref.float(), rtol=2e-2, atol=1e-2)
     # an expert's backbone gets them; the embedding is unchanged
     net = create_backbone("mobilefacenet").eval()
     x = torch.rand(2, 3, 112, 112) * 2 - 1

@@ -31,10 +31,32 @@ Features = Union[torch.Tensor, Mapping[str, torch.Tensor]]
 
 
 # --------------------------------------------------------------------------- expert F
+class _FrozenPReLUFn(torch.autograd.Function):
+    """prelu(x) with a constant slope ``a``: the gradient goes to x only.
+
+    Backward: dL/dx = g where x > 0, a * g elsewhere, written as t + a * (g - t) with
+    t = threshold_backward(g, x, 0): three fast elementwise passes, where
+    ``torch.where`` on the mask and ``prelu``'s own backward (which also reduces the
+    slope's gradient) are 3-4x slower on CPU (performance.md, issue 16 sixth round).
+    Both branches are exact: t + a * 0 = g and 0 + a * g = a * g."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, a)
+        return F.prelu(x, a.reshape(-1))
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x, a = ctx.saved_tensors
+        t = torch.ops.aten.threshold_backward(g, x, 0)
+        return torch.addcmul(t, a, g - t), None
+
+
 class FrozenPReLU(nn.Module):
-    """PReLU with a fixed slope, as relu(x) - a * relu(-x): the same values, and a backward
-    pass (to the input only) 2-4x faster on CPU than ``prelu``'s, which also computes the
-    slope's gradient (17% of an MR-GAN step with the MobileFaceNet expert; performance.md)."""
+    """PReLU with a fixed slope: ``prelu``'s values, and a backward pass to the input only
+    (:class:`_FrozenPReLUFn`); ``prelu``'s own backward also computes the slope's gradient
+    (17% of an MR-GAN step with the MobileFaceNet expert; performance.md). Without a graph
+    to build (the expert on x, under ``no_grad``) it is ``prelu`` itself."""
 
     def __init__(self, prelu: nn.PReLU):
         super().__init__()
@@ -42,8 +64,10 @@ class FrozenPReLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight.to(x.dtype)
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            return F.prelu(x, w)
         a = w.view(1, -1, *([1] * (x.dim() - 2))) if x.dim() > 1 and w.numel() > 1 else w
-        return F.relu(x) - a * F.relu(-x)
+        return _FrozenPReLUFn.apply(x, a)
 
 
 def freeze_prelu(module: nn.Module) -> int:
@@ -78,12 +102,13 @@ class ExpertNetwork:
     """
 
     def __init__(self, backbone: nn.Module, normalize: bool = True, stages: Sequence[int] = (),
-                 source: str = "<module>", fold_bn: bool = True):
+                 source: str = "<module>", fold_bn: bool = True, frozen_prelu: bool = True):
         self.backbone = backbone.eval()
         for p in self.backbone.parameters():
             p.requires_grad_(False)
-        freeze_prelu(self.backbone)  # frozen slopes: the cheap backward (same outputs)
-        if fold_bn:  # False: for benchmarks that measure what folding saves
+        if frozen_prelu:  # False (and fold_bn False): for benchmarks that measure the saving
+            freeze_prelu(self.backbone)  # frozen slopes: the cheap backward (same outputs)
+        if fold_bn:
             from ..models.fuse import fold_conv_bn
 
             fold_conv_bn(self.backbone)  # conv+BN as one conv (same function)
