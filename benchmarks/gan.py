@@ -134,10 +134,35 @@ def step_time(cfg, expert, batch, steps, repeats, device, precision, profile=Fal
     return statistics.median(times), sum(p.numel() for p in D.parameters())
 
 
+class _ReluDifferencePReLU(torch.nn.Module):
+    """Issue 16's earlier frozen PReLU, relu(x) - a * relu(-x) (same values; five passes
+    forward): the ``+reludiff`` reference for what ``FrozenPReLU``'s Function saves."""
+
+    def __init__(self, frozen):
+        super().__init__()
+        self.register_buffer("weight", frozen.weight.clone())
+
+    def forward(self, x):
+        w = self.weight.to(x.dtype)
+        a = w.view(1, -1, *([1] * (x.dim() - 2))) if x.dim() > 1 and w.numel() > 1 else w
+        return torch.relu(x) - a * torch.relu(-x)
+
+
+def _swap_frozen_prelu(module):
+    from ranface.gan.losses import FrozenPReLU
+
+    for n, child in list(module.named_children()):
+        if isinstance(child, FrozenPReLU):
+            setattr(module, n, _ReluDifferencePReLU(child))
+        else:
+            _swap_frozen_prelu(child)
+
+
 def make_expert(name, device):
     """``resnet29`` | ``mobilefacenet``; suffixes: ``+nofold`` keeps the expert's BatchNorms
     (what :func:`ranface.models.fuse.fold_conv_bn` saves), ``+prelu`` keeps torch's
-    ``nn.PReLU`` (what :class:`ranface.gan.losses.FrozenPReLU` saves), ``+compile`` runs G,
+    ``nn.PReLU`` (what :class:`ranface.gan.losses.FrozenPReLU` saves), ``+reludiff`` the
+    earlier relu(x) - a * relu(-x) form of it, ``+compile`` runs G,
     D and the expert through ``torch.compile`` (:func:`ranface.gan.trainer.compile_networks`)."""
     base, *flags = name.split("+")
     if base == "resnet29" and os.path.isdir(default_expert()):
@@ -146,8 +171,11 @@ def make_expert(name, device):
         module, source = load_model(default_expert(), device=device)[0], name
     else:
         module, source = create_backbone("mobilefacenet"), name.replace("mobilefacenet", "mobilefacenet (untrained)")
-    return ExpertNetwork(module, source=source, fold_bn="nofold" not in flags,
-                         frozen_prelu="prelu" not in flags).to(device)
+    expert = ExpertNetwork(module, source=source, fold_bn="nofold" not in flags,
+                           frozen_prelu="prelu" not in flags)
+    if "reludiff" in flags:
+        _swap_frozen_prelu(expert.backbone)
+    return expert.to(device)
 
 
 def compare(args, device):
