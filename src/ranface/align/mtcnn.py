@@ -403,8 +403,10 @@ class _Canvas:
         a = (cs[j0:j1] - self.left).clamp(0, w)
         n = (ce[j0:j1] - self.left).clamp(0, w) - a
         sums = band.index_select(2, a)
+        full = int(n.min())  # shifts every column takes; only the wider cells take the rest
         for t in range(1, int(n.max())):
-            sums += band.index_select(2, (a + t).clamp(max=w - 1)) * (n > t).view(1, 1, -1, 1)
+            more = band.index_select(2, (a + t).clamp(max=w - 1))
+            sums += more if t < full else more.mul_((n > t).view(1, 1, -1, 1))
         sums = sums.float().div_(kh.float().view(1, 1, 1, -1)).div_(kw.float().view(1, 1, -1, 1))
         return sums.transpose(2, 3), i0, j0
 
