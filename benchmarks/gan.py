@@ -143,8 +143,9 @@ class _ReluDifferencePReLU(torch.nn.Module):
         self.register_buffer("weight", frozen.weight.clone())
 
     def forward(self, x):
-        w = self.weight.to(x.dtype)
-        a = w.view(1, -1, *([1] * (x.dim() - 2))) if x.dim() > 1 and w.numel() > 1 else w
+        from ranface.gan.losses import _channel_slope
+
+        a = _channel_slope(self.weight.to(x.dtype), x)
         return torch.relu(x) - a * torch.relu(-x)
 
 
@@ -223,11 +224,9 @@ def main():
                     help="tuned: ranface's glibc thresholds, as every ranface command runs "
                          "(ranface.runtime); system: glibc's own")
     args = ap.parse_args()
-    from ranface.runtime import allocator_state, tune_allocator
+    from ranface.runtime import ENV_VAR, tune_allocator
 
-    if args.allocator == "tuned":
-        tune_allocator()
-    print(f"allocator: {allocator_state()}")
+    print(f"allocator: {tune_allocator({**os.environ, ENV_VAR: args.allocator})}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

@@ -122,12 +122,9 @@ def main() -> int:
                     help="glibc thresholds of ranface.runtime (as `ranface prepare`'s workers "
                          "run) or glibc's defaults; every variant runs under the same one")
     args = ap.parse_args()
-    if args.allocator == "tuned":
-        from ranface.runtime import allocator_state, tune_allocator
+    from ranface.runtime import ENV_VAR, allocator_state, tune_allocator
 
-        tune_allocator()
-    else:
-        from ranface.runtime import allocator_state
+    tune_allocator({**os.environ, ENV_VAR: args.allocator})  # "system": glibc left as it is
     folder = os.path.join(args.data, "crowd-photos", "images")
     if not os.path.isdir(folder):
         print(f"mtcnn_crowd.py: {folder}: not found", file=sys.stderr)

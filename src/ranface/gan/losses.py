@@ -31,8 +31,13 @@ Features = Union[torch.Tensor, Mapping[str, torch.Tensor]]
 
 
 # --------------------------------------------------------------------------- expert F
+def _channel_slope(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A PReLU slope ``w`` ((C,) or (1,)) shaped to broadcast over x's channel dim 1."""
+    return w.view(1, -1, *([1] * (x.dim() - 2))) if x.dim() > 1 and w.numel() > 1 else w
+
+
 class _FrozenPReLUFn(torch.autograd.Function):
-    """prelu(x) with a constant slope ``a``: the gradient goes to x only.
+    """prelu(x) with a constant slope ``w``: the gradient goes to x only.
 
     Backward: dL/dx = g where x > 0, a * g elsewhere, written as t + a * (g - t) with
     t = threshold_backward(g, x, 0): three fast elementwise passes, where
@@ -41,15 +46,15 @@ class _FrozenPReLUFn(torch.autograd.Function):
     Both branches are exact: t + a * 0 = g and 0 + a * g = a * g."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, a)
-        return F.prelu(x, a.reshape(-1))
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, w)
+        return F.prelu(x, w)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
-        x, a = ctx.saved_tensors
+        x, w = ctx.saved_tensors
         t = torch.ops.aten.threshold_backward(g, x, 0)
-        return torch.addcmul(t, a, g - t), None
+        return torch.addcmul(t, _channel_slope(w, x), g - t), None
 
 
 class FrozenPReLU(nn.Module):
@@ -64,10 +69,9 @@ class FrozenPReLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight.to(x.dtype)
-        if not (torch.is_grad_enabled() and x.requires_grad):
-            return F.prelu(x, w)
-        a = w.view(1, -1, *([1] * (x.dim() - 2))) if x.dim() > 1 and w.numel() > 1 else w
-        return _FrozenPReLUFn.apply(x, a)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _FrozenPReLUFn.apply(x, w)
+        return F.prelu(x, w)
 
 
 def freeze_prelu(module: nn.Module) -> int:
@@ -106,7 +110,7 @@ class ExpertNetwork:
         self.backbone = backbone.eval()
         for p in self.backbone.parameters():
             p.requires_grad_(False)
-        if frozen_prelu:  # False (and fold_bn False): for benchmarks that measure the saving
+        if frozen_prelu:  # False (as fold_bn False): for benchmarks that measure the saving
             freeze_prelu(self.backbone)  # frozen slopes: the cheap backward (same outputs)
         if fold_bn:
             from ..models.fuse import fold_conv_bn
