@@ -403,10 +403,11 @@ def test_upsample2x_equals_torch_bilinear(h, w, unit):
 
 
 @pytest.mark.parametrize("k", [1, 2])
-def test_crops_of_large_boxes_from_column_sums_equal_torch(k):
-    """Boxes at least _BAND_ROWS x the crop size inside the block take their row cells
-    from the canvas's column sums (never reading their pixels): torch's bits, in groups
-    of equal size, alongside boxes across the block's edge."""
+@pytest.mark.parametrize("batch", [1 << 18, 20_000])
+def test_crops_from_column_sums_in_width_batches_equal_torch(k, batch):
+    """Shrinking boxes of many sizes (inside the block, across its edge and the frame's)
+    are resized in batches from the canvas's column sums, each box with its own cells:
+    torch's bits. A small batch budget makes batches of one box and of several."""
     import ranface.align.mtcnn as m
 
     g = torch.Generator().manual_seed(k)
@@ -414,17 +415,39 @@ def test_crops_of_large_boxes_from_column_sums_equal_torch(k):
     ck = c if k == 1 else c.enlarge((600, 720))
     frame = ck.frame()
     rng = np.random.default_rng(k)
-    side = np.repeat(rng.integers(m._BAND_ROWS * 24, 240, 6), 3)  # three boxes of each size
-    x1 = rng.integers(ck.left + 1, ck.left + ck.pixels.shape[3] - side + 1)
-    y1 = rng.integers(ck.top + 1, ck.top + ck.pixels.shape[2] - side + 1)
-    inside = np.stack([x1, y1, x1 + side - 1, y1 + side - 1], 1)
-    edge = inside[:4] - np.array([ck.left + 10] * 2 + [0, 0])  # across the top-left edge
-    boxes = np.concatenate([inside, edge]).astype(np.float64)
+    side = rng.integers(24, 240, 40)
+    side[:6] = [24, 25, 47, 48, 49, 239]
+    x1 = rng.integers(-30, frame.shape[3] - side // 2)
+    y1 = rng.integers(-30, frame.shape[2] - side // 2)
+    tall = side + rng.integers(0, 5, 40)  # trunc can leave a box one or a few rows taller
+    boxes = np.stack([x1, y1, x1 + side - 1, y1 + tall - 1], 1).astype(np.float64)
     calls = []
-    real = m._band_crops
+    real = m._sum_crops
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(m, "_band_crops", lambda *a: calls.append(a) or real(*a))
-        got = m._crops(ck, boxes, 24)
-    assert calls  # the column-sum path ran
-    want = m._normalise(torch.cat([_frame_crop(frame, b, 24) for b in boxes]))
+        mp.setattr(m, "_SUM_BATCH", batch)
+        mp.setattr(m, "_sum_crops", lambda *a: calls.append(len(a[1])) or real(*a))
+        for size in (24, 48):
+            got = m._crops(ck, boxes, size)
+            want = m._normalise(torch.cat([_frame_crop(frame, b, size) for b in boxes]))
+            assert torch.equal(got, want), size
+    assert calls and max(calls) > 1 and (batch > 20_000 or min(calls) == 1)
+
+
+def test_crops_whose_sums_are_not_exact_in_float32_run_torch():
+    """A 2x copy holds sixteenths: cells of more than 4112 pixels would not sum exactly
+    in float32, so such boxes take torch's kernel (its own rounding), the rest the sums."""
+    import ranface.align.mtcnn as m
+
+    g = torch.Generator().manual_seed(3)
+    c = m._Canvas(torch.randint(0, 256, (1, 3, 500, 500), generator=g).float(), 0, 0, (800, 800))
+    c2 = c.enlarge((1600, 1600))
+    # cells of up to 68 x 68 pixels (> 4112) and of 5 x 5
+    boxes = np.array([[1, 1, 1600, 1600], [11, 21, 110, 120]], dtype=np.float64)
+    calls = []
+    real = m._sum_crops
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(m, "_sum_crops", lambda *a: calls.append(len(a[1])) or real(*a))
+        got = m._crops(c2, boxes, 24)
+    assert calls == [1]
+    want = m._normalise(torch.cat([_frame_crop(c2.frame(), b, 24) for b in boxes]))
     assert torch.equal(got, want)

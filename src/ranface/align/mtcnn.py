@@ -339,24 +339,30 @@ class _Canvas:
         return _Canvas(up, k * y0, k * x0, size, unit)
 
     def column_sums(self) -> torch.Tensor:
-        """(1, 3, h + 1, w): row r holds the block's column sums over its rows 0..r-1;
-        float32 where those sums are exact, else float64 (made once per canvas)."""
+        """(1, 3, h + 1, w), NHWC in memory: row r holds the block's column sums over
+        its rows 0..r-1; float32 where those sums are exact, else float64 (made once
+        per canvas). A zero row lies before and after it in memory, which
+        :func:`_sum_crops` reads past the block's side edges."""
         if self._rows is None:
             px = self.pixels
             h, w = px.shape[-2:]
             dtype = torch.float32 if self._exact32(h) else torch.float64
-            rows = px.new_empty((1, 3, h + 1, w), dtype=dtype)
-            rows[:, :, 0] = 0
+            rows = torch.empty((1, 3, h + 3, w), dtype=dtype, device=px.device,
+                               memory_format=torch.channels_last)
+            rows[:, :, :2] = 0
+            rows[:, :, -1] = 0
+            sums = rows[:, :, 1:h + 2]
             if px.device.type != "cpu":
-                torch.cumsum(px, 2, dtype=dtype, out=rows[:, :, 1:])
+                sums[:, :, 1:] = torch.cumsum(px, 2, dtype=dtype)
             else:
                 for r in range(h):  # row by row: vectorised along the row, unlike cumsum
-                    torch.add(rows[:, :, r], px[:, :, r], out=rows[:, :, r + 1])
-            self._rows = rows
+                    torch.add(sums[:, :, r], px[:, :, r], out=sums[:, :, r + 1])
+            self._rows = sums
         return self._rows
 
-    def _exact32(self, pixels: int) -> bool:
-        """Whether float32 sums over up to ``pixels`` pixels are exact."""
+    def _exact32(self, pixels):
+        """Whether float32 sums over up to ``pixels`` pixels are exact (an int, or an
+        integer array for an array of answers when the unit is known)."""
         return self.unit is not None and pixels * 255.0 / self.unit < 2 ** 24
 
     def level(self, size: Tuple[int, int]) -> Tuple[torch.Tensor, int, int]:
@@ -439,53 +445,55 @@ def _regress(b: np.ndarray, reg: np.ndarray, plus_one: bool = True) -> np.ndarra
     return b
 
 
-@functools.lru_cache(maxsize=4096)
-def _area_weights(n: int, m: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """An area resize of ``n`` pixels to ``m`` cells (:func:`_cells`) as an (n, m) 0/1
-    matrix (column i marks cell i's pixels) and the cells' pixel counts (float32).
-    Cached: the crops of a photo come in a few hundred sizes."""
-    s, e = _cells(n, m)
-    j = torch.arange(n).view(-1, 1)
-    return ((j >= s) & (j < e)).float(), (e - s).float()
+# Boxes per vectorised crop batch: about this many gathered (row-cell, column) values.
+_SUM_BATCH = 1 << 18
 
 
-def _area_crops(x: torch.Tensor, size: int, unit: Optional[float]) -> torch.Tensor:
-    """``_resize`` of a batch of equal patches to size^2 when it shrinks them: the cells'
-    sums as two products with 0/1 matrices, divided as torch divides (sum / kh / kw).
-    Products with 0/1 are exact and, with pixels that are multiples of ``unit``, so are
-    the sums while a cell holds fewer than 2^24 / 255 units: then any summation order
-    gives torch's float32 sum, and the result is torch's to the bit. Otherwise torch's
-    own kernel runs."""
-    ph, pw = x.shape[-2:]
-    if ph < size or pw < size:
-        return _resize(x, (size, size))
-    (ah, kh), (aw, kw) = _area_weights(ph, size), _area_weights(pw, size)
-    if unit is None or float(kh.max()) * float(kw.max()) * 255.0 / unit >= 2 ** 24:
-        return _resize(x, (size, size))
-    y = torch.matmul(x, aw)  # (B, 3, ph, size): one 2-D product
-    z = torch.matmul(y.transpose(2, 3), ah).transpose(2, 3)
-    return z.div_(kh.view(-1, 1)).div_(kw)
+def _sum_rows(canvas: _Canvas, rows: torch.Tensor, x0: torch.Tensor, width: int
+              ) -> torch.Tensor:
+    """(B, R, width, 3): for box b, the canvas's column sums at block rows ``rows[b]``
+    (B, R; clamped to the block, so rows above it read 0 and rows below it the full
+    sums), columns x0[b] .. x0[b] + width - 1. Each is one contiguous read of the NHWC
+    sums; columns past the block's side (any box with width <= the block's width)
+    read the neighbouring row or the zero rows around the sums, finite values that the
+    caller masks."""
+    h, w = canvas.pixels.shape[-2:]
+    sums = canvas.column_sums()
+    runs = torch.as_strided(sums, (sums.numel() // 3 + w, 3 * width), (3, 1),
+                            sums.storage_offset() - 3 * w)  # a run from every pixel
+    starts = rows.clamp(0, h).add_(1).mul_(w).add_(x0[:, None])
+    return runs.index_select(0, starts.view(-1)).view(*rows.shape, width, 3)
 
 
-_BAND_ROWS = 4  # boxes at least this many times the crop's size: _band_crops
+def _sum_crops(canvas: _Canvas, y0: torch.Tensor, x0: torch.Tensor, ph: torch.Tensor,
+               pw: torch.Tensor, size: int) -> torch.Tensor:
+    """``_resize`` to size^2 of B boxes of the canvas's frame that it shrinks (ph, pw >=
+    size, pw <= the block's width), at block rows ``y0`` and columns ``x0`` (int64; the
+    box may reach past the block, where the frame is black), without reading their
+    pixels and without grouping them by size.
 
-
-def _band_crops(canvas: _Canvas, y0: np.ndarray, x0: np.ndarray, ph: int, pw: int,
-                size: int) -> Optional[torch.Tensor]:
-    """``_area_crops`` of the canvas's ph x pw boxes at block rows ``y0``, columns ``x0``
-    (inside the block) without reading their pixels: each box's row cells are
-    differences of the canvas's column sums (2 x size rows of pw values instead of ph),
-    then the column cells are a product with a 0/1 matrix. Exact integer (unit) sums
-    as in ``_area_crops``, so torch's bits; None where they would not be exact."""
-    (rs, re), (cs, ce) = _cells(ph, size), _cells(pw, size)
-    if canvas.unit is None or not canvas._exact32(int((re - rs).max()) * int((ce - cs).max())):
-        return None
-    cols = canvas.column_sums()[0]
-    rows = torch.cat([re, rs])
-    bands = torch.stack([cols[:, rows + a, b:b + pw] for a, b in zip(y0.tolist(), x0.tolist())])
-    bands = (bands[:, :, :size] - bands[:, :, size:]).float()  # (B, 3, size, pw) row cells
-    aw, kw = _area_weights(pw, size)
-    return torch.matmul(bands, aw).div_((re - rs).float().view(-1, 1)).div_(kw)
+    A box's row cells are differences of the canvas's column sums at its 2 x size cell
+    edges (rows clamped to the block: black rows add nothing); each edge row's run of
+    columns x0.. is one contiguous read of the NHWC sums (past the block's side it reads
+    the neighbouring row or the zero rows around the sums). The column cells are then
+    one product with the box's own 0/1 matrix, in which columns outside the block or
+    the box weigh 0. The caller ensures the cells' sums are exact integers of units in
+    float32 (:meth:`_Canvas._exact32`): every partial sum is then exact in any order,
+    and dividing as torch does (sum / kh / kw) gives torch's bits."""
+    w = canvas.pixels.shape[-1]
+    i = torch.arange(size)
+    rs, re = i * ph[:, None] // size, ((i + 1) * ph[:, None] + size - 1) // size
+    cs, ce = i * pw[:, None] // size, ((i + 1) * pw[:, None] + size - 1) // size
+    n, width = len(x0), int(pw.max())
+    band = _sum_rows(canvas, torch.cat([re, rs], 1) + y0[:, None], x0, width)
+    band = (band[:, :size] - band[:, size:]).float()  # (B, size, width, 3) row cells
+    j = torch.arange(width)
+    x = x0[:, None] + j
+    weight = (j[None, :, None] >= cs[:, None, :]) & (j[None, :, None] < ce[:, None, :]) \
+        & ((x >= 0) & (x < w))[:, :, None]  # (B, width, size); j >= pw lies past ce
+    out = torch.matmul(band.permute(0, 3, 1, 2).reshape(n, 3 * size, width), weight.float())
+    out = out.view(n, 3, size, size)
+    return out.div_((re - rs).float().view(-1, 1, size, 1)).div_((ce - cs).float().view(-1, 1, 1, size))
 
 
 def _crops(canvas: _Canvas, boxes: np.ndarray, size: int) -> torch.Tensor:
@@ -493,8 +501,10 @@ def _crops(canvas: _Canvas, boxes: np.ndarray, size: int) -> torch.Tensor:
     normalised (:func:`_normalise`): R- and O-Net's input.
 
     Parts of a box outside the image are black (zero), as in the original MTCNN, so the
-    crop keeps its aspect ratio at the border. Boxes of one size are resized together
-    (:func:`_area_crops`): per-call costs dominated when each box had its own resize.
+    crop keeps its aspect ratio at the border. Boxes that shrink with exact sums (almost
+    all) are resized in batches from the canvas's column sums (:func:`_sum_crops`), in
+    order of width so a batch pads little; the rest (enlarging boxes, or sums too large
+    to be exact in float32) by torch's own kernel, boxes of one size together.
     """
     img, top, left = canvas.pixels, canvas.top, canvas.left
     h, w = img.shape[-2:]
@@ -504,32 +514,47 @@ def _crops(canvas: _Canvas, boxes: np.ndarray, size: int) -> torch.Tensor:
     b = boxes.astype(np.int64)
     bx0, by0 = b[:, 0] - 1 - left, b[:, 1] - 1 - top  # the box in block coordinates
     bx1, by1 = b[:, 2] - left, b[:, 3] - top
-    inside = (bx0 >= 0) & (by0 >= 0) & (bx1 <= w) & (by1 <= h)
     seen = (np.minimum(bx1, w) > np.maximum(bx0, 0)) & (np.minimum(by1, h) > np.maximum(by0, 0))
     ph, pw = by1 - by0, bx1 - bx0
-    out[torch.from_numpy(~seen)] = 0  # wholly black boxes: the nets reject them
-    idx = np.flatnonzero(seen)
+    if not seen.all():  # wholly black boxes: the nets reject them
+        out.index_fill_(0, torch.from_numpy(np.flatnonzero(~seen)), 0)
+    # the largest cell of an n-pixel side cut in `size` cells spans ceil(n / size) + 1
+    # pixels at most; exact when that many pixels' sums stay below 2^24 units
+    summed = seen & (ph >= size) & (pw >= size) & (pw <= w)
+    if canvas.unit is None:
+        summed[:] = False
+    else:
+        summed &= canvas._exact32((-(-ph // size) + 1) * (-(-pw // size) + 1))
+    idx = np.flatnonzero(summed)
+    if len(idx):
+        idx = idx[np.argsort(pw[idx], kind="stable")]
+        order = torch.from_numpy(idx)
+        y0, x0 = torch.from_numpy(by0[idx]), torch.from_numpy(bx0[idx])
+        hh, ww = torch.from_numpy(ph[idx]), torch.from_numpy(pw[idx])
+        # widths ascend, so a batch is as wide as its last box: n boxes from `start` on
+        # gather n x 2 size x 3 x (the n-th box's width) values
+        width = pw[idx] * (6 * size)
+        start = 0
+        while start < len(idx):
+            need = np.arange(1, len(idx) - start + 1) * width[start:]  # ascending
+            n = int(np.searchsorted(need, _SUM_BATCH, side="right"))
+            stop = start + max(1, n)
+            out.index_copy_(0, order[start:stop], _sum_crops(
+                canvas, y0[start:stop], x0[start:stop], hh[start:stop], ww[start:stop], size))
+            start = stop
+    idx = np.flatnonzero(seen & ~summed)
     order = idx[np.lexsort((pw[idx], ph[idx]))]
     edges = np.flatnonzero(np.diff(ph[order]) | np.diff(pw[order])) + 1
     src = img[0]
     rows = np.stack([by0, by1, bx0, bx1], 1).tolist()  # Python ints: a fast loop
-    for group in np.split(order, edges):
+    for group in np.split(order, edges) if len(order) else []:
         gh, gw = int(ph[group[0]]), int(pw[group[0]])
-        if inside[group].all():
-            if gh >= _BAND_ROWS * size and gw >= size:
-                got = _band_crops(canvas, by0[group], bx0[group], gh, gw, size)
-                if got is not None:
-                    out.index_copy_(0, torch.from_numpy(group), got)
-                    continue
-            batch = torch.stack([src[:, y0:y1, x0:x1]
-                                 for y0, y1, x0, x1 in (rows[i] for i in group.tolist())])
-        else:  # some box crosses the block's edge: black outside it
-            batch = img.new_zeros((len(group), 3, gh, gw))
-            for k, i in enumerate(group.tolist()):
-                y0, y1, x0, x1 = rows[i]
-                sy0, sy1, sx0, sx1 = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
-                batch[k, :, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = src[:, sy0:sy1, sx0:sx1]
-        out.index_copy_(0, torch.from_numpy(group), _area_crops(batch, size, canvas.unit))
+        batch = img.new_zeros((len(group), 3, gh, gw))
+        for k, i in enumerate(group.tolist()):  # black outside the block
+            y0, y1, x0, x1 = rows[i]
+            sy0, sy1, sx0, sx1 = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
+            batch[k, :, sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = src[:, sy0:sy1, sx0:sx1]
+        out.index_copy_(0, torch.from_numpy(group), _resize(batch, (size, size)))
     return out.sub_(_MEAN).mul_(_SCALE)  # _normalise, in place
 
 
