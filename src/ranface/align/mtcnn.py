@@ -402,19 +402,20 @@ class _Canvas:
         b = (re[i0:i1] - self.top).clamp(0, h)
         kh, kw = re[i0:i1] - rs[i0:i1], ce[j0:j1] - cs[j0:j1]
         exact = self._exact32(int(kh.max()) * int(kw.max()))
-        band = self.column_sums().index_select(2, b) - self.column_sums().index_select(2, a)
+        sums = self.column_sums().permute(0, 2, 3, 1).reshape(h + 1, 3 * w)  # a view: NHWC
+        band = sums.index_select(0, b) - sums.index_select(0, a)  # whole rows: contiguous reads
         band = band.to(torch.float32 if exact else torch.float64)
-        # columns as rows, so each shift below copies whole rows
-        band = band.transpose(2, 3).contiguous()  # (1, 3, w, i1 - i0)
+        # (w, i1 - i0, 3): columns as rows, so each shift below copies whole rows
+        band = band.view(-1, w, 3).transpose(0, 1).contiguous()
         a = (cs[j0:j1] - self.left).clamp(0, w)
         n = (ce[j0:j1] - self.left).clamp(0, w) - a
-        sums = band.index_select(2, a)
+        sums = band.index_select(0, a)
         full = int(n.min())  # shifts every column takes; only the wider cells take the rest
         for t in range(1, int(n.max())):
-            more = band.index_select(2, (a + t).clamp(max=w - 1))
-            sums += more if t < full else more.mul_((n > t).view(1, 1, -1, 1))
-        sums = sums.float().div_(kh.float().view(1, 1, 1, -1)).div_(kw.float().view(1, 1, -1, 1))
-        return sums.transpose(2, 3), i0, j0
+            more = band.index_select(0, (a + t).clamp(max=w - 1))
+            sums += more if t < full else more.mul_((n > t).view(-1, 1, 1))
+        sums = sums.float().div_(kh.float().view(1, -1, 1)).div_(kw.float().view(-1, 1, 1))
+        return sums.permute(2, 1, 0)[None], i0, j0  # (1, 3, i1 - i0, j1 - j0)
 
 
 _MEAN, _SCALE = 127.5, 0.0078125  # MTCNN's input: (pixel - 127.5) / 128 (2^-7: exact)
