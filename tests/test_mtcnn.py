@@ -451,3 +451,28 @@ def test_crops_whose_sums_are_not_exact_in_float32_run_torch():
     assert calls == [1]
     want = m._normalise(torch.cat([_frame_crop(c2.frame(), b, 24) for b in boxes]))
     assert torch.equal(got, want)
+
+
+def test_canvas_with_float64_column_sums_gives_torchs_levels_and_crops():
+    """A 2x copy taller than 4112 rows keeps its column sums in float64 (float32 would
+    round them); its levels and crops with exact cells are still torch's bits."""
+    import math
+
+    import torch.nn.functional as F
+    import ranface.align.mtcnn as m
+
+    g = torch.Generator().manual_seed(7)
+    c = m._Canvas(torch.randint(0, 256, (1, 3, 2100, 30), generator=g).float(), 50, 15, (2200, 60))
+    c2 = c.enlarge((4400, 120))
+    assert c2.column_sums().dtype == torch.float64
+    frame = c2.frame()
+    for s in (0.6, 0.3):
+        lsz = (math.ceil(4400 * s), math.ceil(120 * s))
+        part, r0, c0 = c2.level(lsz)
+        full = torch.zeros(1, 3, *lsz)
+        full[:, :, r0:r0 + part.shape[2], c0:c0 + part.shape[3]] = part
+        assert torch.equal(full, F.interpolate(frame, size=lsz, mode="area")), s
+    boxes = np.array([[20, 90, 70, 140], [1, 4000, 40, 4039], [31, 200, 120, 289]], dtype=np.float64)
+    for size in (24, 48):
+        want = m._normalise(torch.cat([_frame_crop(frame, b, size) for b in boxes]))
+        assert torch.equal(m._crops(c2, boxes, size), want), size

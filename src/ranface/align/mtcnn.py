@@ -403,10 +403,11 @@ class _Canvas:
         kh, kw = re[i0:i1] - rs[i0:i1], ce[j0:j1] - cs[j0:j1]
         exact = self._exact32(int(kh.max()) * int(kw.max()))
         sums = self.column_sums().permute(0, 2, 3, 1).reshape(h + 1, 3 * w)  # a view: NHWC
-        band = sums.index_select(0, b) - sums.index_select(0, a)  # whole rows: contiguous reads
-        band = band.to(torch.float32 if exact else torch.float64)
-        # (w, i1 - i0, 3): columns as rows, so each shift below copies whole rows
-        band = band.view(-1, w, 3).transpose(0, 1).contiguous()
+        # (w, i1 - i0, 3): columns as rows, so each shift below copies whole rows; the
+        # row gathers read whole rows, contiguous
+        band = sums.new_empty((w, len(b), 3), dtype=torch.float32 if exact else torch.float64)
+        torch.sub(sums.index_select(0, b).view(-1, w, 3).transpose(0, 1),
+                  sums.index_select(0, a).view(-1, w, 3).transpose(0, 1), out=band)
         a = (cs[j0:j1] - self.left).clamp(0, w)
         n = (ce[j0:j1] - self.left).clamp(0, w) - a
         sums = band.index_select(0, a)
