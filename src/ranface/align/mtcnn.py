@@ -415,8 +415,13 @@ class _Canvas:
         for t in range(1, int(n.max())):
             more = band.index_select(0, (a + t).clamp(max=w - 1))
             sums += more if t < full else more.mul_((n > t).view(-1, 1, 1))
-        sums = sums.float().div_(kh.float().view(1, -1, 1)).div_(kw.float().view(-1, 1, 1))
-        return sums.permute(2, 1, 0)[None], i0, j0  # (1, 3, i1 - i0, j1 - j0)
+        # laid out as (rows, cols, 3), P-Net's NHWC, then sum / kh / kw as torch divides
+        # (over rows of cols x 3 values: vectorised)
+        cells = sums.new_empty((i1 - i0, j1 - j0, 3), dtype=torch.float32)
+        cells.copy_(sums.transpose(0, 1))  # float64 sums round to float32 here
+        flat = cells.view(i1 - i0, -1)
+        flat.div_(kh.float().view(-1, 1)).div_(kw.float().repeat_interleave(3).view(1, -1))
+        return cells.permute(2, 0, 1)[None], i0, j0  # (1, 3, rows, cols), NHWC in memory
 
 
 _MEAN, _SCALE = 127.5, 0.0078125  # MTCNN's input: (pixel - 127.5) / 128 (2^-7: exact)
