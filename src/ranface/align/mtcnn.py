@@ -246,13 +246,20 @@ def _nonzero_box(x: torch.Tensor) -> Optional[Tuple[int, int, int, int]]:
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
+def _cell_edges(n: torch.Tensor, m: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Start and end (exclusive) of each of the ``m`` cells that an area resize of ``n``
+    pixels to ``m`` averages: floor(i n / m) and ceil((i + 1) n / m), torch's rule;
+    ``n`` an int64 tensor of any shape, the results that shape plus (m,)."""
+    i = torch.arange(m, dtype=torch.int64)
+    n = n[..., None]
+    return i * n // m, ((i + 1) * n + m - 1) // m
+
+
 @functools.lru_cache(maxsize=4096)
 def _cells(n: int, m: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Start and end (exclusive) of each of the ``m`` cells that an area resize of ``n``
-    pixels to ``m`` averages: floor(i n / m) and ceil((i + 1) n / m), torch's rule.
-    Cached (callers never modify them): crops of one size recur."""
-    i = torch.arange(m, dtype=torch.int64)
-    return i * n // m, ((i + 1) * n + m - 1) // m
+    """:func:`_cell_edges` of one side. Cached (callers never modify them): levels and
+    crops of one size recur."""
+    return _cell_edges(torch.tensor(n, dtype=torch.int64), m)
 
 
 def _upsample2x(x: torch.Tensor) -> torch.Tensor:
@@ -489,9 +496,7 @@ def _sum_crops(canvas: _Canvas, y0: torch.Tensor, x0: torch.Tensor, ph: torch.Te
     float32 (:meth:`_Canvas._exact32`): every partial sum is then exact in any order,
     and dividing as torch does (sum / kh / kw) gives torch's bits."""
     w = canvas.pixels.shape[-1]
-    i = torch.arange(size)
-    rs, re = i * ph[:, None] // size, ((i + 1) * ph[:, None] + size - 1) // size
-    cs, ce = i * pw[:, None] // size, ((i + 1) * pw[:, None] + size - 1) // size
+    (rs, re), (cs, ce) = _cell_edges(ph, size), _cell_edges(pw, size)  # (B, size) each
     n, width = len(x0), int(pw.max())
     band = _sum_rows(canvas, torch.cat([re, rs], 1) + y0[:, None], x0, width)
     band = (band[:, :size] - band[:, size:]).float()  # (B, size, width, 3) row cells
@@ -554,7 +559,7 @@ def _crops(canvas: _Canvas, boxes: np.ndarray, size: int) -> torch.Tensor:
     order = idx[np.lexsort((pw[idx], ph[idx]))]
     edges = np.flatnonzero(np.diff(ph[order]) | np.diff(pw[order])) + 1
     src = img[0]
-    rows = np.stack([by0, by1, bx0, bx1], 1).tolist()  # Python ints: a fast loop
+    rows = dict(zip(idx.tolist(), np.stack([by0, by1, bx0, bx1], 1)[idx].tolist()))  # ints
     for group in np.split(order, edges) if len(order) else []:
         gh, gw = int(ph[group[0]]), int(pw[group[0]])
         batch = img.new_zeros((len(group), 3, gh, gw))
