@@ -13,7 +13,9 @@ Variants (the settings of the demo's ``lr_pool`` stage: ``pad_ratio`` 0.5, upsca
 * ``now``: the default now: the black margin never materialised (pyramid levels, the 2x
   copy and the crops made from the photo's block), R/O-Net in chunks of 128/64, P-Net
   in stripes on wide levels, NMS windows per box (fourth round); crops resized per size
-  group, P-Net's max pooling and the 2x copy written out (fifth round);
+  group, P-Net's max pooling and the 2x copy written out (fifth round); shrinking crops
+  straight from the NHWC column sums in width-sorted batches, levels' edge rows read as
+  whole rows (seventh round);
 * ``new-only``: ``now`` + enlarged copies search only the scales the 1x image did not
   (``upscale_new_only``, prepare's ``upscale_new_only=true``).
 
