@@ -52,7 +52,7 @@ PAD_MODES = ("constant", "replicate")
 # and the activations of a chunk stay in cache (one core, 3,000 crops: R-Net 0.30 s in
 # chunks of 128 vs 0.54 s of 512, O-Net 1.55 s of 64 vs 3.75 s of 512). The chunk can
 # change the float bits (oneDNN picks its kernel by batch: R-Net in 256 differs from 128
-# on an AVX2 EPYC), so it is fixed, not tuned per machine.
+# on an AVX-512 EPYC), so it is fixed, not tuned per machine.
 _CHUNK = {"RNet": 128, "ONet": 64}
 
 
