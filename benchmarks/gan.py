@@ -29,7 +29,7 @@ from ranface.config import load_config
 from ranface.gan.config import GanConfig, PROFILES
 from ranface.gan.discriminators import MultiRegionDiscriminator
 from ranface.gan.generator import MRGenerator
-from ranface.gan.losses import ExpertNetwork
+from ranface.gan.losses import ExpertNetwork, _channel_slope
 from ranface.gan.trainer import GanSteps, compile_networks, default_expert, to_memory_format
 from ranface.models import create_backbone
 from ranface.train.distributed import DistInfo
@@ -143,8 +143,6 @@ class _ReluDifferencePReLU(torch.nn.Module):
         self.register_buffer("weight", frozen.weight.clone())
 
     def forward(self, x):
-        from ranface.gan.losses import _channel_slope
-
         a = _channel_slope(self.weight.to(x.dtype), x)
         return torch.relu(x) - a * torch.relu(-x)
 

@@ -410,12 +410,12 @@ class _Canvas:
         b = (re[i0:i1] - self.top).clamp(0, h)
         kh, kw = re[i0:i1] - rs[i0:i1], ce[j0:j1] - cs[j0:j1]
         exact = self._exact32(int(kh.max()) * int(kw.max()))
-        sums = self.column_sums().permute(0, 2, 3, 1).reshape(h + 1, 3 * w)  # a view: NHWC
+        table = self.column_sums().permute(0, 2, 3, 1).reshape(h + 1, 3 * w)  # a view: NHWC
         # (w, i1 - i0, 3): columns as rows, so each shift below copies whole rows; the
         # row gathers read whole rows, contiguous
-        band = sums.new_empty((w, len(b), 3), dtype=torch.float32 if exact else torch.float64)
-        torch.sub(sums.index_select(0, b).view(-1, w, 3).transpose(0, 1),
-                  sums.index_select(0, a).view(-1, w, 3).transpose(0, 1), out=band)
+        band = table.new_empty((w, len(b), 3), dtype=torch.float32 if exact else torch.float64)
+        torch.sub(table.index_select(0, b).view(-1, w, 3).transpose(0, 1),
+                  table.index_select(0, a).view(-1, w, 3).transpose(0, 1), out=band)
         a = (cs[j0:j1] - self.left).clamp(0, w)
         n = (ce[j0:j1] - self.left).clamp(0, w) - a
         sums = band.index_select(0, a)
@@ -533,11 +533,8 @@ def _crops(canvas: _Canvas, boxes: np.ndarray, size: int) -> torch.Tensor:
         out.index_fill_(0, torch.from_numpy(np.flatnonzero(~seen)), 0)
     # the largest cell of an n-pixel side cut in `size` cells spans ceil(n / size) + 1
     # pixels at most; exact when that many pixels' sums stay below 2^24 units
-    summed = seen & (ph >= size) & (pw >= size) & (pw <= w)
-    if canvas.unit is None:
-        summed[:] = False
-    else:
-        summed &= canvas._exact32((-(-ph // size) + 1) * (-(-pw // size) + 1))
+    summed = seen & (ph >= size) & (pw >= size) & (pw <= w) \
+        & canvas._exact32((-(-ph // size) + 1) * (-(-pw // size) + 1))  # False: unit unknown
     idx = np.flatnonzero(summed)
     if len(idx):
         idx = idx[np.argsort(pw[idx], kind="stable")]
