@@ -1,5 +1,8 @@
-"""MR-GAN speed: generator synthesis (faces/s, no grad) and one full training step
-(D phase + G phase through ranface's Trainer, with the frozen expert), per profile.
+"""MR-GAN speed: generator synthesis (faces/s, no grad) and the training steps of
+``train-gan`` through ranface's Trainer, per profile: the D+G step (D phase, then G phase
+with the frozen expert, G computed once) and, under ``loss.pixel_schedule`` d_ratio, the
+D-only step (G without a graph) that fills the other ``pixel_every - 1`` steps, and the
+mean step of that schedule.
 
 Each figure is the median over ``--repeats`` timed windows. CPU defaults keep the
 paper profile short:
@@ -9,7 +12,7 @@ paper profile short:
     python benchmarks/gan.py --profiles small --expert mobilefacenet --profile   # where a step goes
     python benchmarks/gan.py --profiles small --compare mobilefacenet+prelu:fp32,mobilefacenet:fp32
 
-``--profile`` runs the timed steps under ``torch.profiler`` and prints, per profile, the
+``--profile`` runs D+G steps under ``torch.profiler`` and prints, per profile, the
 share of the step in each part: the forward passes of G, D_1..D_4, the expert on G(x)
 (with grad) and on x (no grad), labelled in :class:`ranface.gan.trainer.GanSteps`; the
 backward pass (all autograd nodes), the optimizer steps, and the rest; then the ops
@@ -30,8 +33,9 @@ from ranface.gan.config import GanConfig, PROFILES
 from ranface.gan.discriminators import MultiRegionDiscriminator
 from ranface.gan.generator import MRGenerator
 from ranface.gan.losses import ExpertNetwork, _channel_slope
-from ranface.gan.trainer import GanSteps, compile_networks, default_expert, to_memory_format
+from ranface.gan.trainer import GanSteps, compile_networks, default_expert, g_interval, to_memory_format
 from ranface.models import create_backbone
+from ranface.models.depthwise import set_fp32_input_grad
 from ranface.train.distributed import DistInfo
 from ranface.train.loop import RepeatStream, Phase, Trainer, TrainerOptions
 from ranface.train.precision import resolve_device, resolve_precision
@@ -83,7 +87,28 @@ def _breakdown(prof, steps):
     return {k: v / 1e6 / steps for k, v in parts.items()}, total / 1e6 / steps
 
 
+def _one_step(tr, kind, every):
+    """Run one training step of ``kind`` ("dg": the D and G phases, "d": D only) by moving
+    the step counter to the next step of that kind (it only seeds z)."""
+    if kind == "dg":
+        tr.step = -(-tr.step // every) * every
+    elif tr.step % every == 0:
+        tr.step += 1
+    tr.opt.max_steps = tr.step + 1
+    tr.fit()
+
+
 def step_time(cfg, expert, batch, steps, repeats, device, precision, profile=False, compiled=False):
+    """Seconds of a D+G step and of a D-only step as ``train-gan`` runs them (medians over
+    ``repeats`` windows of ``steps`` steps of each kind; D-only is None when G runs every
+    step), and D's parameter count.
+
+    The phases are train-gan's: the G phase runs every :func:`~ranface.gan.trainer.g_interval`
+    steps, and on those steps the D phase computes G(x) with its graph for the G phase to
+    back-propagate through (G runs once); on the other steps G runs under no_grad for D's
+    fakes. (Before issue 16's eighth round this benchmark ran the G phase on every step,
+    so 4 of 5 "D+G" steps under d_ratio ran G twice, once without and once with a graph.)
+    """
     torch.manual_seed(0)
     G = MRGenerator(cfg.generator).to(device)
     D = MultiRegionDiscriminator(cfg.discriminator).to(device)
@@ -92,46 +117,57 @@ def step_time(cfg, expert, batch, steps, repeats, device, precision, profile=Fal
     # as train-gan does (compile_networks compiles the shared expert once, in place)
     nets = compile_networks(G, D, D, expert) if compiled else (G, D, D)
     gs = GanSteps(*nets, expert, cfg)
+    every = g_interval(cfg)
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
     x = torch.rand(batch, 3, 112, 112, device=device) * 2 - 1
     y = torch.rand(batch, 3, 112, 112, device=device) * 2 - 1
     if cl:
         x, y = x.contiguous(memory_format=torch.channels_last), y.contiguous(memory_format=torch.channels_last)
+    kinds = ("dg", "d") if every > 1 else ("dg",)
     with tempfile.TemporaryDirectory() as tmp:
-        tr = Trainer(run_dir=tmp, phases=[Phase("D", opt_d, gs.d_loss, [D]), Phase("G", opt_g, gs.g_loss, [G])],
+        tr = Trainer(run_dir=tmp, phases=[Phase("D", opt_d, gs.d_loss, [D]),
+                                          Phase("G", opt_g, gs.g_loss, [G], interval=every)],
                      state_modules={"generator": G, "discriminator": D}, stream=RepeatStream((x, y, [])),
                      to_device=lambda b: b, device=device, precision=precision, dist=DistInfo(),
                      options=TrainerOptions(max_steps=1, log_every=10 ** 6, ckpt_every=10 ** 6, progress=False,
                                             tensorboard=False), config={})
-        tr.opt.max_steps = 2 if compiled else 1  # warm-up (compiling each phase's graphs; a checkpoint)
-        tr.fit()
+        for kind in kinds:  # warm-up (compiling each kind's graphs; a checkpoint)
+            for _ in range(2 if compiled else 1):
+                _one_step(tr, kind, every)
         tr.ckpt.save = lambda *a, **k: None  # time the steps, not checkpoint writes
         tr.param_digest = lambda: ""  # nor the end-of-fit replica digest
-        times = []
+        times = {k: [] for k in kinds}
         for _ in range(repeats):
-            tr.opt.max_steps = tr.step + steps
-            _sync(device)
-            t = time.perf_counter()
-            tr.fit()
-            _sync(device)
-            times.append((time.perf_counter() - t) / steps)
+            for kind in kinds:
+                _sync(device)
+                t = time.perf_counter()
+                for _ in range(steps):
+                    _one_step(tr, kind, every)
+                _sync(device)
+                times[kind].append((time.perf_counter() - t) / steps)
         if profile:
             from torch.profiler import ProfilerActivity, profile as tprofile, record_function
 
-            tr.opt.max_steps = tr.step + steps
             with tprofile(activities=[ProfilerActivity.CPU]) as prof:
                 with record_function("gan.step"):
                     t = time.perf_counter()
-                    tr.fit()
+                    for _ in range(steps):
+                        _one_step(tr, "dg", every)
                     wall = (time.perf_counter() - t) / steps
             parts, _ = _breakdown(prof, steps)
-            print(f"  where a step goes ({steps} steps profiled, {wall:.3f} s a step under the profiler):")
+            print(f"  where a D+G step goes ({steps} steps profiled, {wall:.3f} s a step under the profiler):")
             rest = wall - sum(parts.values())
             for k, v in sorted(parts.items(), key=lambda kv: -kv[1]) + [("rest (data, losses, Python)", rest)]:
                 print(f"  | {k} | {v:.3f} s | {100 * v / wall:.0f}% |")
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
-    return statistics.median(times), sum(p.numel() for p in D.parameters())
+    d_only = statistics.median(times["d"]) if "d" in times else None
+    return statistics.median(times["dg"]), d_only, every, sum(p.numel() for p in D.parameters())
+
+
+def schedule_mean(dg, d_only, every):
+    """Mean seconds a step of train-gan's schedule: one D+G step per ``every`` steps."""
+    return dg if d_only is None else (dg + (every - 1) * d_only) / every
 
 
 class _ReluDifferencePReLU(torch.nn.Module):
@@ -159,7 +195,9 @@ def _swap_frozen_prelu(module):
 
 def make_expert(name, device):
     """``resnet29`` | ``mobilefacenet``; suffixes: ``+nofold`` keeps the expert's BatchNorms
-    (what :func:`ranface.models.fuse.fold_conv_bn` saves), ``+prelu`` keeps torch's
+    (what :func:`ranface.models.fuse.fold_conv_bn` saves), ``+nativedw`` runs torch's own bf16
+    kernel for the strided depthwise layers' input gradient (what
+    :class:`ranface.models.depthwise.DepthwiseConv2d` saves), ``+prelu`` keeps torch's
     ``nn.PReLU`` (what :class:`ranface.gan.losses.FrozenPReLU` saves), ``+reludiff`` the
     earlier relu(x) - a * relu(-x) form of it, ``+compile`` runs G,
     D and the expert through ``torch.compile`` (:func:`ranface.gan.trainer.compile_networks`)."""
@@ -172,32 +210,48 @@ def make_expert(name, device):
         module, source = create_backbone("mobilefacenet"), name.replace("mobilefacenet", "mobilefacenet (untrained)")
     expert = ExpertNetwork(module, source=source, fold_bn="nofold" not in flags,
                            frozen_prelu="prelu" not in flags)
+    if "nativedw" in flags:
+        set_fp32_input_grad(expert.backbone, False)
     if "reludiff" in flags:
         _swap_frozen_prelu(expert.backbone)
     return expert.to(device)
 
 
 def compare(args, device):
-    """D+G step time of each (expert, precision) variant, ``--repeats`` rounds interleaved
-    (one window of ``--steps`` steps per variant per round), medians and ratios to the first."""
+    """D+G and D-only step times of each (expert, precision) variant, ``--repeats`` rounds
+    interleaved (one window of ``--steps`` steps of each kind per variant per round),
+    medians, train-gan's schedule mean, and ratios (steps/s) to the first variant."""
     name = args.profiles.split(",")[0]
     variants = [tuple(v.split(":")) for v in args.compare.split(",")]
     experts = {e: make_expert(e, device) for e, _ in variants}
-    times = {v: [] for v in variants}
+    times = {v: ([], []) for v in variants}
+    every = 1
     for _ in range(args.repeats):
         for e, p in variants:
-            st, _ = step_time(profile_cfg(name, args.set), experts[e], args.train_batch, args.steps, 1, device,
-                              resolve_precision(p, device), compiled="compile" in e.split("+"))
-            times[(e, p)].append(st)
+            dg, d_only, every, _ = step_time(profile_cfg(name, args.set), experts[e], args.train_batch, args.steps,
+                                             1, device, resolve_precision(p, device),
+                                             compiled="compile" in e.split("+"))
+            times[(e, p)][0].append(dg)
+            if d_only is not None:
+                times[(e, p)][1].append(d_only)
     print(f"device {device}, threads {torch.get_num_threads()}, profile {name}, batch {args.train_batch}, "
-          f"{args.repeats} interleaved rounds of {args.steps} steps")
-    print("| expert | precision | D+G step s (median) | min..max | steps/s ratio vs first |")
-    print("|---|---|---|---|---|")
-    base = statistics.median(times[variants[0]])
+          f"{args.repeats} interleaved rounds of {args.steps} steps of each kind; G phase every {every} steps")
+    print("| expert | precision | D+G step s (median) | min..max | D-only step s | train-gan mean step s "
+          "| D+G steps/s vs first | mean steps/s vs first |")
+    print("|---|---|---|---|---|---|---|---|")
+
+    def medians(v):
+        dg = statistics.median(times[v][0])
+        d_only = statistics.median(times[v][1]) if times[v][1] else None
+        return dg, d_only, schedule_mean(dg, d_only, every)
+
+    base = medians(variants[0])
     for v in variants:
-        m = statistics.median(times[v])
-        print(f"| {experts[v[0]].source} | {resolve_precision(v[1], device)} | {m:.3f} | "
-              f"{min(times[v]):.3f}..{max(times[v]):.3f} | x{base / m:.2f} |", flush=True)
+        dg, d_only, mean = medians(v)
+        d_txt = "–" if d_only is None else f"{d_only:.3f}"
+        print(f"| {experts[v[0]].source} | {resolve_precision(v[1], device)} | {dg:.3f} | "
+              f"{min(times[v][0]):.3f}..{max(times[v][0]):.3f} | {d_txt} | {mean:.3f} | "
+              f"x{base[0] / dg:.2f} | x{base[2] / mean:.2f} |", flush=True)
 
 
 def main():
@@ -234,13 +288,16 @@ def main():
     expert = make_expert(args.expert, device)
     print(f"device {device}, precision {precision}, threads {torch.get_num_threads()}, expert {expert.source}")
     print(f"| profile | G params | D params | synth faces/s (batch {args.synth_batch}) "
-          f"| D+G step s (batch {args.train_batch}) | train faces/s |")
-    print("|---|---|---|---|---|---|")
+          f"| D+G step s (batch {args.train_batch}) | D-only step s | train-gan mean step s |")
+    print("|---|---|---|---|---|---|---|")
     for name in args.profiles.split(","):
         cfg = profile_cfg(name, args.set)
         rate, gp = synth_rate(cfg, args.synth_batch, args.repeats, device, precision)
-        st, dp = step_time(cfg, expert, args.train_batch, args.steps, args.repeats, device, precision, args.profile)
-        print(f"| {name} | {gp / 1e6:.2f}M | {dp / 1e6:.2f}M | {rate:.1f} | {st:.3f} | {args.train_batch / st:.1f} |",
+        dg, d_only, every, dp = step_time(cfg, expert, args.train_batch, args.steps, args.repeats, device,
+                                          precision, args.profile)
+        d_txt = "–" if d_only is None else f"{d_only:.3f}"
+        print(f"| {name} | {gp / 1e6:.2f}M | {dp / 1e6:.2f}M | {rate:.1f} | {dg:.3f} | {d_txt} | "
+              f"{schedule_mean(dg, d_only, every):.3f} |",
               flush=True)
 
 

@@ -125,10 +125,12 @@ def parse_gan(bench: str, out: str) -> List[Figure]:
     figs = []
     for ln in out.splitlines():
         cells = [c.strip() for c in ln.strip().strip("|").split("|")]
-        if len(cells) == 6 and cells[0] and not cells[0].startswith(("profile", "-")):
+        if len(cells) == 7 and cells[0] and not cells[0].startswith(("profile", "-")):
             prof = cells[0]
             figs.append(Figure(bench, f"MR-GAN {prof}: synthesis (G, no grad)", _num(cells[3]), "faces/s"))
             figs.append(Figure(bench, f"MR-GAN {prof}: D+G training step", _num(cells[4]), "s/step"))
+            figs.append(Figure(bench, f"MR-GAN {prof}: train-gan mean step (D+G every g_interval)",
+                               _num(cells[6]), "s/step"))
     return figs
 
 

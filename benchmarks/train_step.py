@@ -17,6 +17,7 @@ import time
 import torch
 
 from ranface.models import create_backbone, create_head
+from ranface.models.depthwise import set_fp32_input_grad
 from ranface.train.distributed import DistInfo
 from ranface.train.loop import RepeatStream, Phase, Trainer, TrainerOptions
 from ranface.train.precision import resolve_device, resolve_precision
@@ -25,9 +26,11 @@ from ranface.train.recognition import ClassificationLoss
 
 
 
-def measure(backbone_name, batch, steps, repeats, device, precision, channels_last, compile_):
+def measure(backbone_name, batch, steps, repeats, device, precision, channels_last, compile_, native_dw=False):
     torch.manual_seed(0)
     bb = create_backbone(backbone_name).to(device)
+    if native_dw:  # torch's own bf16 kernel for strided depthwise input gradients
+        set_fp32_input_grad(bb, False)
     head = create_head("arcface", bb.spec.embedding_size, 1000).to(device)
     if channels_last:
         bb = bb.to(memory_format=torch.channels_last)
@@ -72,22 +75,26 @@ def main() -> None:
     args = ap.parse_args()
     device = resolve_device(args.device)
     default_prec = resolve_precision("auto", device)
-    variants = [("fp32 eager", "fp32", False, False)]
+    variants = [("fp32 eager", "fp32", False, False, False)]
     if device.type == "cuda":
-        variants.append((f"default ({default_prec} autocast, channels_last)", default_prec, True, False))
+        variants.append((f"default ({default_prec} autocast, channels_last)", default_prec, True, False, False))
     else:
         # CPU candidates, side by side (the default is what `run.precision=auto` picks)
-        variants += [(f"{default_prec} + channels_last", default_prec, True, False),
-                     ("bf16 autocast", "bf16", False, False)]
+        variants += [(f"{default_prec} + channels_last", default_prec, True, False, False),
+                     ("bf16 autocast", "bf16", False, False, False)]
+        if default_prec != "fp32" and set_fp32_input_grad(create_backbone(args.backbone), True):
+            # what models.depthwise saves: torch's own bf16 kernel for strided depthwise input grads
+            variants.append((f"{default_prec} + channels_last, torch's depthwise backward", default_prec, True,
+                             False, True))
     if args.compile:
-        variants.append((f"{default_prec} + torch.compile", default_prec, device.type == "cuda", True))
+        variants.append((f"{default_prec} + torch.compile", default_prec, device.type == "cuda", True, False))
     print(f"device={device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), "
           f"threads={torch.get_num_threads()}, backbone={args.backbone}, batch={args.batch}, "
           f"torch={torch.__version__}")
     base = None
     print(f"{'variant':48s} {'img/s':>9s} {'ratio':>7s} {'GPU mem GiB':>12s}")
-    for name, prec, cl, comp in variants:
-        rate, mem = measure(args.backbone, args.batch, args.steps, args.repeats, device, prec, cl, comp)
+    for name, prec, cl, comp, native_dw in variants:
+        rate, mem = measure(args.backbone, args.batch, args.steps, args.repeats, device, prec, cl, comp, native_dw)
         base = base or rate
         print(f"{name:48s} {rate:9.2f} {rate / base:7.2f} {mem:12.2f}", flush=True)
 

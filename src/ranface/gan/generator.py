@@ -187,6 +187,14 @@ class LocalGenerator(nn.Module):
         return torch.tanh(self.out(d0))
 
 
+def _nchw(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in the default (NCHW) layout. G's 1- and 3-channel image maps are blended in
+    it: with G in channels_last, a (N, 1, H, W) x (N, 3, H, W) broadcast product runs
+    ~20x slower in bf16 on the CPU than in NCHW (docs/performance.md, issue 16 eighth
+    round). A no-op for NCHW tensors (fp32 runs), so their values are unchanged."""
+    return t.contiguous()
+
+
 def attention_blend(G_A: torch.Tensor, x_r3: torch.Tensor, G_R: torch.Tensor) -> torch.Tensor:
     """Eq. 1: G_g(x, z) = G^A(x, z) * x_r3 + (1 - G^A(x, z)) * G^R(x, z).
 
@@ -389,8 +397,8 @@ class MRGenerator(nn.Module):
         feathered mask (``m * patch + (1 - m) * G_g``), so every channel is continuous
         across the box border (no seams); with 0 the patches sit on a zero canvas."""
         n, _, h, w = G_g.shape
-        pasted = [paste(local[r], self.boxes[r], (h, w)).to(G_g.dtype) for r in REGIONS]
-        masks = self.region_masks.to(G_g.dtype).expand(n, -1, -1, -1)
+        pasted = [_nchw(paste(local[r], self.boxes[r], (h, w)).to(G_g.dtype)) for r in REGIONS]
+        masks = _nchw(self.region_masks.to(G_g.dtype)).expand(n, -1, -1, -1)
         if self.feather > 0:
             pasted = [masks[:, i:i + 1] * p + (1.0 - masks[:, i:i + 1]) * G_g for i, p in enumerate(pasted)]
         return torch.cat([G_g, *pasted, masks], 1)
@@ -422,7 +430,7 @@ class MRGenerator(nn.Module):
             x_r1, x_r2, x_r3 = level_inputs(x, widths, self.scales)
             cond = torch.cat([z, level_code(widths, *self.levels).to(z.device, z.dtype)], 1)
         G_A, G_R = self.global_stream((x_r1, x_r2, x_r3), cond)
-        G_g = attention_blend(G_A, x_r3.to(G_A.dtype), G_R)
+        G_g = attention_blend(_nchw(G_A), _nchw(x_r3.to(G_A.dtype)), _nchw(G_R))
         local = {r: self.local[r](crop(x_r3, self.boxes[r]), cond) for r in REGIONS}
         merged = self.merge(self.merge_inputs(G_g, local))
         fake = merged.clamp(-1.0, 1.0) if self.residual else torch.tanh(merged)

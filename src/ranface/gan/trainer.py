@@ -50,7 +50,7 @@ from .losses import (ExpertNetwork, adversarial_d_loss, adversarial_g_loss, atte
                      pixel_loss)
 
 __all__ = ["run_train_gan", "LRPoolDataset", "GanStream", "GanSteps", "default_expert",
-           "sample_grid", "to_memory_format", "compile_networks"]
+           "sample_grid", "to_memory_format", "compile_networks", "g_interval"]
 
 
 # --------------------------------------------------------------------------- data
@@ -139,6 +139,13 @@ def z_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(s.generate_state(1, dtype=np.uint64)[0] >> 1))
 
 
+def g_interval(cfg: GanConfig) -> int:
+    """Every how many steps the G phase runs: ``loss.pixel_every`` under ``pixel_schedule``
+    d_ratio (WGAN's n_critic), every step under g_every. On the other steps G runs without
+    a graph, for D's fakes only."""
+    return int(cfg.loss.pixel_every) if cfg.loss.pixel_schedule == "d_ratio" else 1
+
+
 class GanSteps:
     """The loss functions of the two phases (``d_loss``, ``g_loss``), sharing G's output.
 
@@ -169,7 +176,7 @@ class GanSteps:
         """Eq. 6, L_D = l1 L_adv^D (Eq. 3)."""
         x, y = batch[0], batch[1]
         lo = self.cfg.loss
-        if lo.pixel_schedule == "d_ratio" and ctx.step % lo.pixel_every:
+        if ctx.step % g_interval(self.cfg):
             with torch.no_grad():  # no G update this step: no graph to keep
                 out = self.generate(x, ctx)
         else:
@@ -369,8 +376,8 @@ def run_train_gan(cfg: GanConfig, expert: Optional[ExpertNetwork] = None) -> Dic
     opt_G = torch.optim.Adam(G.parameters(), lr=o.lr, betas=betas)
     opt_D = torch.optim.Adam(D.parameters(), lr=o.d_lr or o.lr, betas=betas)
 
-    g_interval = cfg.loss.pixel_every if cfg.loss.pixel_schedule == "d_ratio" else 1
-    samples = SampleWriter(ctx.run_dir, cfg.image_every, cfg.num_samples, o.max_steps - 1, g_interval) \
+    every = g_interval(cfg)
+    samples = SampleWriter(ctx.run_dir, cfg.image_every, cfg.num_samples, o.max_steps - 1, every) \
         if dist.is_main else None
     compiled = use_compile(cfg.run.compile, device, o.max_steps, cfg.run.compile_min_steps)
     nets = compile_networks(G_fwd, D_fwd, D, expert) if compiled else (G_fwd, D_fwd, D)
@@ -378,7 +385,7 @@ def run_train_gan(cfg: GanConfig, expert: Optional[ExpertNetwork] = None) -> Dic
     clip = o.clip_grad_norm or None
     phases = [Phase("D", opt_D, steps.d_loss, [D_fwd], clip_grad_norm=clip),
               Phase("G", opt_G, steps.g_loss, [G_fwd], clip_grad_norm=clip,
-                    interval=g_interval)]
+                    interval=every)]
     r = cfg.run
     options = TrainerOptions(max_steps=o.max_steps, log_every=r.log_every, ckpt_every=r.ckpt_every,
                              val_every=0, keep_last=r.keep_last, keep_best=r.keep_best,

@@ -15,6 +15,7 @@ from typing import List
 import torch
 from torch import nn
 
+from .depthwise import DepthwiseConv2d
 from .registry import BackboneSpec, register_backbone
 
 __all__ = ["MobileFaceNet", "Bottleneck", "mobilefacenet"]
@@ -27,9 +28,10 @@ _STAGES = ((0,), (1, 2), (3, 4))
 
 def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0,
              groups: int = 1, act: bool = True) -> nn.Sequential:
+    # depthwise layers: fast input gradients of the strided ones under bf16 (models.depthwise)
+    conv = DepthwiseConv2d if groups > 1 and groups == cin else nn.Conv2d
     layers: List[nn.Module] = [
-        nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, groups=groups,
-                  bias=False),
+        conv(cin, cout, kernel, stride=stride, padding=padding, groups=groups, bias=False),
         nn.BatchNorm2d(cout),
     ]
     if act:
