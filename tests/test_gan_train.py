@@ -18,7 +18,7 @@ from ranface.gan.config import GanConfig
 from ranface.gan.discriminators import MultiRegionDiscriminator
 from ranface.gan.generator import MRGenerator, load_generator
 from ranface.gan.losses import ExpertNetwork
-from ranface.gan.trainer import GanSteps, LRPoolDataset, run_train_gan, z_generator
+from ranface.gan.trainer import GanSteps, LRPoolDataset, g_interval, run_train_gan, z_generator
 from ranface.inference import model_package
 from ranface.models import create_backbone
 from ranface.train.checkpoint import load_checkpoint, save_checkpoint
@@ -91,6 +91,23 @@ def one_phase_trainer(tmp_path, which, steps=1, pixel_every=5, schedule="g_every
                  options=TrainerOptions(max_steps=steps, log_every=1, ckpt_every=1000, progress=False,
                                         tensorboard=False), config={})
     return tr, G, D, expert
+
+
+@pytest.mark.parametrize("schedule, every", [("d_ratio", 3), ("g_every", 1)])
+def test_g_runs_once_a_step_with_the_g_phase_every_g_interval_steps(tmp_path, schedule, every):
+    """The phases as train-gan builds them: G forward once per step, with a graph only on
+    the steps the G phase runs (the D phase's G(x) is what the G phase back-propagates)."""
+    tr, G, D, _ = one_phase_trainer(tmp_path, "DG", steps=6, pixel_every=3, schedule=schedule)
+    cfg = load_config(GanConfig, None, TINY + ["loss.pixel_every=3", f"loss.pixel_schedule={schedule}"])
+    assert g_interval(cfg) == every
+    tr.phases[1].interval = g_interval(cfg)
+    calls = []
+    G.register_forward_hook(lambda m, i, o: calls.append(torch.is_grad_enabled()))
+    g0 = params(G)
+    tr.fit()
+    assert len(calls) == 6
+    assert sum(calls) == 6 // every  # with a graph: steps 0 and 3 under d_ratio, every step else
+    assert tr.phases[1].runs == 6 // every and not same(g0, params(G))
 
 
 def test_d_step_leaves_g_and_expert_unchanged(tmp_path):
