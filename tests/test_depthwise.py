@@ -125,3 +125,14 @@ def test_switched_off_it_runs_torchs_kernel(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         net(x)
     assert len(calls) == 3
+
+
+def test_string_padding_falls_back_to_conv2d():
+    torch.manual_seed(3)
+    ref = nn.Conv2d(8, 8, 3, 2, padding="valid", groups=8)
+    dw = DepthwiseConv2d(8, 8, 3, 2, padding="valid", groups=8)
+    dw.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 8, 9, 9)
+    g = torch.randn(2, 8, 4, 4)
+    for a, b in zip(_grads(ref, x, g, True), _grads(dw, x, g, True)):
+        assert torch.equal(a, b)

@@ -175,7 +175,6 @@ class GanSteps:
     def d_loss(self, batch: Any, ctx: StepContext) -> Tuple[torch.Tensor, Dict[str, Any]]:
         """Eq. 6, L_D = l1 L_adv^D (Eq. 3)."""
         x, y = batch[0], batch[1]
-        lo = self.cfg.loss
         if ctx.step % g_interval(self.cfg):
             with torch.no_grad():  # no G update this step: no graph to keep
                 out = self.generate(x, ctx)

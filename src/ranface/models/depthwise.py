@@ -92,7 +92,8 @@ class DepthwiseConv2d(nn.Conv2d):
 
     @torch.jit.unused
     def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.fp32_input_grad or self.padding_mode != "zeros" or not slow_reduced_input_grad(self, x):
+        if (not self.fp32_input_grad or self.padding_mode != "zeros" or isinstance(self.padding, str)
+                or not slow_reduced_input_grad(self, x)):
             return self._conv_forward(x, self.weight, self.bias)
         dtype = _compute_dtype(x)
         b = None if self.bias is None else self.bias.to(dtype)
