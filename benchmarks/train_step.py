@@ -17,7 +17,7 @@ import time
 import torch
 
 from ranface.models import create_backbone, create_head
-from ranface.models.depthwise import set_fp32_input_grad
+from ranface.models.depthwise import DepthwiseConv2d, set_fp32_input_grad
 from ranface.train.distributed import DistInfo
 from ranface.train.loop import RepeatStream, Phase, Trainer, TrainerOptions
 from ranface.train.precision import resolve_device, resolve_precision
@@ -82,7 +82,8 @@ def main() -> None:
         # CPU candidates, side by side (the default is what `run.precision=auto` picks)
         variants += [(f"{default_prec} + channels_last", default_prec, True, False, False),
                      ("bf16 autocast", "bf16", False, False, False)]
-        if default_prec != "fp32" and set_fp32_input_grad(create_backbone(args.backbone), True):
+        if default_prec != "fp32" and any(isinstance(m, DepthwiseConv2d)
+                                          for m in create_backbone(args.backbone).modules()):
             # what models.depthwise saves: torch's own bf16 kernel for strided depthwise input grads
             variants.append((f"{default_prec} + channels_last, torch's depthwise backward", default_prec, True,
                              False, True))

@@ -41,8 +41,9 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 def slow_reduced_input_grad(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether ``conv``'s input gradient for ``x`` would take oneDNN's slow path: a strided
     depthwise convolution on the CPU in bf16/fp16, with a gradient to compute."""
-    return (x.device.type == "cpu" and conv.groups > 1 and conv.groups == conv.in_channels
-            and any(s > 1 for s in conv.stride) and torch.is_grad_enabled() and x.requires_grad
+    # cheapest first: inference (no grad) answers at the first test
+    return (x.requires_grad and torch.is_grad_enabled() and max(conv.stride) > 1
+            and conv.groups == conv.in_channels > 1 and x.device.type == "cpu"
             and _compute_dtype(x) in _REDUCED)
 
 
