@@ -200,7 +200,8 @@ def make_expert(name, device):
     :class:`ranface.models.depthwise.DepthwiseConv2d` saves), ``+prelu`` keeps torch's
     ``nn.PReLU`` (what :class:`ranface.gan.losses.FrozenPReLU` saves), ``+reludiff`` the
     earlier relu(x) - a * relu(-x) form of it, ``+compile`` runs G,
-    D and the expert through ``torch.compile`` (:func:`ranface.gan.trainer.compile_networks`)."""
+    D and the expert through ``torch.compile`` (:func:`ranface.gan.trainer.compile_networks`),
+    ``+nchw`` keeps G and D in NCHW (``run.channels_last=false``; read in :func:`compare`)."""
     base, *flags = name.split("+")
     if base == "resnet29" and os.path.isdir(default_expert()):
         from ranface.models.loader import load_model
@@ -228,7 +229,8 @@ def compare(args, device):
     every = 1
     for _ in range(args.repeats):
         for e, p in variants:
-            dg, d_only, every, _ = step_time(profile_cfg(name, args.set), experts[e], args.train_batch, args.steps,
+            extra = ["run.channels_last=false"] if "nchw" in e.split("+") else []
+            dg, d_only, every, _ = step_time(profile_cfg(name, args.set + extra), experts[e], args.train_batch, args.steps,
                                              1, device, resolve_precision(p, device),
                                              compiled="compile" in e.split("+"))
             times[(e, p)][0].append(dg)

@@ -37,7 +37,7 @@ from ranface.degrade import down_up  # noqa: E402
 from ranface.models import create_backbone, create_head  # noqa: E402
 from ranface.train.distributed import DistInfo  # noqa: E402
 from ranface.train.loop import Phase, Trainer, TrainerOptions  # noqa: E402
-from ranface.train.precision import resolve_device, resolve_precision  # noqa: E402
+from ranface.train.precision import resolve_device, resolve_precision, use_channels_last  # noqa: E402
 from ranface.train.recognition import ClassificationLoss  # noqa: E402
 
 
@@ -122,14 +122,14 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
-                    help="auto: on for CUDA, off on CPU")
+                    help="auto: as the training stages decide (ranface.train.precision.use_channels_last)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
-    cl = device.type == "cuda" if args.channels_last == "auto" else args.channels_last == "on"
+    cl = use_channels_last(device, precision, None if args.channels_last == "auto" else args.channels_last == "on")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     print(f"device={device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}), "
           f"threads={torch.get_num_threads()}, backbone={args.backbone}, batch={args.batch}, "

@@ -135,7 +135,7 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda
     # auto: bf16 on CPUs with AMX/AVX512-BF16 and Ampere+ GPUs, fp16 on older GPUs, else fp32
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    # NHWC; null (auto): on under bf16/fp16 unless the backbone has depthwise convolutions
+    # NHWC; null (auto): on under bf16/fp16 (precision.use_channels_last)
     channels_last: Optional[bool] = None
     # torch.compile; null (auto): on CPU runs of at least compile_min_steps steps
     compile: Optional[bool] = None

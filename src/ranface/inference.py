@@ -52,8 +52,7 @@ class Embedder:
             fuse_for_inference(backbone)
         self.backbone = backbone.eval()
         # the fp32 inference rule only for the fused copy: the caller's module keeps its format
-        self.channels_last = use_channels_last(backbone, self.device, precision, channels_last,
-                                               inference=self.fused)
+        self.channels_last = use_channels_last(self.device, precision, channels_last, inference=self.fused)
         if self.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
         self.flip = flip

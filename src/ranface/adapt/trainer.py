@@ -372,7 +372,7 @@ def run_adaption(cfg: TrainConfig) -> Dict[str, Any]:
     if cfg.model.head_init == "centres" and not init_info.get("head"):
         init_info["head_centres_from"], init_info["start_check"] = init_head_from_centres(
             head, backbone, hr_ds, stage_transforms(cfg, spec), torch.device("cpu"))
-    channels_last = use_channels_last(backbone, ctx.device, ctx.precision, cfg.run.channels_last)
+    channels_last = use_channels_last(ctx.device, ctx.precision, cfg.run.channels_last)
     compiled = use_compile(cfg.run.compile, ctx.device, cfg.optim.max_steps, cfg.run.compile_min_steps)
     lr = load_lr_stream(a.lr_model, ctx.device, cfg.model.backbone, emb, num_classes,
                         need_head=a.beta > 0, channels_last=channels_last)

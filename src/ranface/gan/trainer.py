@@ -279,11 +279,11 @@ class SampleWriter:
 def to_memory_format(G: nn.Module, D: nn.Module, device: torch.device, precision: str,
                      setting: Optional[bool] = None) -> bool:
     """Put G and D in channels_last when :func:`ranface.train.precision.use_channels_last`
-    says so for G (``run.channels_last``; auto: under bf16/fp16, their convolutions are
-    dense); returns whether it did (the batches follow). The expert keeps its own layout."""
+    says so (``run.channels_last``; auto: under bf16/fp16); returns whether it did (the
+    batches follow). The expert keeps its own layout."""
     from ..train.precision import use_channels_last
 
-    cl = use_channels_last(G, device, precision, setting)
+    cl = use_channels_last(device, precision, setting)
     if cl:
         G.to(memory_format=torch.channels_last)
         D.to(memory_format=torch.channels_last)

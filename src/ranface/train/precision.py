@@ -64,25 +64,25 @@ def cpu_has_fast_bf16(flags: Optional[Iterable[str]] = None) -> bool:
     return any(f in have for f in BF16_CPU_FLAGS) and bool(torch.backends.mkldnn.is_available())
 
 
-def use_channels_last(model: torch.nn.Module, device: torch.device, precision: str,
-                      setting: Optional[bool] = None, inference: bool = False) -> bool:
-    """Whether to run ``model`` in channels_last (NHWC). ``setting`` True/False wins;
-    None (auto): yes under bf16/fp16 (oneDNN's and cuDNN's reduced-precision convolution
-    kernels are NHWC-native: ResNet-29 inference 1.3x over bf16 alone here) unless the
-    model has grouped/depthwise convolutions, which NHWC makes 5-10x slower on CPU
-    (MobileFaceNet; docs/performance.md). ``inference`` (a no-grad forward pass, e.g. an
-    :class:`~ranface.inference.Embedder`): also in fp32 on a CPU, where NHWC ran every
-    backbone at least as fast (ResNet-29 1.29x, MobileFaceNet 1.38x, IResNet-50 1.07x on an
-    AVX-512 Xeon; 1.43x, 1.13x, 1.20x on an AVX2 EPYC; docs/performance.md "The forward
-    pass alone")."""
+def use_channels_last(device: torch.device, precision: str, setting: Optional[bool] = None,
+                      inference: bool = False) -> bool:
+    """Whether to run a model in channels_last (NHWC). ``setting`` True/False wins; None
+    (auto): yes under bf16/fp16 (oneDNN's and cuDNN's reduced-precision convolution
+    kernels are NHWC-native: ResNet-29 inference 1.3x over bf16 alone; MobileFaceNet, with
+    its depthwise layers, 1.15x a bf16 training step and 1.57x bf16 inference on an
+    AVX512-BF16 EPYC, once :mod:`ranface.models.depthwise` took the strided depthwise input
+    gradients off oneDNN's slow bf16 kernel; docs/performance.md, issue 16 ninth round).
+    ``inference`` (a no-grad forward pass, e.g. an :class:`~ranface.inference.Embedder`):
+    also in fp32 on a CPU, where NHWC ran every backbone at least as fast (ResNet-29 1.29x,
+    MobileFaceNet 1.38x, IResNet-50 1.07x on an AVX-512 Xeon; 1.43x, 1.13x, 1.20x on an
+    AVX2 EPYC; docs/performance.md "The forward pass alone"). fp32 training stays NCHW:
+    the layout changes the float rounding of the fp32 runs (the demo's) and has not been
+    measured on every CPU."""
     if setting is not None:
         return bool(setting)
-    if inference and precision == "fp32" and device.type == "cpu":
+    if inference and device.type == "cpu":
         return True
-    if precision not in ("bf16", "fp16"):
-        return False
-    grouped = any(isinstance(m, torch.nn.Conv2d) and m.groups > 1 for m in model.modules())
-    return device.type == "cuda" or not grouped
+    return precision in ("bf16", "fp16")
 
 
 def use_compile(setting: Optional[bool], device: torch.device, steps: int, min_steps: int) -> bool:

@@ -253,7 +253,7 @@ def run_recognition(cfg: TrainConfig) -> Dict[str, Any]:
     if cfg.model.head_init == "centres" and not init_info.get("head"):
         init_info["head_centres_from"], init_info["start_check"] = init_head_from_centres(
             head, backbone, dataset, stage_transforms(cfg, spec), ctx.device)
-    channels_last = use_channels_last(backbone, ctx.device, ctx.precision, cfg.run.channels_last)
+    channels_last = use_channels_last(ctx.device, ctx.precision, cfg.run.channels_last)
     if channels_last:
         backbone.to(memory_format=torch.channels_last)
     fwd_backbone = wrap_ddp(backbone, ctx)
