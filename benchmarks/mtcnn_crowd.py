@@ -25,13 +25,25 @@ px and relative to the eye-to-mouth distance) and the score difference; faces on
 one of them are counted, with how many fall in the LR band (eye-to-mouth 10-30 px, the
 faces the demo keeps). "identical": the same boxes and landmarks to the bit.
 
+``--allocator`` picks glibc's thresholds for every variant alike (``tuned``: ranface's, as
+``prepare``'s workers run now; ``system``: glibc's own) or, with ``as-run``, each variant
+as a ``prepare`` worker ran it: ``before`` and ``zero-skip`` under glibc's defaults,
+``now`` and ``new-only`` under the tuned thresholds (which came with issue 16's
+evaluation work and reached ``prepare``'s workers in its fifth round). mallopt settings are
+per process, so ``as-run`` runs the two groups in two child processes and hands them
+the photos in turn (which child goes first alternates), timing each detection in its
+child: the speed-up a ``prepare`` user sees, where the same-allocator runs isolate the
+cascade's own.
+
     python benchmarks/mtcnn_crowd.py --photos 8
     python benchmarks/mtcnn_crowd.py                 # all 32 photos (minutes)
     python benchmarks/mtcnn_crowd.py --allocator system   # glibc's own thresholds
+    python benchmarks/mtcnn_crowd.py --allocator as-run   # each variant as prepare ran it
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -39,7 +51,7 @@ import sys
 import time
 import types
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -113,6 +125,77 @@ def in_band(d: Detections) -> int:
     return int(sum(LR_BAND[0] <= eye_mouth_distance(lm) <= LR_BAND[1] for lm in d.landmarks))
 
 
+# the variants prepare ran under glibc's defaults (as-run), the rest under the tuned thresholds
+AS_RUN_SYSTEM = ("before", "zero-skip")
+
+
+def make_variants(names: Tuple[str, ...], kw: dict) -> Dict[str, object]:
+    """Detectors by variant name (the earlier cascades from git history)."""
+    out: Dict[str, object] = {}
+    for v in names:
+        if v in ("before", "zero-skip"):
+            out[v] = cascade_at(BEFORE if v == "before" else ZERO_SKIP)(**kw)
+        else:
+            out[v] = MTCNN(upscale_new_only=v == "new-only", **kw)
+    return out
+
+
+def _detect_timed(variants: Dict[str, object], img: np.ndarray) -> List[Tuple[str, float, Detections]]:
+    out = []
+    for v, det in variants.items():
+        t = time.perf_counter()
+        d = det.detect(img)
+        out.append((v, time.perf_counter() - t, d))
+    return out
+
+
+def _child(conn, allocator: str, names: Tuple[str, ...], kw: dict, threads: int, paths: List[str]) -> None:
+    """as-run: one group of variants under one allocator setting; detects photo i when told."""
+    from ranface.runtime import ENV_VAR, tune_allocator
+
+    tune_allocator({**os.environ, ENV_VAR: allocator})
+    torch.set_num_threads(threads)
+    variants = make_variants(names, kw)
+    conn.send("ready")
+    while True:
+        i = conn.recv()
+        if i is None:
+            break
+        conn.send([(v, sec, (d.boxes, d.scores, d.landmarks)) for v, sec, d in
+                   _detect_timed(variants, read_image(paths[i]))])
+    conn.close()
+
+
+def run_as_run(paths: List[str], kw: dict, threads: int) -> Tuple[Dict[str, float], Dict[str, List[Detections]]]:
+    """Each group in its own child (spawned: a fresh allocator), photos handed out in turn."""
+    ctx = multiprocessing.get_context("spawn")
+    groups = ((("before", "zero-skip"), "system"), (("now", "new-only"), "tuned"))
+    kids = []
+    for names, alloc in groups:
+        here, there = ctx.Pipe()
+        proc = ctx.Process(target=_child, args=(there, alloc, names, kw, threads, paths), daemon=True)
+        proc.start()
+        kids.append((here, proc))
+    for here, _ in kids:
+        if here.recv() != "ready":
+            raise RuntimeError("a child did not start")
+    times: Dict[str, float] = {v: 0.0 for g, _ in groups for v in g}
+    dets: Dict[str, List[Detections]] = {v: [] for v in times}
+    try:
+        for i in range(len(paths)):
+            order = kids if i % 2 == 0 else kids[::-1]  # which group goes first alternates
+            for here, _ in order:
+                here.send(i)
+                for v, sec, (b, sc, lm) in here.recv():
+                    times[v] += sec
+                    dets[v].append(Detections(b, sc, lm))
+    finally:
+        for here, proc in kids:
+            here.send(None)
+            proc.join(timeout=60)
+    return times, dets
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=default_data_root())
@@ -120,46 +203,51 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--pad-ratio", type=float, default=0.5)
     ap.add_argument("--upscales", default="1,2")
-    ap.add_argument("--allocator", choices=("tuned", "system"), default="tuned",
+    ap.add_argument("--allocator", choices=("tuned", "system", "as-run"), default="tuned",
                     help="glibc thresholds of ranface.runtime (as `ranface prepare`'s workers "
-                         "run) or glibc's defaults; every variant runs under the same one")
+                         "run) or glibc's defaults for every variant alike; as-run: each "
+                         "variant as prepare's workers ran it (see above)")
     args = ap.parse_args()
     from ranface.runtime import ENV_VAR, allocator_state, tune_allocator
 
-    tune_allocator({**os.environ, ENV_VAR: args.allocator})  # "system": glibc left as it is
     folder = os.path.join(args.data, "crowd-photos", "images")
     if not os.path.isdir(folder):
         print(f"mtcnn_crowd.py: {folder}: not found", file=sys.stderr)
         return 2
-    torch.set_num_threads(args.threads)
     names = sorted(os.listdir(folder))
     names = names[:args.photos] if args.photos > 0 else names
     ups = tuple(float(u) for u in args.upscales.split(","))
     kw = dict(pad_ratio=args.pad_ratio, upscales=ups, min_face_size=20.0)
-    try:
-        old = {"before": cascade_at(BEFORE)(**kw), "zero-skip": cascade_at(ZERO_SKIP)(**kw)}
+    try:  # read the earlier cascades here first: a clone without history fails at once
+        cascade_at(BEFORE), cascade_at(ZERO_SKIP)
     except (OSError, subprocess.CalledProcessError) as exc:
         print(f"mtcnn_crowd.py: cannot read the earlier cascades from git history "
               f"(a clone with history is needed): {exc}", file=sys.stderr)
         return 2
-    variants = {**old, "now": MTCNN(upscale_new_only=False, **kw),
-                "new-only": MTCNN(upscale_new_only=True, **kw)}
-    times = {v: 0.0 for v in variants}
-    dets: Dict[str, List[Detections]] = {v: [] for v in variants}
-    for n in names:
-        img = read_image(os.path.join(folder, n))
-        for v, det in variants.items():  # interleaved: load changes hit all alike
-            t = time.perf_counter()
-            dets[v].append(det.detect(img))
-            times[v] += time.perf_counter() - t
+    paths = [os.path.join(folder, n) for n in names]
+    if args.allocator == "as-run":
+        times, dets = run_as_run(paths, kw, args.threads)
+        alloc = (f"as each ran in prepare: {', '.join(AS_RUN_SYSTEM)} under glibc's defaults, "
+                 f"the rest tuned (two processes)")
+    else:
+        tune_allocator({**os.environ, ENV_VAR: args.allocator})  # "system": glibc left as it is
+        torch.set_num_threads(args.threads)
+        variants = make_variants(("before", "zero-skip", "now", "new-only"), kw)
+        times = {v: 0.0 for v in variants}
+        dets = {v: [] for v in variants}
+        for p in paths:  # interleaved: load changes hit all alike
+            for v, sec, d in _detect_timed(variants, read_image(p)):
+                times[v] += sec
+                dets[v].append(d)
+        alloc = allocator_state()
     print(f"{len(names)} crowd photos, pad_ratio={args.pad_ratio}, upscales={ups}, "
-          f"threads={args.threads}, allocator: {allocator_state()}, "
+          f"threads={args.threads}, allocator: {alloc}, "
           f"LR band {LR_BAND[0]:g}-{LR_BAND[1]:g} px eye-to-mouth")
     print(f"{'variant':10s} {'photos/s':>9s} {'ratio':>6s} {'faces':>6s} {'in band':>8s} "
           f"{'matched':>8s} {'only before':>12s} {'only new':>9s} {'lm err px med/p95':>18s} "
           f"{'lm err/eye-mouth med':>21s} {'identical':>9s}")
     base = len(names) / times["before"]
-    for v in variants:
+    for v in times:
         agg: Dict[str, List[float]] = {"lm_px": [], "lm_rel": [], "dscore": [], "only_ref": [], "only_new": []}
         identical = True
         for a, b in zip(dets["before"], dets[v]):
