@@ -4,9 +4,10 @@ Part 1 (``search``): galleries of random L2-normalised 512-d templates (1k, 100k
 with ``--large``), queried by random unit vectors. For each size: the exact back end
 (blocked matrix product + partial sort), faiss ``IndexFlatIP`` (exact) and faiss HNSW
 (approximate; built up to ``--hnsw-max`` templates, as its build is the slow part), each
-batched (all queries in one call) and one query per call (the median call's rate); top-10; the rows returned are
-compared with the exact back end's (flat: identical; HNSW: recall@1). Random vectors in
-512-d have no cluster structure: a hard case for HNSW, an easy one for nobody.
+batched (all queries in one call) and one query per call (the median call's rate);
+top-10; the rows returned are compared with the exact back end's (flat: identical; HNSW:
+recall@1). Random vectors in 512-d have no cluster structure: a hard case for HNSW, an
+easy one for nobody.
 
 Part 2 (``identify``): one large crowd photo (default the 2048x1150 selfie of the shared
 crowd-photos) through :meth:`ranface.api.FaceRecognizer.identify_image` with the
