@@ -43,6 +43,7 @@ cascade's own.
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing
 import os
 import statistics
@@ -64,6 +65,7 @@ from ranface.data.image import read_image
 BEFORE, ZERO_SKIP = "41c7ddc", "968d2e7"
 
 
+@functools.lru_cache(maxsize=None)  # main's early check and make_variants read history once
 def cascade_at(commit: str) -> type:
     """The MTCNN class of ``commit`` (its mtcnn.py and nms.py from git history)."""
     root = Path(__file__).resolve().parents[1]
