@@ -114,8 +114,7 @@ def step_time(cfg, expert, batch, steps, repeats, device, precision, profile=Fal
     D = MultiRegionDiscriminator(cfg.discriminator).to(device)
     cl = to_memory_format(G, D, device, precision, cfg.run.channels_last)  # as train-gan decides
     cfg.run.seed = 0
-    # as train-gan does (compile_networks compiles the shared expert once, in place)
-    nets = compile_networks(G, D, D, expert) if compiled else (G, D, D)
+    nets = compile_networks(G, D, D) if compiled else (G, D, D)
     gs = GanSteps(*nets, expert, cfg)
     every = g_interval(cfg)
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
@@ -199,8 +198,9 @@ def make_expert(name, device):
     kernel for the strided depthwise layers' input gradient (what
     :class:`ranface.models.depthwise.DepthwiseConv2d` saves), ``+prelu`` keeps torch's
     ``nn.PReLU`` (what :class:`ranface.gan.losses.FrozenPReLU` saves), ``+reludiff`` the
-    earlier relu(x) - a * relu(-x) form of it, ``+compile`` runs G,
-    D and the expert through ``torch.compile`` (:func:`ranface.gan.trainer.compile_networks`),
+    earlier relu(x) - a * relu(-x) form of it, ``+compile`` runs G
+    and D through ``torch.compile`` (:func:`ranface.gan.trainer.compile_networks`; the
+    expert stays eager),
     ``+nchw`` keeps G and D in NCHW (``run.channels_last=false``; read in :func:`compare`)."""
     base, *flags = name.split("+")
     if base == "resnet29" and os.path.isdir(default_expert()):

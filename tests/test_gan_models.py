@@ -318,3 +318,20 @@ def test_seamless_merge_inputs_have_no_step_at_the_region_borders():
     assert out_s == 0.0 and edge_s < 0.3 and m_s < 0.15  # at 32 px the ramp is ~2 px wide
     out_h, edge_h, m_h = border(tiny_G(feather=0.0))
     assert out_h > 0.5 and m_h == 1.0  # zero canvas outside: a step of the patch's size
+
+
+def test_compiled_generator_does_not_recompile_for_new_widths():
+    """G's per-face input resizes run eagerly (MRGenerator.inputs), so a compiled G keeps one
+    graph however the drawn widths change; otherwise every new set of widths recompiled it
+    (dynamo's limit of 8, then silent eager fallback: the compiled step was slower)."""
+    G = tiny_G(level_widths=[6, 16])
+    Gc = torch.compile(G, backend="eager", dynamic=False)
+    x, z = faces(3), torch.randn(3, 4)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        first = Gc(x, z, widths=torch.tensor([6, 11, 16])).fake
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for w in ([7, 7, 9], [16, 6, 12], [8, 13, 15]):
+                out = Gc(x, z, widths=torch.tensor(w))
+                assert torch.allclose(out.fake, G(x, z, widths=torch.tensor(w)).fake, atol=1e-6)
+    assert torch.allclose(first, G(x, z, widths=torch.tensor([6, 11, 16])).fake, atol=1e-6)

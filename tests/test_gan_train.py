@@ -222,8 +222,9 @@ def test_table1_synth_from_a_training_checkpoint(data, tmp_path):
 
 @pytest.mark.slow
 def test_compiled_gan_step_matches_eager(data, tmp_path):
-    """run.compile=true compiles G, D and the frozen expert: same losses as eager (float
-    rounding), the plain modules still what the checkpoint and generator.pt hold."""
+    """run.compile=true compiles G and D (the frozen expert stays eager): same losses as
+    eager (float rounding), the plain modules still what the checkpoint and generator.pt
+    hold."""
     out = str(tmp_path / "runs")
     assert cli(data, out, "eager", 2) == 0  # auto
     assert cli(data, out, "compiled", 2, "run.compile=true") == 0

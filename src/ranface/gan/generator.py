@@ -403,6 +403,24 @@ class MRGenerator(nn.Module):
             pasted = [masks[:, i:i + 1] * p + (1.0 - masks[:, i:i + 1]) * G_g for i, p in enumerate(pasted)]
         return torch.cat([G_g, *pasted, masks], 1)
 
+    @torch.compiler.disable
+    def inputs(self, x: torch.Tensor, z: torch.Tensor, generator: Optional[torch.Generator] = None,
+               widths: Optional[torch.Tensor] = None):
+        """x_r1, x_r2, x_r3 (no grad), the condition (z, and the level code with levels) and
+        the widths (N,) or None. Run eagerly under ``torch.compile``: the per-face resizes
+        group faces by their drawn widths, and a compiled graph would specialise on (and
+        recompile for) every new set of widths."""
+        n = x.shape[0]
+        if self.levels is None:
+            return (*multi_resolution_inputs(x, self.scales), z, None)
+        if widths is None:
+            widths = self.sample_levels(n, generator)
+        widths = torch.as_tensor(widths).long().view(-1).cpu()
+        if widths.shape[0] != n:
+            raise ValueError(f"widths must hold one width per face ({n}), got {tuple(widths.shape)}")
+        cond = torch.cat([z, level_code(widths, *self.levels).to(z.device, z.dtype)], 1)
+        return (*level_inputs(x, widths, self.scales), cond, widths)
+
     def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None,
                 generator: Optional[torch.Generator] = None,
                 widths: Optional[torch.Tensor] = None) -> GenOutput:
@@ -416,19 +434,7 @@ class MRGenerator(nn.Module):
             z = self.sample_z(n, generator, x.device)
         if z.shape != (n, self.z_dim):
             raise ValueError(f"z must be ({n}, {self.z_dim}), got {tuple(z.shape)}")
-        z = z.to(x.device)
-        if self.levels is None:
-            widths = None
-            x_r1, x_r2, x_r3 = multi_resolution_inputs(x, self.scales)
-            cond = z
-        else:
-            if widths is None:
-                widths = self.sample_levels(n, generator)
-            widths = torch.as_tensor(widths).long().view(-1).cpu()
-            if widths.shape[0] != n:
-                raise ValueError(f"widths must hold one width per face ({n}), got {tuple(widths.shape)}")
-            x_r1, x_r2, x_r3 = level_inputs(x, widths, self.scales)
-            cond = torch.cat([z, level_code(widths, *self.levels).to(z.device, z.dtype)], 1)
+        x_r1, x_r2, x_r3, cond, widths = self.inputs(x, z.to(x.device), generator, widths)
         G_A, G_R = self.global_stream((x_r1, x_r2, x_r3), cond)
         G_g = attention_blend(_nchw(G_A), _nchw(x_r3.to(G_A.dtype)), _nchw(G_R))
         local = {r: self.local[r](crop(x_r3, self.boxes[r]), cond) for r in REGIONS}

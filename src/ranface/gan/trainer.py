@@ -290,16 +290,19 @@ def to_memory_format(G: nn.Module, D: nn.Module, device: torch.device, precision
     return cl
 
 
-def compile_networks(G: nn.Module, D: nn.Module, D_plain: nn.Module, expert: ExpertNetwork) -> tuple:
-    """``torch.compile`` for the modules a GAN step calls: returns (G, D, D_plain) to hand to
-    :class:`GanSteps` and compiles the frozen expert's backbone in place. The plain modules
-    stay what the optimizers and checkpoints hold (compiled wrappers share their parameters).
-    D_plain gets its own graphs: the G phase calls it with its parameters frozen."""
+def compile_networks(G: nn.Module, D: nn.Module, D_plain: nn.Module) -> tuple:
+    """``torch.compile`` for G and D: returns (G, D, D_plain) to hand to :class:`GanSteps`.
+    The plain modules stay what the optimizers and checkpoints hold (compiled wrappers
+    share their parameters). D_plain gets its own graphs: the G phase calls it with its
+    parameters frozen.
+
+    The frozen expert stays eager: compiled, its input-gradient pass made the D+G step
+    slower, not faster (0.87 against 0.68 s, bf16, docs/performance.md issue 16 tenth
+    round). G's per-face input resizes run eagerly inside the compiled G
+    (:meth:`~ranface.gan.generator.MRGenerator.inputs`)."""
     G_c = torch.compile(G)
     D_c = torch.compile(D)
     D_plain_c = D_c if D is D_plain else torch.compile(D_plain)
-    if not hasattr(expert.backbone, "_orig_mod"):  # compiled once, however many runs share it
-        expert.backbone = torch.compile(expert.backbone)
     return G_c, D_c, D_plain_c
 
 
@@ -379,7 +382,7 @@ def run_train_gan(cfg: GanConfig, expert: Optional[ExpertNetwork] = None) -> Dic
     samples = SampleWriter(ctx.run_dir, cfg.image_every, cfg.num_samples, o.max_steps - 1, every) \
         if dist.is_main else None
     compiled = use_compile(cfg.run.compile, device, o.max_steps, cfg.run.compile_min_steps)
-    nets = compile_networks(G_fwd, D_fwd, D, expert) if compiled else (G_fwd, D_fwd, D)
+    nets = compile_networks(G_fwd, D_fwd, D) if compiled else (G_fwd, D_fwd, D)
     steps = GanSteps(*nets, expert, cfg, dist.rank, samples)
     clip = o.clip_grad_norm or None
     phases = [Phase("D", opt_D, steps.d_loss, [D_fwd], clip_grad_norm=clip),
