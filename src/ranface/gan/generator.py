@@ -405,7 +405,8 @@ class MRGenerator(nn.Module):
 
     @torch.compiler.disable
     def inputs(self, x: torch.Tensor, z: torch.Tensor, generator: Optional[torch.Generator] = None,
-               widths: Optional[torch.Tensor] = None):
+               widths: Optional[torch.Tensor] = None
+               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """x_r1, x_r2, x_r3 (no grad), the condition (z, and the level code with levels) and
         the widths (N,) or None. Run eagerly under ``torch.compile``: the per-face resizes
         group faces by their drawn widths, and a compiled graph would specialise on (and
