@@ -27,7 +27,7 @@ import json
 import os
 import shutil
 import sys
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 from ranface.config import load_config
 from ranface.demo import DemoConfig
@@ -59,6 +59,13 @@ def train_gan(run: str, steps: int, every: int, name: str = DEFAULT_NAME, overri
     return dst
 
 
+def gan_data(run: str) -> Tuple[str, str]:
+    """The HR faces and the real LR pool the run's MR-GAN trained on (its config.yaml): the
+    faces its twins are made of and the pool they are scored against, as in Table 1."""
+    data = load_config(GanConfig, os.path.join(run, "models", "gan", "config.yaml"), []).data
+    return data.hr, data.lr_pool
+
+
 def score(run: str, cfg: DemoConfig, step: int, ckpt: str, name: str = DEFAULT_NAME) -> Dict[str, Any]:
     """Table 1's realism row of the generator in ``ckpt`` (cached in its result.json)."""
     label = f"mrgan-step{step}" if name == DEFAULT_NAME else f"mrgan-{name}-step{step}"
@@ -66,11 +73,11 @@ def score(run: str, cfg: DemoConfig, step: int, ckpt: str, name: str = DEFAULT_N
         label = label.replace("mrgan-", "mrgan-codec-", 1)
     res = os.path.join(run, "eval", f"realism_{label}", "result.json")
     if not os.path.isfile(res):
-        settings = _read_json(os.path.join(run, "stages", "realism_bicubic.json"))["settings"]
-        faces, pool = settings["faces"], settings["pool"]
+        model = _read_json(os.path.join(run, "stages", "realism_bicubic.json"))["settings"]["model"]
+        faces, pool = gan_data(run)
         dest = realism_twins(run, label)
         stage_synth(cfg, run, faces, "mrgan", "", pool_widths(cfg), dest, checkpoint=ckpt)
-        stage_realism(cfg, run, label, settings["model"], faces, pool, dest,
+        stage_realism(cfg, run, label, model, faces, pool, dest,
                       realism_twins(run, "bicubic"), "bicubic")
     m = _read_json(res)["metrics"]
     ref = m.get("frechet_vs_reference") or {}

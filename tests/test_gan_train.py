@@ -460,3 +460,23 @@ def test_sample_writer_due_steps_with_and_without_d_ratio(tmp_path):
     # G on every 5th step (steps 0, 5, ..., 45): the first G step at or after each due point, and the last
     assert written(5) == [1, 11, 21, 31, 41, 46]
     assert written(5, every=7, steps=23) == [1, 11, 16, 21]
+
+
+def test_gan_curve_scores_against_the_gans_own_faces_and_pool(tmp_path):
+    """scripts/gan_curve.py takes the faces and the real LR pool from the run's MR-GAN
+    config (the stage records of a default demo run do not name them)."""
+    import importlib.util
+
+    import yaml
+
+    from ranface.config import to_dict
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("gan_curve", os.path.join(root, "scripts", "gan_curve.py"))
+    gc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gc)
+    run = tmp_path / "demo"
+    (run / "models" / "gan").mkdir(parents=True)
+    cfg = load_config(GanConfig, None, [f"data.hr={run / 'faces_train'}", f"data.lr_pool={run / 'lr_pool'}"])
+    (run / "models" / "gan" / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    assert gc.gan_data(str(run)) == (str(run / "faces_train"), str(run / "lr_pool"))
