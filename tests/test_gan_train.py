@@ -190,6 +190,12 @@ def test_cli_run_outputs_and_exact_resume(data, tmp_path):
     ma = read_metrics(run, "train")
     mb = read_metrics(os.path.join(out, "half"), "train")
     assert [r["D/loss"] for r in ma] == [r["D/loss"] for r in mb]
+    # the same with a loader worker per stream (persistent across the epochs: 8 HR faces
+    # and 6 pool faces are 2 and 1 batches of 4), resumed across an epoch boundary
+    assert cli(data, out, "workers", 3, "data.num_workers=1") == 0
+    assert cli(data, out, "workers", 4, "data.num_workers=1", "run.resume=auto") == 0
+    c = load_checkpoint(os.path.join(out, "workers", "generator.pt"))["state_dict"]
+    assert all(torch.equal(a[k], c[k]) for k in a)
 
 
 def test_table1_synth_from_a_training_checkpoint(data, tmp_path):

@@ -117,6 +117,10 @@ class GanStream:
         self.hr.load_state_dict(state["hr"])
         self.lr.load_state_dict(state["lr"])
 
+    def close(self) -> None:
+        self.hr.close()
+        self.lr.close()
+
 
 # --------------------------------------------------------------------------- steps
 @contextlib.contextmanager

@@ -102,6 +102,15 @@ class BatchStream:
         self.sampler.load_state_dict(state)
         self._it = None
 
+    def close(self) -> None:
+        """Stop the loader's worker processes (they persist across epochs; see
+        :func:`ranface.data.loader.build_train_loader`). A later :meth:`next` starts new ones."""
+        self._it = None
+        it = getattr(self.loader, "_iterator", None)
+        self.loader._iterator = None
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+
 
 class RepeatStream:
     """The same batch forever (benchmarks and unit tests of a phase)."""
@@ -116,6 +125,9 @@ class RepeatStream:
         return {}
 
     def load_state_dict(self, state: Mapping[str, int]) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
 
@@ -368,6 +380,9 @@ class Trainer:
             if bar is not None:
                 bar.close()
             self.writer.close()
+            close = getattr(self.stream, "close", None)
+            if close is not None:
+                close()
         elapsed = time.time() - t0
         # DDP must keep replicas identical; record each rank's parameter digest to prove it
         digests = all_gather_objects(self.param_digest(), self.dist)
