@@ -139,9 +139,10 @@ def build_train_loader(view: AugmentedView, batch_size: int, num_workers: int, w
     loader = DataLoader(view, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                         collate_fn=collate_skipping, pin_memory=pin_memory,
                         worker_init_fn=_worker_init if num_workers > 0 else None,
-                        # workers live for the whole run: re-forking them at every epoch of a
-                        # small set cost the GAN run 32% of its time, nearly all of it page
-                        # faults in the parent (docs/performance.md, issue 16 eleventh round)
+                        # workers live for the whole run: re-forked at every epoch of a small
+                        # set, they made a 300-step GAN run take 1.26-1.40x as long, the
+                        # parent copying its heap page by page after each fork
+                        # (docs/performance.md, issue 16 eleventh round)
                         persistent_workers=num_workers > 0, drop_last=False,
                         # own generator: creating an iterator must not draw from the global
                         # torch RNG (that would make a resumed run diverge from a straight one)
