@@ -37,7 +37,7 @@ def parse_variants(text: str) -> List[Tuple[str, str]]:
     for item in text.split(","):
         expert, sep, precision = item.strip().rpartition(":")
         if not sep or not expert or precision not in ("fp32", "bf16", "auto"):
-            raise SystemExit(f"--variants: {item!r} is not EXPERT:PRECISION (precision fp32, bf16 or auto)")
+            raise ValueError(f"--variants: {item!r} is not EXPERT:PRECISION (precision fp32, bf16 or auto)")
         out.append((expert, precision))
     return out
 
@@ -81,8 +81,11 @@ def main() -> None:
     args = ap.parse_args()
     for p in (args.hr, args.lr_pool):
         if not os.path.exists(p):
-            raise SystemExit(f"{p}: not found")
-    variants = parse_variants(args.variants)
+            ap.error(f"{p}: not found")
+    try:
+        variants = parse_variants(args.variants)
+    except ValueError as exc:
+        ap.error(str(exc))
     results: Dict[int, List[Dict[str, float]]] = {i: [] for i in range(len(variants))}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
