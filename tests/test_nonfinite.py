@@ -21,6 +21,7 @@ from ranface.cli import main
 from ranface.errors import NonFiniteError
 from ranface.train import loop
 from ranface.train.checkpoint import load_checkpoint
+from ranface.train.loop import RepeatStream
 from ranface.train.stats import read_metrics
 from test_reliability_resume import GAN, RECOG, setup_gan, setup_mr
 
@@ -223,22 +224,6 @@ def test_inf_gradient_step_skipped(stage, stage_data, tmp_path, capsys, monkeypa
 # ---------------------------------------------------------------------------- GradScaler
 
 
-class Repeat:
-    """A stream yielding one batch forever."""
-
-    def __init__(self, batch):
-        self.batch = batch
-
-    def next(self):
-        return self.batch
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, s):
-        pass
-
-
 def toy_trainer(tmp_path, growth_interval=1):
     from ranface.train.distributed import DistInfo
 
@@ -257,7 +242,7 @@ def toy_trainer(tmp_path, growth_interval=1):
 
     phase = loop.Phase("main", opt, loss_fn, [model])
     tr = loop.Trainer(run_dir=str(tmp_path), phases=[phase], state_modules={"model": model},
-                      stream=Repeat(None), to_device=lambda b: b, device=torch.device("cpu"), precision="fp32",
+                      stream=RepeatStream(None), to_device=lambda b: b, device=torch.device("cpu"), precision="fp32",
                       dist=DistInfo(), config={},
                       options=loop.TrainerOptions(max_steps=0, progress=False, tensorboard=False))
     # ranface refuses fp16 on CPU: force an fp16-style (enabled) scaler onto the phase

@@ -150,7 +150,9 @@ class Trainer:
     """Walks the phases for ``options.max_steps`` global steps.
 
     ``state_modules``: every module whose state belongs in the checkpoint (plain, not
-    DDP-wrapped). ``to_device``: moves a batch to the device. ``validate(step)`` returns
+    DDP-wrapped). ``stream``: ``next()``, ``state_dict()``, ``load_state_dict()`` and
+    ``close()`` (:class:`BatchStream`, :class:`RepeatStream`, the GAN's two-stream
+    ``GanStream``). ``to_device``: moves a batch to the device. ``validate(step)`` returns
     metrics on rank 0 (and ``{}`` elsewhere); ``best_metric`` picks the one that ranks
     checkpoints. ``config`` is the resolved config dict stored in each checkpoint.
     """
@@ -380,9 +382,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
             self.writer.close()
-            close = getattr(self.stream, "close", None)
-            if close is not None:
-                close()
+            self.stream.close()  # loader workers stop with the run
         elapsed = time.time() - t0
         # DDP must keep replicas identical; record each rank's parameter digest to prove it
         digests = all_gather_objects(self.param_digest(), self.dist)
